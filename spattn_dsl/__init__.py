@@ -1,0 +1,1 @@
+"""spattn: a compiler for sparse attention patterns."""

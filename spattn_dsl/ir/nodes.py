@@ -1,0 +1,293 @@
+"""The IR: frozen, hashable nodes. Spans are carried for errors but excluded from equality.
+
+Three families:
+- integer expressions (``Num``, ``Var``, ``Param``, ``BinOp``, ``Neg``, ``Call``) used as
+  primitive arguments and inside ``where``;
+- mask expressions: primitives (``Window``, ``Causal``, ...), the comparison leaf ``Compare``
+  (what ``where(...)`` holds), and combinators (``Union``, ``Intersect``, ``Difference``,
+  ``Complement``, ``Blocks``, ``Heads``); ``Ref`` exists only before resolution;
+- declarations (``PatternDecl``, ``ModelDecl`` and their parts).
+
+A *bound* mask expression has no ``Ref``/``Param``; its integer fields may still mention
+``n``. A *concrete* one (``ir.instantiate``) has plain ``int`` fields everywhere except
+inside ``Compare``, whose sides mention only ``q`` and ``k``. Every later pass (reference
+mask, layout, codegen, analysis) works on concrete expressions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union as _U
+
+from ..errors import SourceSpan
+
+
+def _span():
+    return field(default=None, compare=False, hash=False, repr=False)
+
+
+# ---------------------------------------------------------------- integer expressions
+@dataclass(frozen=True)
+class Num:
+    value: int
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Var:
+    """``n`` (key length on the current grid), ``q`` or ``k`` (positions, only in where)."""
+
+    name: str
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Param:
+    """A reference to a pattern parameter (before binding)."""
+
+    name: str
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str  # one of + - * / // %
+    left: "IntExpr"
+    right: "IntExpr"
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Neg:
+    operand: "IntExpr"
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Call:
+    func: str  # one of min max isqrt log2
+    args: tuple
+    span: SourceSpan | None = _span()
+
+
+IntExpr = _U[Num, Var, Param, BinOp, Neg, Call]
+Int = _U[int, IntExpr]  # a primitive argument: IntExpr when bound, int when concrete
+
+
+# ---------------------------------------------------------------- mask primitives
+@dataclass(frozen=True)
+class Dense:
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Empty:
+    """The ``none`` primitive."""
+
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Causal:
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Window:
+    w: Int
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Band:
+    before: Int
+    after: Int
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Dilated:
+    w: Int
+    d: Int
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Stride:
+    s: Int
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Chunk:
+    l: Int  # noqa: E741  (SPEC's name)
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Summary:
+    l: Int  # noqa: E741
+    c: Int
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Global:
+    """``global(first = g)``: the first g tokens attend and are attended everywhere."""
+
+    first: Int
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class GlobalTokens:
+    """``global(t1, t2, ...)``: the listed tokens attend and are attended everywhere."""
+
+    tokens: tuple
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Sink:
+    g: Int
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Prefix:
+    p: Int
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Random:
+    r: Int
+    seed: Int
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Compare:
+    """A comparison over q, k, n inside ``where(...)``; a mask leaf like any primitive."""
+
+    op: str  # one of < <= == != >= >
+    left: IntExpr
+    right: IntExpr
+    span: SourceSpan | None = _span()
+
+
+# ---------------------------------------------------------------- combinators
+@dataclass(frozen=True)
+class Union:
+    left: "MaskExpr"
+    right: "MaskExpr"
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Intersect:
+    left: "MaskExpr"
+    right: "MaskExpr"
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Difference:
+    left: "MaskExpr"
+    right: "MaskExpr"
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Complement:
+    operand: "MaskExpr"
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """``blocks(b) { body }``: body evaluated on the block grid of size b."""
+
+    size: Int
+    body: "MaskExpr"
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Heads:
+    """``heads { E0; ...; E(m-1) }``: head h gets ``bodies[h % m]``."""
+
+    bodies: tuple
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A use of a declared pattern (before resolution)."""
+
+    name: str
+    args: tuple  # positional IntExpr
+    kwargs: tuple  # ((name, IntExpr), ...)
+    span: SourceSpan | None = _span()
+
+
+PRIMITIVES = (Dense, Empty, Causal, Window, Band, Dilated, Stride, Chunk, Summary, Global,
+              GlobalTokens, Sink, Prefix, Random, Compare)
+COMBINATORS = (Union, Intersect, Difference, Complement, Blocks, Heads)
+MaskExpr = _U[PRIMITIVES + COMBINATORS + (Ref,)]
+
+
+# ---------------------------------------------------------------- declarations
+@dataclass(frozen=True)
+class ParamDecl:
+    name: str
+    default: IntExpr | None
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class PatternDecl:
+    name: str
+    params: tuple  # of ParamDecl
+    body: MaskExpr
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class LayersItem:
+    count: IntExpr
+    body: MaskExpr
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class RepeatItem:
+    count: IntExpr
+    items: tuple
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class ModelDecl:
+    name: str
+    items: tuple  # of LayersItem | RepeatItem
+    span: SourceSpan | None = _span()
+
+
+def children(expr) -> tuple:
+    """The mask sub-expressions of a combinator (empty for primitives)."""
+    if isinstance(expr, (Union, Intersect, Difference)):
+        return (expr.left, expr.right)
+    if isinstance(expr, Complement):
+        return (expr.operand,)
+    if isinstance(expr, Blocks):
+        return (expr.body,)
+    if isinstance(expr, Heads):
+        return expr.bodies
+    return ()
+
+
+def walk(expr):
+    """Every mask node of an expression, parents first."""
+    yield expr
+    for child in children(expr):
+        yield from walk(child)
