@@ -4,9 +4,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from ..errors import SourceSpan
+from ..errors import PatternError, SourceSpan
 from . import nodes as N
-from .evaluate import head_count, instantiate
+from .evaluate import eval_int, head_count, instantiate
+from .resolve import bind, bind_body, check
 from .printer import text as expr_text
 
 
@@ -51,7 +52,8 @@ class Pattern:
         return mask(self.at(n_k), n_q, n_k, head)
 
     def __str__(self) -> str:
-        return f"{self.name}: {self.text}"
+        text = self.text
+        return text if self.name == text else f"{self.name}: {text}"
 
 
 @dataclass(frozen=True)
@@ -69,5 +71,57 @@ class Model:
         return self.layers[index]
 
 
+class Program:
+    """A parsed and checked pattern file: its pattern and model declarations by name."""
 
-__all__ = ["Pattern", "Model", "N"]
+    def __init__(self, decls: list, filename: str = "<string>"):
+        self.filename = filename
+        self.declarations = check(decls)
+
+    @property
+    def patterns(self) -> dict:
+        """Pattern declarations by name, in file order."""
+        return {k: d for k, d in self.declarations.items() if isinstance(d, N.PatternDecl)}
+
+    @property
+    def models(self) -> dict:
+        """Model declarations by name, in file order."""
+        return {k: d for k, d in self.declarations.items() if isinstance(d, N.ModelDecl)}
+
+    def pattern(self, name: str, **params) -> Pattern:
+        """The pattern ``name`` with parameters bound (defaults for those not given)."""
+        decl = self.patterns.get(name)
+        if decl is None:
+            raise PatternError(f"no pattern named '{name}'{_choices(self.patterns)}",
+                               filename=self.filename)
+        expr, values = bind(name, params, self.declarations)
+        return Pattern(expr, name, tuple(values.items()), decl.span)
+
+    def model(self, name: str) -> Model:
+        """The model ``name`` with its schedule expanded, one Pattern per layer."""
+        decl = self.models.get(name)
+        if decl is None:
+            raise PatternError(f"no model named '{name}'{_choices(self.models)}",
+                               filename=self.filename)
+        layers = tuple(self._expand(decl.items))
+        if not layers:
+            raise PatternError(f"model '{name}' has no layers", decl.span)
+        return Model(name, layers, decl.span)
+
+    def _expand(self, items):
+        for item in items:
+            count = eval_int(item.count)
+            if count < 1:
+                raise PatternError(f"a layer count must be >= 1, got {count}", item.count.span)
+            if isinstance(item, N.RepeatItem):
+                block = list(self._expand(item.items))
+                for _ in range(count):
+                    yield from block
+            else:
+                expr = bind_body(item.body, {}, self.declarations)
+                name = item.body.name if isinstance(item.body, N.Ref) else expr_text(expr)
+                yield from [Pattern(expr, name, (), item.span)] * count
+
+
+def _choices(table: dict) -> str:
+    return f" (have: {', '.join(table)})" if table else " (the file declares none)"

@@ -1,0 +1,181 @@
+"""Text -> declarations (IR nodes with unresolved ``Ref``/``Param``). The only lark user.
+
+Syntax errors become ``PatternError`` with the offending token's location and a short list of
+what was expected there. Semantic checks live in ``ir.resolve``, not in the Transformer (an
+exception raised inside a Transformer loses its position).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import lark
+from lark import Transformer, v_args
+
+from ..errors import PatternError, Source, SourceSpan
+from ..ir import nodes as N
+
+# how terminals read in "expected ..." messages
+_TERMINALS = {
+    "LPAR": "'('", "RPAR": "')'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
+    "SEMICOLON": "';'", "COLON": "':'", "EQUAL": "'='", "VBAR": "'|'", "AMPERSAND": "'&'",
+    "BANG": "'!'", "MINUS": "'-'", "NAME": "a name", "INT": "an integer", "CMP": "a comparison",
+    "ADD_OP": "an operator", "MUL_OP": "an operator", "PATTERN": "'pattern'",
+    "MODEL": "'model'", "LAYERS": "'layers'", "REPEAT": "'repeat'", "HEADS": "'heads'",
+    "BLOCKS": "'blocks'", "WHERE": "'where'", "$END": "end of file",
+}
+
+
+@lru_cache(maxsize=1)
+def _parser() -> lark.Lark:
+    grammar = resources.files("spattn_dsl.grammar").joinpath("spattn.lark").read_text()
+    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def parse(text: str, filename: str = "<string>") -> list:
+    """Parse a pattern file into a list of ``PatternDecl`` / ``ModelDecl``."""
+    source = Source(filename, text)
+    try:
+        tree = _parser().parse(text)
+    except lark.exceptions.UnexpectedInput as error:
+        raise _syntax_error(error, source) from None
+    return _ToIR(source).transform(tree)
+
+
+def parse_expr(text: str, filename: str = "<string>"):
+    """Parse a bare mask expression (or heads block) such as ``causal & window(128)``."""
+    wrapped = f"pattern __expr__ {{ {text} }}"
+    try:
+        (decl,) = parse(wrapped, filename)
+    except PatternError as error:  # report positions in the user's text, not the wrapper
+        shift = len("pattern __expr__ { ")
+        column = max(1, error.column - shift) if error.line == 1 else error.column
+        span = SourceSpan(Source(filename, text), error.line, column)
+        raise PatternError(error.message, span) from None
+    return decl.body
+
+
+def _syntax_error(error, source: Source) -> PatternError:
+    line, column = max(error.line, 1), max(error.column, 1)
+    if isinstance(error, lark.exceptions.UnexpectedCharacters):
+        char = source.text[error.pos_in_stream] if error.pos_in_stream < len(source.text) else ""
+        message = f"unexpected character {char!r}"
+    elif isinstance(error, lark.exceptions.UnexpectedToken) and error.token.type != "$END":
+        message = f"unexpected {error.token.value!r}"
+    else:
+        message = "unexpected end of file"
+        line, column = _end_position(source.text)
+    expected = sorted({_TERMINALS.get(t, repr(t)) for t in (getattr(error, "expected", None) or getattr(error, "allowed", None) or ())
+                       if not t.startswith("__")})
+    if expected:
+        message += "; expected " + (", ".join(expected[:-1]) + " or " + expected[-1]
+                                    if len(expected) > 1 else expected[0])
+    return PatternError(message, SourceSpan(source, line, column))
+
+
+def _end_position(text: str) -> tuple[int, int]:
+    lines = text.split("\n")
+    return len(lines), len(lines[-1]) + 1
+
+
+@v_args(meta=True)
+class _ToIR(Transformer):
+    """Transformer methods named after grammar rules; every node gets its span."""
+
+    def __init__(self, source: Source):
+        super().__init__()
+        self.source = source
+
+    def _span(self, where) -> SourceSpan:
+        """Span of a token or of a rule's meta (both carry the same position fields)."""
+        return SourceSpan(self.source, where.line, where.column, where.end_line,
+                          where.end_column)
+
+    # declarations
+    def start(self, meta, decls):
+        return list(decls)
+
+    def pattern_decl(self, meta, items):
+        name, params, body = items
+        return N.PatternDecl(str(name), tuple(params or ()), body, self._span(name))
+
+    def param_list(self, meta, params):
+        return tuple(p for p in params if p is not None)
+
+    def param(self, meta, items):
+        name, default = items
+        return N.ParamDecl(str(name), default, self._span(name))
+
+    def heads(self, meta, bodies):
+        return N.Heads(tuple(bodies), self._span(meta))
+
+    def model_decl(self, meta, items):
+        name, *rest = items
+        return N.ModelDecl(str(name), tuple(i for i in rest if i is not None), self._span(name))
+
+    def layers_item(self, meta, items):
+        count, body = items
+        return N.LayersItem(count, body, self._span(meta))
+
+    def repeat_item(self, meta, items):
+        count, *rest = items
+        return N.RepeatItem(count, tuple(i for i in rest if i is not None), self._span(meta))
+
+    # mask expressions
+    def union(self, meta, items):
+        return N.Union(items[0], items[1], self._span(meta))
+
+    def difference(self, meta, items):
+        return N.Difference(items[0], items[1], self._span(meta))
+
+    def intersect(self, meta, items):
+        return N.Intersect(items[0], items[1], self._span(meta))
+
+    def complement(self, meta, items):
+        return N.Complement(items[0], self._span(meta))
+
+    def ref(self, meta, items):
+        (name,) = items
+        return N.Ref(str(name), (), (), self._span(name))
+
+    def call(self, meta, items):
+        name, *args = items
+        args = [a for a in args if a is not None]
+        positional = tuple(a for a in args if not isinstance(a, tuple))
+        keywords = tuple(a for a in args if isinstance(a, tuple))
+        return N.Ref(str(name), positional, keywords, self._span(name))
+
+    def kwarg(self, meta, items):
+        name, value = items
+        return (str(name), value)
+
+    def blocks(self, meta, items):
+        size, body = items
+        return N.Blocks(size, body, self._span(meta))
+
+    def where(self, meta, items):
+        return items[0]
+
+    def compare(self, meta, items):
+        left, op, right = items
+        return N.Compare(str(op), left, right, self._span(op))
+
+    # integer expressions
+    def binop(self, meta, items):
+        left, op, right = items
+        return N.BinOp(str(op), left, right, self._span(op))
+
+    def neg(self, meta, items):
+        return N.Neg(items[0], self._span(meta))
+
+    def num(self, meta, items):
+        return N.Num(int(items[0]), self._span(items[0]))
+
+    def name(self, meta, items):
+        (token,) = items
+        cls = N.Var if str(token) in ("n", "q", "k") else N.Param
+        return cls(str(token), self._span(token))
+
+    def func(self, meta, items):
+        name, *args = items
+        return N.Call(str(name), tuple(a for a in args if a is not None), self._span(name))
