@@ -142,12 +142,13 @@ class _ToIR(Transformer):
         name, *args = items
         args = [a for a in args if a is not None]
         positional = tuple(a for a in args if not isinstance(a, tuple))
-        keywords = tuple(a for a in args if isinstance(a, tuple))
-        return N.Ref(str(name), positional, keywords, self._span(name))
+        keywords = tuple(a[:2] for a in args if isinstance(a, tuple))
+        spans = tuple(a[2] for a in args if isinstance(a, tuple))
+        return N.Ref(str(name), positional, keywords, self._span(name), spans)
 
     def kwarg(self, meta, items):
         name, value = items
-        return (str(name), value)
+        return (str(name), value, self._span(name))
 
     def blocks(self, meta, items):
         size, body = items

@@ -228,6 +228,7 @@ class Ref:
     args: tuple  # positional IntExpr
     kwargs: tuple  # ((name, IntExpr), ...)
     span: SourceSpan | None = _span()
+    kwarg_spans: tuple | None = _span()  # where each keyword's name is written
 
 
 PRIMITIVES = (Dense, Empty, Causal, Window, Band, Dilated, Stride, Chunk, Summary, Global,

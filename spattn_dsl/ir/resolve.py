@@ -121,12 +121,13 @@ def _match_args(ref, names, defaults, what) -> dict:
         raise PatternError(f"{what} takes {_count(len(names), 'argument')}, got {len(ref.args) + len(ref.kwargs)}",
                            extra.span or ref.span)
     given = dict(zip(names, ref.args))
-    for key, value in ref.kwargs:
+    for i, (key, value) in enumerate(ref.kwargs):
+        span = ref.kwarg_spans[i] if ref.kwarg_spans else ref.span
         if key not in names:
             known = ", ".join(names) or "no parameters"
-            raise PatternError(f"{what} has no parameter '{key}' (it has {known})", value.span or ref.span)
+            raise PatternError(f"{what} has no parameter '{key}' (it has {known})", span)
         if key in given:
-            raise PatternError(f"{what}: parameter '{key}' given twice", value.span or ref.span)
+            raise PatternError(f"{what}: parameter '{key}' given twice", span)
         given[key] = value
     missing = [name for name in names if name not in given and name not in defaults]
     if missing:
@@ -263,7 +264,7 @@ def _fold_where(expr):
 def _bind_ref(ref, env, table):
     args = tuple(_fold(substitute(a, env)) for a in ref.args)
     kwargs = tuple((key, _fold(substitute(v, env))) for key, v in ref.kwargs)
-    call = N.Ref(ref.name, args, kwargs, ref.span)
+    call = N.Ref(ref.name, args, kwargs, ref.span, ref.kwarg_spans)
     if ref.name == "global":
         first = _global_args(call)
         return N.Global(first, ref.span) if first is not None else N.GlobalTokens(args, ref.span)
