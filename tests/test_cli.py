@@ -1,0 +1,87 @@
+"""The CLI in-process: success paths and every error path (exit code, message, caret)."""
+import pytest
+
+from spattn_dsl.cli import main
+
+
+@pytest.fixture
+def write(tmp_path):
+    def _write(text, name="p.spattn"):
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+    return _write
+
+
+def test_check_lists_patterns_and_models(write, capsys):
+    path = write("pattern a(w = 8) { causal & window(w) }\npattern b(t) { window(t) }\n"
+                 "model m { repeat 2 { layers 3: a; layers 1: causal } }")
+    assert main(["check", path]) == 0
+    out = capsys.readouterr().out
+    assert "pattern a(w = 8): causal & window(8)" in out
+    assert "pattern b(t)  [not bound" in out
+    assert "model m: 8 layers: 3 x a, 1 x causal, 3 x a, 1 x causal" in out
+
+
+def test_check_reports_every_binding_error(write, capsys):
+    path = write("pattern a(w = n - 10) { window(w) }\npattern b { summary(4, 5) }\n")
+    assert main(["check", path, "--seq-len", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 2
+    assert ":1:25: error: window: w must be >= 1, got 0" in err
+    assert ":2:13: error: summary: c must be <= l" in err
+
+
+def test_syntax_error_is_one_line_source_and_caret(write, capsys):
+    path = write("pattern a {\n  causal & & window(3)\n}")
+    assert main(["check", path]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{path}:2:12: error: unexpected '&'; expected '!', '(' or a name"
+    assert err[1] == "  causal & & window(3)"
+    assert err[2] == "           ^"
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_missing_file(capsys, tmp_path):
+    assert main(["check", str(tmp_path / "nope.spattn")]) == 2
+    assert "nope.spattn:1:1: error: cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["check"], "the following arguments are required: file"),
+    (["frobnicate"], "invalid choice"),
+    (["show", "x.spattn", "--pattern", "a", "--seq-len", "-3"], "expected a non-negative integer"),
+    (["show", "x.spattn", "--pattern", "a", "--seq-len", "0"], "expected a positive integer"),
+    (["show", "x.spattn", "--pattern", "a", "--seq-len", "ten"], "expected an integer"),
+    (["report", "x.spattn", "--seq-len", "8"], "one of the arguments --pattern --model is required"),
+])
+def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_show_small_and_tiled(write, capsys):
+    path = write("pattern a { causal & window(2) }\npattern h { heads { causal; dense } }")
+    assert main(["show", path, "--pattern", "a", "--seq-len", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:4] == ["|██· · |", "|████· |", "|· ████|"]
+    assert main(["show", path, "--pattern", "a", "--seq-len", "1000", "--width", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "each cell is 100 x 100 tokens" in out and len(out.splitlines()) == 12
+    assert main(["show", path, "--pattern", "h", "--seq-len", "2", "--head", "1"]) == 0
+    assert "████" in capsys.readouterr().out
+
+
+def test_show_unknown_pattern(write, capsys):
+    path = write("pattern a { causal }")
+    assert main(["show", path, "--pattern", "b", "--seq-len", "8"]) == 2
+    assert "error: no pattern named 'b' (have: a)" in capsys.readouterr().err
+
+
+def test_show_value_error_points_into_the_file(write, capsys):
+    path = write("pattern a(w = n - 8) {\n  window(w)\n}")
+    assert main(["show", path, "--pattern", "a", "--seq-len", "8"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].endswith(":2:3: error: window: w must be >= 1, got 0")
+    assert err[2] == "  ^^^^^^"
