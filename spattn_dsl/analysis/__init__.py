@@ -1,0 +1,5 @@
+"""Analysis: how information spreads through a stack of sparse attention layers (SPEC 4)."""
+from .analyze import AnalysisError, analyze
+from .report import Report
+
+__all__ = ["analyze", "Report", "AnalysisError"]

@@ -1,0 +1,96 @@
+"""The ``Report``: every figure of SPEC section 4, and its dict / JSON / Markdown forms."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+from .propagate import LayerFigures
+
+
+@dataclass(frozen=True)
+class PatternFigures:
+    """Mask-level figures of one distinct layer pattern (heads unioned)."""
+
+    name: str
+    text: str
+    layers: int  # how many layers of the analysed stack use it
+    density: float  # allowed pairs / (n * n)
+    admissible_density: float  # allowed pairs / admissible pairs
+    keys_per_query: float
+    tile_density: float | None  # visited tiles / admissible tiles
+    waste: float | None  # pairs computed in visited tiles / pairs allowed
+
+
+@dataclass
+class Report:
+    name: str
+    kind: str  # "pattern" or "model"
+    n: int
+    depth: int  # analysed layers
+    causal: bool  # admissible pairs are k <= q
+    method: str
+    exact: bool
+    bounds: tuple  # names of figures that are bounds, not exact
+    diameter: float
+    reach_to_first: float
+    coverage_depth: float
+    coverage: float
+    uncovered_pair: tuple | None
+    density: float
+    admissible_density: float
+    keys_per_query: float
+    tile: tuple
+    tile_density: float | None
+    waste: float | None
+    layers: list
+    patterns: list
+    formulas: dict = field(default_factory=dict)
+    formula_values: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    pictures: list = field(default_factory=list, repr=False)  # (name, grid, tile size)
+
+    @property
+    def model_depth(self) -> int:
+        return self.depth
+
+    def to_dict(self) -> dict:
+        out = {name: _plain(getattr(self, name)) for name in _DICT_FIELDS}
+        out["layers"] = [_plain(dataclasses.asdict(x)) for x in self.layers]
+        out["patterns"] = [_plain(dataclasses.asdict(x)) for x in self.patterns]
+        out["formulas"] = {name: str(expr) for name, expr in self.formulas.items()}
+        out["formula_values"] = _plain(self.formula_values)
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_markdown(self) -> str:
+        from .render import markdown
+        return markdown(self)
+
+    def __str__(self) -> str:
+        from .render import text
+        return text(self)
+
+
+_DICT_FIELDS = ("name", "kind", "n", "depth", "causal", "method", "exact", "bounds", "diameter",
+                "reach_to_first", "coverage_depth", "coverage", "uncovered_pair", "density",
+                "admissible_density", "keys_per_query", "tile", "tile_density", "waste", "notes")
+
+
+def _plain(value):
+    """JSON-ready: inf as "inf", tuples as lists, numpy scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if hasattr(value, "item"):
+        return _plain(value.item())
+    return value
+
+
+__all__ = ["Report", "PatternFigures", "LayerFigures"]
