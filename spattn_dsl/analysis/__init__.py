@@ -1,5 +1,6 @@
 """Analysis: how information spreads through a stack of sparse attention layers (SPEC 4)."""
 from .analyze import AnalysisError, analyze
+from .render import render
 from .report import Report
 
-__all__ = ["analyze", "Report", "AnalysisError"]
+__all__ = ["analyze", "render", "Report", "AnalysisError"]

@@ -11,6 +11,8 @@ primitive argument equal to exactly one parameter's value is written as that par
 """
 from __future__ import annotations
 
+import math
+
 import sympy as sp
 
 from ..ir import nodes as N
@@ -29,6 +31,14 @@ def closed_forms(pattern, n_value: int, depth: int, causal: bool):
     return forms, values
 
 
+def curves(pattern, forms: dict, n_value: int, depth: int) -> dict:
+    """Each formula that depends on L, at L = 1 .. depth (for the growth plot)."""
+    names = _parameter_symbols(pattern.params)
+    return {name: [_value(expr, names, pattern.params, n_value, layer)
+                   for layer in range(1, depth + 1)]
+            for name, expr in forms.items() if L in expr.free_symbols}
+
+
 def evaluate(expr, params, n_value: int, layers: int):
     """A formula's value at ``n``, ``L`` and the pattern's parameter values (int or inf)."""
     return _value(expr, _parameter_symbols(params), params, n_value, layers)
@@ -39,7 +49,7 @@ def _value(expr, names, params, n_value, layers):
             for name, value in params}
     result = expr.subs(subs).subs({n: n_value, L: layers})
     result = sp.simplify(result)
-    return sp.oo if result == sp.oo else int(result)
+    return math.inf if result == sp.oo else int(result)
 
 
 def _parameter_symbols(params) -> dict:

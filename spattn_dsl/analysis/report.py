@@ -48,6 +48,7 @@ class Report:
     patterns: list
     formulas: dict = field(default_factory=dict)
     formula_values: dict = field(default_factory=dict)
+    formula_curves: dict = field(default_factory=dict)  # name -> values at L = 1 .. depth
     notes: list = field(default_factory=list)
     pictures: list = field(default_factory=list, repr=False)  # (name, grid, tile size)
 
@@ -61,6 +62,7 @@ class Report:
         out["patterns"] = [_plain(dataclasses.asdict(x)) for x in self.patterns]
         out["formulas"] = {name: str(expr) for name, expr in self.formulas.items()}
         out["formula_values"] = _plain(self.formula_values)
+        out["formula_curves"] = _plain(self.formula_curves)
         return out
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -1,0 +1,206 @@
+"""A Report as terminal text, Markdown, self-contained HTML (plots embedded) or JSON.
+
+``render(report, path=None, fmt=None)`` picks the format from ``fmt`` ('text', 'markdown',
+'html', 'json') or from the path's extension (.md, .html, .json; anything else: text),
+writes the file when a path is given, and returns the text. Plots need matplotlib (the
+``report`` extra); without it the HTML says that plots were skipped.
+"""
+from __future__ import annotations
+
+import base64
+import html as html_escape
+import math
+from pathlib import Path
+
+FORMATS = {".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html",
+           ".json": "json", ".txt": "text"}
+TEXT_LAYER_ROWS = 12
+
+
+def render(report, path=None, fmt: str | None = None) -> str:
+    """The report in one format (see the module docstring); written to ``path`` if given."""
+    if fmt is None:
+        fmt = FORMATS.get(Path(path).suffix.lower(), "text") if path else "text"
+    renderers = {"text": text, "markdown": markdown, "md": markdown, "html": to_html,
+                 "json": lambda r: r.to_json()}
+    if fmt not in renderers:
+        raise ValueError(f"unknown report format {fmt!r}: use text, markdown, html or json")
+    out = renderers[fmt](report)
+    if path is not None:
+        Path(path).write_text(out, encoding="utf-8")
+    return out
+
+
+# ---------------------------------------------------------------- shared pieces
+def fmt_number(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def fmt_percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.3g}%"
+
+
+def summary_rows(report) -> list:
+    """(label, value) pairs: the headline figures."""
+    bound = set(report.bounds)
+    mark = lambda name: " (bound)" if name in bound else ""  # noqa: E731
+    kind = "causal diameter" if report.causal else "diameter"
+    rows = [
+        (kind + mark("diameter"), fmt_number(report.diameter)),
+        ("reach to first token" + mark("reach_to_first"), fmt_number(report.reach_to_first)),
+        ("coverage depth" + mark("coverage_depth"), fmt_number(report.coverage_depth)),
+        (f"coverage at depth {report.depth}" + mark("coverage"), fmt_percent(report.coverage)),
+        ("density", fmt_percent(report.density)),
+        ("admissible density", fmt_percent(report.admissible_density)),
+        ("mean keys per query", fmt_number(report.keys_per_query)),
+        (f"tile density ({report.tile[0]}x{report.tile[1]})", fmt_percent(report.tile_density)),
+        ("waste (pairs computed / allowed)", fmt_number(report.waste)),
+    ]
+    if report.layers:
+        rows.insert(3, ("theoretical attention span (largest reach)",
+                        fmt_number(max(x.reach for x in report.layers))))
+    if report.uncovered_pair is not None:
+        q, k = report.uncovered_pair
+        rows.append(("uncovered pair", f"query {q} never sees key {k}"))
+    return rows
+
+
+def header(report) -> str:
+    exact = "exact" if report.exact else "bounds where marked"
+    return (f"{report.kind} {report.name}, n = {report.n}, {report.depth} layers analysed, "
+            f"method {report.method} ({exact})")
+
+
+LAYER_COLUMNS = ("layer", "rf_min", "rf_mean", "rf_max", "rf_last", "reach", "span",
+                 "coverage")
+
+
+def layer_cells(record) -> list:
+    return [fmt_percent(record.coverage) if name == "coverage" else
+            fmt_number(getattr(record, name)) for name in LAYER_COLUMNS]
+
+
+def pattern_cells(p) -> list:
+    return [p.name, p.text, str(p.layers), fmt_percent(p.density),
+            fmt_percent(p.admissible_density), fmt_number(p.keys_per_query),
+            fmt_percent(p.tile_density), fmt_number(p.waste)]
+
+
+PATTERN_COLUMNS = ("pattern", "text", "layers", "density", "admissible density",
+                   "keys/query", "tile density", "waste")
+
+
+# ---------------------------------------------------------------- text
+def text(report) -> str:
+    lines = [header(report), ""]
+    width = max(len(label) for label, _ in summary_rows(report))
+    lines += [f"  {label:<{width}}  {value}" for label, value in summary_rows(report)]
+    if report.formulas:
+        lines += ["", "closed forms:"]
+        lines += [f"  {name} = {expr}   [{fmt_number(report.formula_values.get(name))}]"
+                  for name, expr in report.formulas.items()]
+    lines += ["", _text_table(LAYER_COLUMNS, _shown_layers(report))]
+    lines += [f"note: {note}" for note in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _shown_layers(report):
+    records = report.layers
+    if len(records) <= TEXT_LAYER_ROWS:
+        return [layer_cells(r) for r in records]
+    head = [layer_cells(r) for r in records[: TEXT_LAYER_ROWS - 2]]
+    return head + [["..."] * len(LAYER_COLUMNS), layer_cells(records[-1])]
+
+
+def _text_table(columns, rows) -> str:
+    widths = [max(len(str(c)), *(len(r[i]) for r in rows)) if rows else len(str(c))
+              for i, c in enumerate(columns)]
+    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa
+    return "\n".join([line(columns)] + [line(r) for r in rows])
+
+
+# ---------------------------------------------------------------- markdown
+def _md_table(columns, rows) -> str:
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def markdown(report) -> str:
+    parts = [f"# Graph-diameter report: {report.name}", "", header(report) + ".", "",
+             "## Summary", "", _md_table(("figure", "value"), summary_rows(report))]
+    if report.formulas:
+        rows = [(name, f"`{expr}`", fmt_number(report.formula_values.get(name)))
+                for name, expr in report.formulas.items()]
+        parts += ["", "## Closed forms", "", _md_table(("figure", "formula", "value"), rows)]
+    parts += ["", "## Patterns", "",
+              _md_table(PATTERN_COLUMNS, [pattern_cells(p) for p in report.patterns])]
+    parts += ["", "## Receptive field per layer", "",
+              _md_table(LAYER_COLUMNS, [layer_cells(r) for r in report.layers])]
+    if report.notes:
+        parts += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------- html
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
+text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}
+figure{display:inline-block;margin:.5em}code{background:#f6f6f6}"""
+
+
+def _html_table(columns, rows) -> str:
+    esc = html_escape.escape
+    head = "".join(f"<th>{esc(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def to_html(report) -> str:
+    esc = html_escape.escape
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
+             f"<title>spattn report: {esc(report.name)}</title><style>{_STYLE}</style></head>"
+             f"<body><h1>Graph-diameter report: {esc(report.name)}</h1>",
+             f"<p>{esc(header(report))}.</p>", "<h2>Summary</h2>",
+             _html_table(("figure", "value"), summary_rows(report))]
+    if report.formulas:
+        rows = [(name, str(expr), fmt_number(report.formula_values.get(name)))
+                for name, expr in report.formulas.items()]
+        parts += ["<h2>Closed forms</h2>", _html_table(("figure", "formula", "value"), rows)]
+    parts += ["<h2>Figures</h2>", _figures_html(report)]
+    parts += ["<h2>Patterns</h2>",
+              _html_table(PATTERN_COLUMNS, [pattern_cells(p) for p in report.patterns]),
+              "<h2>Receptive field per layer</h2>",
+              _html_table(LAYER_COLUMNS, [layer_cells(r) for r in report.layers])]
+    if report.notes:
+        parts += ["<h2>Notes</h2><ul>"] + [f"<li>{esc(n)}</li>" for n in report.notes] + \
+            ["</ul>"]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _figures_html(report) -> str:
+    from . import plots
+
+    if not plots.available():
+        return "<p class='skipped'>Plots skipped: matplotlib is not installed " \
+               "(pip install 'spattn_dsl[report]').</p>"
+    figures = [(f"mask of {name} ({tile}x{tile} tiles)", plots.mask_png(grid, tile, report.n))
+               for name, grid, tile in report.pictures]
+    if report.layers:
+        figures.append(("receptive field per layer", plots.growth_png(report)))
+        figures.append(("coverage per layer", plots.coverage_png(report)))
+    return "".join(
+        f"<figure><img alt='{html_escape.escape(caption)}' src='data:image/png;base64,"
+        f"{base64.b64encode(png).decode()}'><figcaption>{html_escape.escape(caption)}"
+        f"</figcaption></figure>" for caption, png in figures)
+
+
+__all__ = ["render", "text", "markdown", "to_html"]
