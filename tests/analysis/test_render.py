@@ -1,0 +1,96 @@
+"""Reports for every example render as text, Markdown, HTML (plots embedded) and JSON."""
+import json
+import re
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from spattn_dsl import load
+from spattn_dsl.analysis import analyze, render
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def example_models():
+    out = []
+    for path in sorted(EXAMPLES.glob("*.spattn")):
+        names = re.findall(r"^model (\w+)", path.read_text(), re.M)
+        out += [pytest.param(path, name, id=f"{path.stem}-{name}") for name in names]
+    return out
+
+
+class Page(HTMLParser):
+    """Collects the images, table headers and headings of an HTML page."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.headers, self.headings, self._in = [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        self._in = tag
+
+    def handle_data(self, data):
+        if self._in == "th":
+            self.headers.append(data)
+        if self._in in ("h1", "h2"):
+            self.headings.append(data)
+
+
+@pytest.fixture(scope="module")
+def reports():
+    cache = {}
+
+    def get(path, name):
+        if (path, name) not in cache:
+            cache[path, name] = analyze(load(path).model(name), 512)
+        return cache[path, name]
+    return get
+
+
+@pytest.mark.parametrize("path,name", example_models())
+def test_example_model_renders_in_every_format(path, name, reports, tmp_path):
+    report = reports(path, name)
+    md = render(report, tmp_path / "r.md")
+    assert md.startswith(f"# Graph-diameter report: {name}")
+    assert "| layer | rf_min |" in md and (tmp_path / "r.md").read_text() == md
+    data = json.loads(render(report, tmp_path / "r.json"))
+    assert data == json.loads(report.to_json())
+    assert data["diameter"] == ("inf" if report.diameter == float("inf") else report.diameter)
+    assert len(data["layers"]) == report.depth
+    page = Page()
+    page.feed(render(report, tmp_path / "r.html"))
+    assert "Summary" in page.headings and "Receptive field per layer" in page.headings
+    assert {"figure", "value", "layer", "coverage", "density"} <= set(page.headers)
+    assert len(page.images) >= 3 and all(src.startswith("data:image/png;base64,")
+                                         for src in page.images)
+    assert "causal diameter" in render(report) or "diameter" in render(report)
+
+
+def test_html_without_matplotlib_says_plots_were_skipped(monkeypatch, reports):
+    report = reports(EXAMPLES / "mistral.spattn", "mistral_7b")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    html = render(report, fmt="html")
+    assert "Plots skipped" in html and "<img" not in html
+
+
+def test_text_report_names_the_key_figures():
+    report = analyze(load(EXAMPLES / "mistral.spattn").pattern("mistral_swa"), 65536)
+    text = render(report)
+    assert "causal diameter" in text and "coverage depth" in text
+    assert "reach = Min(L*(w - 1), n - 1)" in text
+
+
+def test_inf_is_a_string_in_dicts():
+    prefix = load(EXAMPLES / "prefix_lm.spattn").pattern("prefix_lm")
+    data = analyze(prefix, 256).to_dict()
+    assert data["diameter"] == "inf" and data["coverage_depth"] == "inf"
+    assert data["uncovered_pair"] is not None
+
+
+def test_unknown_format_is_an_error(reports):
+    with pytest.raises(ValueError):
+        render(reports(EXAMPLES / "mistral.spattn", "mistral_7b"), fmt="pdf")
