@@ -1,0 +1,90 @@
+"""Analytic block layouts against layouts read off the dense reference mask."""
+import random
+import time
+
+import pytest
+import torch
+
+from spattn_dsl.ir import nodes as N
+from spattn_dsl.ir.evaluate import select_head
+from spattn_dsl.layout import EMPTY, FULL, PARTIAL, lower, pair_count, states_from_mask, \
+    tile_states
+from spattn_dsl.layout.classify import _RULES
+
+from .patterns import PRIMITIVES, pattern, random_tree
+
+SHAPES = [(1, 1), (7, 7), (63, 63), (111, 111), (232, 232), (40, 111), (5, 232)]
+TILES = [(16, 16), (16, 32), (64, 16)]
+
+
+def assert_layout_exact(p, n_q, n_k, bm, bn):
+    concrete = p.at(n_k)
+    for head in range(p.heads):
+        got = tile_states(select_head(concrete, head), n_q, n_k, bm, bn)
+        want = states_from_mask(p.mask(n_q, n_k, head), bm, bn)
+        assert torch.equal(got, want), f"{p.text} n_q={n_q} n_k={n_k} tiles={bm}x{bn} head={head}"
+
+
+@pytest.mark.parametrize("name", sorted(PRIMITIVES))
+@pytest.mark.parametrize("n_q,n_k", SHAPES, ids=[f"nq{a}-nk{b}" for a, b in SHAPES])
+def test_tile_states_match_reference_mask(name, n_q, n_k):
+    for bm, bn in TILES:
+        assert_layout_exact(pattern(name), n_q, n_k, bm, bn)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_tile_states_random_trees(seed):
+    rng = random.Random(seed)
+    p = pattern(random_tree(rng))
+    n_k = rng.choice([63, 111, 232])
+    n_q = rng.choice([n_k, rng.randint(1, n_k)])
+    bm, bn = rng.choice([(8, 8), (16, 32), (32, 16)])
+    assert_layout_exact(p, n_q, n_k, bm, bn)
+
+
+def test_every_primitive_has_a_classifier():
+    for node in N.PRIMITIVES + (N.Union, N.Intersect, N.Difference, N.Complement, N.Blocks):
+        assert node in _RULES, node.__name__
+
+
+def test_lists_match_states():
+    p = pattern("heads")
+    layout = lower(p.at(111), 100, 111, 16, 16)
+    assert layout.cases == 2
+    for c in range(2):
+        for row in range(layout.tiles[0]):
+            states = layout.states[c, row]
+            full = layout.full_indices[c, row, :layout.full_counts[c, row]].tolist()
+            part = layout.partial_indices[c, row, :layout.partial_counts[c, row]].tolist()
+            ragged = layout.tiles[1] - 1  # 111 % 16 != 0: a FULL last tile is listed PARTIAL
+            assert full == [j for j in range(layout.tiles[1]) if states[j] == FULL and j != ragged]
+            assert sorted(part) == part
+            assert set(part) == {j for j in range(layout.tiles[1]) if states[j] == PARTIAL or
+                                 (states[j] == FULL and j == ragged)}
+            for j in full + part:
+                assert states[j] != EMPTY
+        # the transpose lists the same tiles
+        pairs = {(r, int(j)) for r in range(layout.tiles[0])
+                 for j in layout.full_indices[c, r, :layout.full_counts[c, r]]}
+        pairs_t = {(int(i), col) for col in range(layout.tiles[1])
+                   for i in layout.full_q_indices[c, col, :layout.full_q_counts[c, col]]}
+        assert pairs == pairs_t
+
+
+def test_pair_count_matches_mask():
+    for name in ["bigbird", "longformer", "where-mod", "heads"]:
+        p = pattern(name)
+        for head in range(p.heads):
+            assert pair_count(p.at(232), 200, 232, head, block=32) == \
+                int(p.mask(200, 232, head).sum())
+
+
+def test_window_layout_is_fast_at_131072():
+    p = pattern(N.Intersect(N.Causal(), N.Window(N.Num(1024))))
+    lower(p.at(4096), 4096, 4096, 64, 64)
+    start = time.perf_counter()
+    layout = lower(p.at(131072), 131072, 131072, 64, 64)
+    elapsed = time.perf_counter() - start
+    assert layout.full_is_range
+    assert int(layout.full_counts.max()) == 15 and int(layout.partial_counts.max()) == 2
+    assert elapsed < 1.0, f"{elapsed:.2f} s"
