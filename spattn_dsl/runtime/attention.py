@@ -1,0 +1,188 @@
+"""``compile(pattern, **hints)`` -> ``attn(q, k, v, scale=None)``.
+
+Shapes come from the tensors at call time. For each problem size the runtime builds (and
+caches, in memory and on disk) the block layout and the generated kernel, picks a tile
+configuration (autotuned on a GPU, persisted per GPU), and launches. On a CPU the kernel runs
+under the Triton interpreter when ``TRITON_INTERPRET=1`` (in fp32), and otherwise the naive
+reference runs, with a one-time warning.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from ..codegen.reference import attention_reference
+from ..codegen.render import TileConfig, render
+from ..codegen.space import candidate_configs
+from ..layout.build import BlockLayout, lower
+from . import cache
+from .launch import Plan, forward
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+HEAD_DIMS = (16, 256)
+_WARNED = set()
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+class SparseAttention:
+    """The compiled attention of one pattern; call it as ``attn(q, k, v, scale=None)``."""
+
+    def __init__(self, pattern, block_m: int | None = None, block_n: int | None = None,
+                 num_warps: int | None = None, num_stages: int | None = None,
+                 autotune: bool = True, verbose: bool = False):
+        if not hasattr(pattern, "at") or not hasattr(pattern, "hash"):
+            raise TypeError(f"compile() needs a Pattern (from spattn_dsl.load(...).pattern(name)), "
+                            f"got {type(pattern).__name__}")
+        self.pattern = pattern
+        self.forced = None
+        if block_m or block_n or num_warps or num_stages:
+            self.forced = TileConfig(block_m or 64, block_n or 64, num_warps or 4, num_stages or 2)
+            for size in (self.forced.block_m, self.forced.block_n):
+                if size < 16 or size & (size - 1):
+                    raise ValueError(f"tile sizes must be powers of two >= 16, got {size}")
+        self.autotune = autotune
+        self.verbose = verbose
+        self._plans: dict = {}
+
+    # ------------------------------------------------------------------ public
+    def __call__(self, q, k, v, scale: float | None = None):
+        return self.forward(q, k, v, scale)[0]
+
+    def forward(self, q, k, v, scale: float | None = None):
+        """(out, lse): the attention output and the natural-log log-sum-exp per row (fp32)."""
+        scale = check_inputs(q, k, v, scale)
+        if q.device.type == "cpu" and not interpreting():
+            if "cpu" not in _WARNED:
+                _WARNED.add("cpu")
+                warnings.warn("spattn: no GPU and TRITON_INTERPRET is not set; using the naive "
+                              "reference attention (slow, n x n memory)", stacklevel=3)
+            out, lse = attention_reference(self.pattern, q, k, v, scale, dtype=torch.float32)
+            return out.to(q.dtype), lse
+        return _Forward.apply(self, q, k, v, scale)
+
+    def layout(self, n_q: int, n_k: int, config: TileConfig) -> BlockLayout:
+        return layout_for(self.pattern, n_q, n_k, config)
+
+    # ------------------------------------------------------------------ plans
+    def plan(self, q, k, v, scale) -> Plan:
+        n_q, n_k = q.shape[2], k.shape[2]
+        key = (n_q, n_k, q.shape[0], q.shape[1], k.shape[1], q.shape[3], q.dtype, str(q.device))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._choose(q, k, v, scale)
+            self._plans[key] = plan
+        return plan
+
+    def _make_plan(self, n_q, n_k, config, device) -> Plan:
+        rendered = render(self.pattern, n_k)
+        module = cache.import_source(rendered.key, rendered.source)
+        return Plan(module, self.layout(n_q, n_k, config), config, device)
+
+    def _choose(self, q, k, v, scale) -> Plan:
+        n_q, n_k, head_dim = q.shape[2], k.shape[2], q.shape[3]
+        if self.forced is not None:
+            return self._make_plan(n_q, n_k, self.forced, q.device)
+        configs = candidate_configs(head_dim, n_q, n_k, interpreter=q.device.type == "cpu")
+        if len(configs) == 1 or not self.autotune:
+            return self._make_plan(n_q, n_k, configs[0], q.device)
+        from .autotune import tune
+        return tune(self, q, k, v, scale, configs)
+
+
+def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
+    """Compile a pattern into ``attn(q, k, v, scale=None) -> out`` on ``[B, H, n, D]`` tensors.
+
+    Hints (all optional): ``block_m``, ``block_n``, ``num_warps``, ``num_stages`` (fix the tile
+    configuration), ``autotune`` (default True), ``verbose`` (print tuning progress).
+    """
+    return SparseAttention(pattern, **hints)
+
+
+_LAYOUTS: dict = {}
+
+
+def layout_for(pattern, n_q: int, n_k: int, config: TileConfig) -> BlockLayout:
+    """The layout of a pattern at a size and tile config: memory cache, then disk, then built."""
+    from ..codegen.render import kernel_key
+
+    concrete = pattern.at(n_k)
+    name = f"{kernel_key(concrete)}-q{n_q}-k{n_k}-m{config.block_m}-n{config.block_n}"
+    layout = _LAYOUTS.get(name)
+    if layout is None:
+        stored = cache.load_layout(name)
+        if stored is not None:
+            layout = BlockLayout(n_q, n_k, config.block_m, config.block_n, **stored)
+        else:
+            layout = lower(concrete, n_q, n_k, config.block_m, config.block_n)
+            cache.save_layout(name, layout.tensors())
+        _LAYOUTS[name] = layout
+    return layout
+
+
+def check_inputs(q, k, v, scale):
+    """Validate q, k, v (``[B, H, n, D]``) and return the softmax scale."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be [batch, heads, seq, head_dim], got shape "
+                             f"{tuple(t.shape)}")
+        if t.dtype not in DTYPES:
+            raise TypeError(f"{name} has dtype {t.dtype}; spattn supports float16, bfloat16, float32")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.device.type not in ("cuda", "cpu"):
+        raise ValueError(f"spattn runs on CUDA GPUs (or the CPU for testing), got {q.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"q and k have different batch sizes: {q.shape[0]} and {k.shape[0]}")
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"q and k have different head_dim: {q.shape[3]} and {k.shape[3]}")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads "
+                         f"({k.shape[1]})")
+    if not HEAD_DIMS[0] <= q.shape[3] <= HEAD_DIMS[1]:
+        raise ValueError(f"head_dim must be between {HEAD_DIMS[0]} and {HEAD_DIMS[1]}, got {q.shape[3]}")
+    if q.shape[2] > k.shape[2]:
+        raise ValueError(f"more queries than keys ({q.shape[2]} > {k.shape[2]}): queries are the "
+                         "last n_q positions of the key sequence")
+    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    return scale
+
+
+class _Forward(torch.autograd.Function):
+    """The kernel forward; the backward (until the generated one lands) recomputes the naive
+    reference in autograd, which needs n x n memory."""
+
+    @staticmethod
+    def forward(ctx, attn, q, k, v, scale):
+        run_dtype = q.dtype
+        if q.device.type == "cpu" and q.dtype != torch.float32:
+            q32, k32, v32 = (t.float() for t in (q, k, v))  # the interpreter's dot is fp32-only
+        else:
+            q32, k32, v32 = q, k, v
+        plan = attn.plan(q32, k32, v32, scale)
+        out, lse = forward(plan, q32, k32, v32, scale)
+        ctx.attn, ctx.scale = attn, scale
+        ctx.save_for_backward(q, k, v)
+        ctx.mark_non_differentiable(lse)
+        return out.to(run_dtype), lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v = ctx.saved_tensors
+        with torch.enable_grad():
+            qr, kr, vr = (t.detach().requires_grad_(True) for t in (q, k, v))
+            out, _ = attention_reference(ctx.attn.pattern, qr, kr, vr, ctx.scale, dtype=torch.float32)
+            grads = torch.autograd.grad(out, (qr, kr, vr), grad_out.float())
+        return (None, *(g.to(t.dtype) for g, t in zip(grads, (q, k, v))), None)

@@ -1,0 +1,55 @@
+"""Autotuning over tile configurations, each with its own layout; results persist on disk
+per (pattern, kernel, shapes, dtype, GPU) so that a second process does not tune again."""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ..codegen.render import TileConfig, kernel_key
+from . import cache
+from .launch import forward
+
+TUNING_FILE = "autotune.json"
+
+
+def tuning_key(pattern, q, k) -> str:
+    gpu = torch.cuda.get_device_name(q.device) if q.device.type == "cuda" else "cpu"
+    batch, heads, n_q, head_dim = q.shape
+    return "|".join(str(x) for x in (pattern.hash, kernel_key(pattern.at(k.shape[2])), batch,
+                                      heads, k.shape[1], n_q, k.shape[2], head_dim,
+                                      str(q.dtype).replace("torch.", ""), gpu))
+
+
+def tune(attn, q, k, v, scale, configs):
+    """The fastest config's plan (read from the tuning file when this problem was tuned)."""
+    import triton.testing
+
+    key = tuning_key(attn.pattern, q, k)
+    known = cache.load_json(TUNING_FILE).get(key)
+    if known is not None:
+        return attn._make_plan(q.shape[2], k.shape[2], TileConfig(*known["config"]), q.device)
+    best, timings = None, {}
+    for config in configs:
+        plan = attn._make_plan(q.shape[2], k.shape[2], config, q.device)
+        try:
+            forward(plan, q, k, v, scale)
+            torch.cuda.synchronize()
+            ms = triton.testing.do_bench(lambda: forward(plan, q, k, v, scale), warmup=25, rep=100,
+                                         return_mode="median")
+        except Exception as error:  # out of shared memory or registers: skip this config
+            if attn.verbose:
+                print(f"spattn autotune: {config} failed: {type(error).__name__}", file=sys.stderr)
+            continue
+        timings[str(config)] = ms
+        if attn.verbose:
+            print(f"spattn autotune: {config}: {ms:.3f} ms", file=sys.stderr)
+        if best is None or ms < best[0]:
+            best = (ms, config, plan)
+    if best is None:
+        raise RuntimeError(f"spattn: no tile configuration compiled for {attn.pattern.text}")
+    ms, config, plan = best
+    c = config
+    cache.update_json(TUNING_FILE, key, {"config": [c.block_m, c.block_n, c.num_warps, c.num_stages],
+                                         "ms": ms, "timings": timings})
+    return plan
