@@ -5,10 +5,11 @@ from .render import TileConfig
 
 GPU_SPACE = (
     TileConfig(128, 128, 8, 3),
-    TileConfig(128, 64, 4, 3),
     TileConfig(128, 64, 8, 3),
+    TileConfig(128, 64, 8, 4),
     TileConfig(64, 64, 4, 3),
-    TileConfig(64, 128, 4, 3),
+    TileConfig(64, 64, 4, 4),
+    TileConfig(64, 64, 4, 2),
 )
 INTERPRETER_CONFIG = TileConfig(16, 16, 1, 1)
 

@@ -65,7 +65,8 @@ def ${name}(
     qk_scale$table_params,
     CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     slot = pid // (n_batch * n_heads)
@@ -85,8 +86,10 @@ def ${name}(
     q_ptrs = Q + z * stride_qz + h.to(tl.int64) * stride_qh \\
         + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=(offs_m[:, None] < n_q) & d_ok[None, :], other=0.0)  # [BLOCK_M, HEAD_DIM_PAD]
-    K += z * stride_kz + kv_h * stride_kh
-    V += z * stride_vz + kv_h * stride_vh
+    k_ptrs = K + z * stride_kz + kv_h * stride_kh \
+        + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd   # [HEAD_DIM_PAD, BLOCK_N] tile 0
+    v_ptrs = V + z * stride_vz + kv_h * stride_vh \
+        + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd   # [BLOCK_N, HEAD_DIM_PAD] tile 0
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)          # [BLOCK_M] running max (log2 units)
     l_i = tl.zeros([BLOCK_M], tl.float32)                        # [BLOCK_M] running sum
@@ -101,15 +104,13 @@ def ${name}(
             tile_n = first_full + j
         else:
             tile_n = tl.load(full_row + j)
-        offs_kn = tile_n * BLOCK_N + offs_n                      # [BLOCK_N] key positions
+        start_n = (tile_n * BLOCK_N).to(tl.int64)
         if HEAD_DIM == HEAD_DIM_PAD:
-            k = tl.load(K + offs_kn[None, :] * stride_kn + offs_d[:, None] * stride_kd)  # [HEAD_DIM_PAD, BLOCK_N]
-            v = tl.load(V + offs_kn[:, None] * stride_vn + offs_d[None, :] * stride_vd)  # [BLOCK_N, HEAD_DIM_PAD]
+            k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
+            v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
         else:
-            k = tl.load(K + offs_kn[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                        mask=d_ok[:, None], other=0.0)
-            v = tl.load(V + offs_kn[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                        mask=d_ok[None, :], other=0.0)
+            k = tl.load(k_ptrs + start_n * stride_kn, mask=d_ok[:, None], other=0.0)
+            v = tl.load(v_ptrs + start_n * stride_vn, mask=d_ok[None, :], other=0.0)
         qk = tl.dot(q, k, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)        # [BLOCK_M]
         p = tl.math.exp2(qk * qk_scale - m_new[:, None])         # [BLOCK_M, BLOCK_N]
@@ -126,14 +127,19 @@ def ${name}(
             tile_n = first_partial + j
         else:
             tile_n = tl.load(partial_row + j)
+        start_n = (tile_n * BLOCK_N).to(tl.int64)
         offs_kn = tile_n * BLOCK_N + offs_n                      # [BLOCK_N] key positions
         k_ok = offs_kn < n_k                                     # [BLOCK_N]
-        k = tl.load(K + offs_kn[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                    mask=k_ok[None, :] & d_ok[:, None], other=0.0)   # [HEAD_DIM_PAD, BLOCK_N]
-        v = tl.load(V + offs_kn[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=k_ok[:, None] & d_ok[None, :], other=0.0)   # [BLOCK_N, HEAD_DIM_PAD]
+        if EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
+            k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
+            v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
+        else:
+            k = tl.load(k_ptrs + start_n * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+            v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
         k_pos = offs_kn[None, :]                                 # [1, BLOCK_N] absolute
-        allowed = _allowed(q_pos, k_pos, case$table_args) & k_ok[None, :]  # [BLOCK_M, BLOCK_N]
+        allowed = _allowed(q_pos, k_pos, case$table_args)        # [BLOCK_M, BLOCK_N] or a side
+        if not EVEN_N:
+            allowed = allowed & k_ok[None, :]
         qk = tl.dot(q, k, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
         qk = tl.where(allowed, qk * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))                   # [BLOCK_M]

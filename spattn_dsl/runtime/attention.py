@@ -63,7 +63,9 @@ class SparseAttention:
                               "reference attention (slow, n x n memory)", stacklevel=3)
             out, lse = attention_reference(self.pattern, q, k, v, scale, dtype=torch.float32)
             return out.to(q.dtype), lse
-        return _Forward.apply(self, q, k, v, scale)
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            return _Forward.apply(self, q, k, v, scale)
+        return _run(self, q, k, v, scale)
 
     def layout(self, n_q: int, n_k: int, config: TileConfig) -> BlockLayout:
         return layout_for(self.pattern, n_q, n_k, config)
@@ -160,23 +162,25 @@ def check_inputs(q, k, v, scale):
     return scale
 
 
+def _run(attn, q, k, v, scale):
+    """The kernel launch (inputs upcast to fp32 under the interpreter, whose dot is fp32-only)."""
+    if q.device.type == "cpu" and q.dtype != torch.float32:
+        out, lse = _run(attn, q.float(), k.float(), v.float(), scale)
+        return out.to(q.dtype), lse
+    return forward(attn.plan(q, k, v, scale), q, k, v, scale)
+
+
 class _Forward(torch.autograd.Function):
     """The kernel forward; the backward (until the generated one lands) recomputes the naive
     reference in autograd, which needs n x n memory."""
 
     @staticmethod
     def forward(ctx, attn, q, k, v, scale):
-        run_dtype = q.dtype
-        if q.device.type == "cpu" and q.dtype != torch.float32:
-            q32, k32, v32 = (t.float() for t in (q, k, v))  # the interpreter's dot is fp32-only
-        else:
-            q32, k32, v32 = q, k, v
-        plan = attn.plan(q32, k32, v32, scale)
-        out, lse = forward(plan, q32, k32, v32, scale)
+        out, lse = _run(attn, q, k, v, scale)
         ctx.attn, ctx.scale = attn, scale
         ctx.save_for_backward(q, k, v)
         ctx.mark_non_differentiable(lse)
-        return out.to(run_dtype), lse
+        return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):

@@ -61,6 +61,7 @@ def forward(plan: Plan, q, k, v, scale: float, out=None, lse=None):
         CASES=module.CASES, HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, 1 << (head_dim - 1).bit_length()),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         FULL_RANGE=plan.full_range, PARTIAL_RANGE=plan.partial_range,
+        EVEN_N=n_k % config.block_n == 0,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

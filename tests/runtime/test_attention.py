@@ -15,7 +15,7 @@ from ..layout.patterns import pattern
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNEL_PATTERNS = ["heads", "bigbird", "longformer", "fixed", "where-mod", "random3", "tokens",
                    "dilated4-3", "blocks5-causal", "none"]
-SHAPES = [(63, 63), (40, 111)]
+SHAPES = [(63, 63), (40, 111), (32, 64)]
 
 
 def rel_err(out, ref):
@@ -152,7 +152,7 @@ def test_compile_rejects_non_patterns():
 @pytest.mark.parametrize("name", ["heads", "bigbird", "longformer", "fixed", "random3"])
 def test_gpu_half_precision(name, dtype):
     p = pattern(name)
-    attn = compile(p)
+    attn = compile(p, block_m=64, block_n=64, num_warps=4, num_stages=3)
     q, k, v = inputs(2, 4, 1000, 1111, 64, dtype=dtype)
     out, _ = run_poisoned(attn, q, k, v)
     ref, _ = attention_reference(p, q, k, v)
