@@ -78,7 +78,7 @@ class Emitter:
         if t is N.Union:
             return f"({self.emit(expr.left, q, k, divisors)} | {self.emit(expr.right, q, k, divisors)})"
         if t is N.Intersect:
-            return f"({self.emit(expr.left, q, k, divisors)} & {self.emit(expr.right, q, k, divisors)})"
+            return self.emit_intersect(expr, q, k, divisors)
         if t is N.Difference:
             return (f"({self.emit(expr.left, q, k, divisors)} & "
                     f"~{self.emit(expr.right, q, k, divisors)})")
@@ -88,6 +88,39 @@ class Emitter:
             b = expr.size
             return self.emit(expr.body, f"({q} // {b})", f"({k} // {b})", divisors + (b,))
         raise TypeError(f"no Triton predicate for {t.__name__} (select a head first)")
+
+
+    def emit_intersect(self, expr, q, k, divisors) -> str:
+        """A conjunction; its causal/window/band terms fold into one interval on ``q - k``,
+        tested with a single unsigned comparison."""
+        terms = list(_conjuncts(expr))
+        bands = [t for t in terms if type(t) in _DIFF_INTERVAL]
+        rest = [self.emit(t, q, k, divisors) for t in terms if type(t) not in _DIFF_INTERVAL]
+        if bands:
+            lo = max(_DIFF_INTERVAL[type(t)](t)[0] for t in bands)
+            hi = min(_DIFF_INTERVAL[type(t)](t)[1] for t in bands)
+            if lo > hi:
+                rest.append(f"({q} < 0)")
+            else:
+                rest.append(f"(({q} - {k} - ({lo})).to(tl.uint32) <= {hi - lo})")
+        return "(" + " & ".join(rest) + ")"
+
+
+_BIG = 1 << 30
+# primitives that allow exactly an interval [lo, hi] of q - k
+_DIFF_INTERVAL = {
+    N.Causal: lambda e: (0, _BIG),
+    N.Window: lambda e: (-min(e.w - 1, _BIG), min(e.w - 1, _BIG)),
+    N.Band: lambda e: (-min(e.after, _BIG), min(e.before, _BIG)),
+}
+
+
+def _conjuncts(expr):
+    if isinstance(expr, N.Intersect):
+        yield from _conjuncts(expr.left)
+        yield from _conjuncts(expr.right)
+    else:
+        yield expr
 
 
 def int_code(expr, q: str, k: str) -> str:

@@ -15,7 +15,7 @@ from ..ir.printer import text as expr_text
 from .predicate import Emitter, TableSpec
 from .template import HELPERS, KERNEL
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 
 
 @dataclass(frozen=True)

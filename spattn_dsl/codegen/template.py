@@ -141,10 +141,10 @@ def ${name}(
         if not EVEN_N:
             allowed = allowed & k_ok[None, :]
         qk = tl.dot(q, k, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
-        qk = tl.where(allowed, qk * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))                   # [BLOCK_M]
+        qk = tl.where(allowed, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)        # [BLOCK_M]
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)     # all masked so far: no NaN
-        p = tl.math.exp2(qk - m_use[:, None])                    # [BLOCK_M, BLOCK_N]
+        p = tl.math.exp2(qk * qk_scale - m_use[:, None])         # [BLOCK_M, BLOCK_N]
         alpha = tl.math.exp2(m_i - m_use)                        # [BLOCK_M]
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)

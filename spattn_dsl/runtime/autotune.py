@@ -13,6 +13,25 @@ from .launch import forward
 TUNING_FILE = "autotune.json"
 
 
+def _confirm(best, timings, attn, q, k, v, scale, configs):
+    """Time the two fastest configs once more and keep the faster (one noisy run should not
+    decide)."""
+    import triton.testing
+
+    ranked = sorted((ms, i) for i, (c, ms) in enumerate(timings.items()))[:2]
+    by_name = {str(c): c for c in configs}
+    names = list(timings)
+    contenders = []
+    for _, i in ranked:
+        config = by_name[names[i]]
+        plan = attn._make_plan(q.shape[2], k.shape[2], config, q.device)
+        ms = triton.testing.do_bench(lambda: forward(plan, q, k, v, scale), warmup=25, rep=100,
+                                     return_mode="median")
+        timings[names[i]] = min(timings[names[i]], ms)
+        contenders.append((ms, config, plan))
+    return min(contenders, key=lambda c: c[0]) if contenders else best
+
+
 def tuning_key(pattern, q, k) -> str:
     gpu = torch.cuda.get_device_name(q.device) if q.device.type == "cuda" else "cpu"
     batch, heads, n_q, head_dim = q.shape
@@ -48,6 +67,7 @@ def tune(attn, q, k, v, scale, configs):
             best = (ms, config, plan)
     if best is None:
         raise RuntimeError(f"spattn: no tile configuration compiled for {attn.pattern.text}")
+    best = _confirm(best, timings, attn, q, k, v, scale, configs)
     ms, config, plan = best
     c = config
     cache.update_json(TUNING_FILE, key, {"config": [c.block_m, c.block_n, c.num_warps, c.num_stages],
