@@ -15,7 +15,7 @@ from ..ir.printer import text as expr_text
 from .predicate import Emitter, TableSpec
 from .template import HELPERS, KERNEL
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,11 @@ class TileConfig:
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    merged: bool = False  # one loop over a range of key tiles, predicate on its end tiles only
 
     def __str__(self) -> str:
         return f"BLOCK_M={self.block_m} BLOCK_N={self.block_n} num_warps={self.num_warps} " \
-               f"num_stages={self.num_stages}"
+               f"num_stages={self.num_stages}" + (" merged" if self.merged else "")
 
 
 @dataclass(frozen=True)

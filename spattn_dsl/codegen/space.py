@@ -10,6 +10,9 @@ GPU_SPACE = (
     TileConfig(64, 64, 4, 3),
     TileConfig(64, 64, 4, 4),
     TileConfig(64, 64, 4, 2),
+    TileConfig(128, 128, 8, 3, merged=True),
+    TileConfig(128, 64, 8, 3, merged=True),
+    TileConfig(64, 64, 4, 3, merged=True),
 )
 INTERPRETER_CONFIG = TileConfig(16, 16, 1, 1)
 

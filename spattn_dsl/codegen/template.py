@@ -2,7 +2,8 @@
 
 One program computes one query tile (``BLOCK_M`` rows) of one (batch, head): it visits the
 FULL key tiles of its row without any predicate, then the PARTIAL ones with the pattern's
-predicate and the bounds mask, keeping an online softmax in fp32 with exp2. Rows with no
+predicate and the bounds mask (or, ``MERGED``, one loop over a row's range of tiles with the
+predicate applied on its PARTIAL end tiles only: one software pipeline instead of two), keeping an online softmax in fp32 with exp2. Rows with no
 allowed key give 0. The log-sum-exp (natural log) is saved for the backward pass.
 """
 from string import Template
@@ -55,7 +56,7 @@ $predicate_body
 @triton.jit
 def ${name}(
     Q, K, V, Out, Lse,
-    FullCounts, FullIndices, PartialCounts, PartialIndices, RowOrder,
+    FullCounts, FullIndices, PartialCounts, PartialIndices, RowOrder, VisitStart,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
@@ -66,7 +67,7 @@ def ${name}(
     CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    MERGED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     slot = pid // (n_batch * n_heads)
@@ -86,9 +87,9 @@ def ${name}(
     q_ptrs = Q + z * stride_qz + h.to(tl.int64) * stride_qh \\
         + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=(offs_m[:, None] < n_q) & d_ok[None, :], other=0.0)  # [BLOCK_M, HEAD_DIM_PAD]
-    k_ptrs = K + z * stride_kz + kv_h * stride_kh \
+    k_ptrs = K + z * stride_kz + kv_h * stride_kh \\
         + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd   # [HEAD_DIM_PAD, BLOCK_N] tile 0
-    v_ptrs = V + z * stride_vz + kv_h * stride_vh \
+    v_ptrs = V + z * stride_vz + kv_h * stride_vh \\
         + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd   # [BLOCK_N, HEAD_DIM_PAD] tile 0
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)          # [BLOCK_M] running max (log2 units)
@@ -96,59 +97,87 @@ def ${name}(
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)          # [BLOCK_M, HEAD_DIM_PAD]
 
     row = case * n_tiles_q + tile_m
-    n_full = tl.load(FullCounts + row)
-    full_row = FullIndices + row * full_width
-    first_full = tl.load(full_row)
-    for j in range(0, n_full):
-        if FULL_RANGE:
-            tile_n = first_full + j
-        else:
-            tile_n = tl.load(full_row + j)
-        start_n = (tile_n * BLOCK_N).to(tl.int64)
-        if HEAD_DIM == HEAD_DIM_PAD:
-            k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
-            v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
-        else:
-            k = tl.load(k_ptrs + start_n * stride_kn, mask=d_ok[:, None], other=0.0)
-            v = tl.load(v_ptrs + start_n * stride_vn, mask=d_ok[None, :], other=0.0)
-        qk = tl.dot(q, k, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)        # [BLOCK_M]
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])         # [BLOCK_M, BLOCK_N]
-        alpha = tl.math.exp2(m_i - m_new)                        # [BLOCK_M]
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+    if MERGED:
+        n_full = tl.load(FullCounts + row)
+        first_full = tl.load(FullIndices + row * full_width)
+        start = tl.load(VisitStart + row)
+        n_visit = n_full + tl.load(PartialCounts + row)
+        for j in range(0, n_visit):
+            tile_n = start + j
+            start_n = (tile_n * BLOCK_N).to(tl.int64)
+            offs_kn = tile_n * BLOCK_N + offs_n                  # [BLOCK_N] key positions
+            k_ok = offs_kn < n_k                                 # [BLOCK_N]
+            if EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
+                k = tl.load(k_ptrs + start_n * stride_kn)        # [HEAD_DIM_PAD, BLOCK_N]
+                v = tl.load(v_ptrs + start_n * stride_vn)        # [BLOCK_N, HEAD_DIM_PAD]
+            else:
+                k = tl.load(k_ptrs + start_n * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+                v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+            qk = tl.dot(q, k, input_precision=DOT_PRECISION)   # [BLOCK_M, BLOCK_N]
+            if (tile_n < first_full) | (tile_n >= first_full + n_full):  # a PARTIAL tile
+                allowed = _allowed(q_pos, offs_kn[None, :], case$table_args) & k_ok[None, :]
+                qk = tl.where(allowed, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)    # [BLOCK_M]
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(qk * qk_scale - m_use[:, None])     # [BLOCK_M, BLOCK_N]
+            alpha = tl.math.exp2(m_i - m_use)                    # [BLOCK_M]
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            m_i = m_new
+    else:
+        n_full = tl.load(FullCounts + row)
+        full_row = FullIndices + row * full_width
+        first_full = tl.load(full_row)
+        for j in range(0, n_full):
+            if FULL_RANGE:
+                tile_n = first_full + j
+            else:
+                tile_n = tl.load(full_row + j)
+            start_n = (tile_n * BLOCK_N).to(tl.int64)
+            if HEAD_DIM == HEAD_DIM_PAD:
+                k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
+                v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
+            else:
+                k = tl.load(k_ptrs + start_n * stride_kn, mask=d_ok[:, None], other=0.0)
+                v = tl.load(v_ptrs + start_n * stride_vn, mask=d_ok[None, :], other=0.0)
+            qk = tl.dot(q, k, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)        # [BLOCK_M]
+            p = tl.math.exp2(qk * qk_scale - m_new[:, None])         # [BLOCK_M, BLOCK_N]
+            alpha = tl.math.exp2(m_i - m_new)                        # [BLOCK_M]
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            m_i = m_new
 
-    n_partial = tl.load(PartialCounts + row)
-    partial_row = PartialIndices + row * partial_width
-    first_partial = tl.load(partial_row)
-    for j in range(0, n_partial):
-        if PARTIAL_RANGE:
-            tile_n = first_partial + j
-        else:
-            tile_n = tl.load(partial_row + j)
-        start_n = (tile_n * BLOCK_N).to(tl.int64)
-        offs_kn = tile_n * BLOCK_N + offs_n                      # [BLOCK_N] key positions
-        k_ok = offs_kn < n_k                                     # [BLOCK_N]
-        if EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
-            k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
-            v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
-        else:
-            k = tl.load(k_ptrs + start_n * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
-            v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
-        k_pos = offs_kn[None, :]                                 # [1, BLOCK_N] absolute
-        allowed = _allowed(q_pos, k_pos, case$table_args)        # [BLOCK_M, BLOCK_N] or a side
-        if not EVEN_N:
-            allowed = allowed & k_ok[None, :]
-        qk = tl.dot(q, k, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
-        qk = tl.where(allowed, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)        # [BLOCK_M]
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)     # all masked so far: no NaN
-        p = tl.math.exp2(qk * qk_scale - m_use[:, None])         # [BLOCK_M, BLOCK_N]
-        alpha = tl.math.exp2(m_i - m_use)                        # [BLOCK_M]
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        n_partial = tl.load(PartialCounts + row)
+        partial_row = PartialIndices + row * partial_width
+        first_partial = tl.load(partial_row)
+        for j in range(0, n_partial):
+            if PARTIAL_RANGE:
+                tile_n = first_partial + j
+            else:
+                tile_n = tl.load(partial_row + j)
+            start_n = (tile_n * BLOCK_N).to(tl.int64)
+            offs_kn = tile_n * BLOCK_N + offs_n                      # [BLOCK_N] key positions
+            k_ok = offs_kn < n_k                                     # [BLOCK_N]
+            if EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
+                k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
+                v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
+            else:
+                k = tl.load(k_ptrs + start_n * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+                v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+            k_pos = offs_kn[None, :]                                 # [1, BLOCK_N] absolute
+            allowed = _allowed(q_pos, k_pos, case$table_args)        # [BLOCK_M, BLOCK_N] or a side
+            if not EVEN_N:
+                allowed = allowed & k_ok[None, :]
+            qk = tl.dot(q, k, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
+            qk = tl.where(allowed, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)        # [BLOCK_M]
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)     # all masked so far: no NaN
+            p = tl.math.exp2(qk * qk_scale - m_use[:, None])         # [BLOCK_M, BLOCK_N]
+            alpha = tl.math.exp2(m_i - m_use)                        # [BLOCK_M]
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            m_i = m_new
 
     empty = l_i == 0.0                                           # [BLOCK_M] rows with no key
     l_safe = tl.where(empty, 1.0, l_i)

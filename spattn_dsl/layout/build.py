@@ -60,6 +60,29 @@ class BlockLayout:
     def partial_is_range(self) -> bool:
         return _is_range(self.partial_counts, self.partial_indices)
 
+    @property
+    def visit_start(self) -> torch.Tensor:
+        """int32 ``[cases, T_q]``: each query tile's first visited key tile (0 when none)."""
+        big = torch.iinfo(torch.int32).max
+        first_full = torch.where(self.full_counts > 0, self.full_indices[..., 0], big)
+        first_partial = torch.where(self.partial_counts > 0, self.partial_indices[..., 0], big)
+        start = torch.minimum(first_full, first_partial)
+        return torch.where(start == big, 0, start).to(torch.int32)
+
+    @property
+    def visit_is_range(self) -> bool:
+        """Every query tile visits consecutive key tiles, its FULL ones consecutive too: one
+        loop over a range can visit them all (the PARTIAL ones at its ends)."""
+        if not self.full_is_range:
+            return False
+        total = self.full_counts + self.partial_counts
+        last = torch.maximum(
+            torch.where(self.full_counts > 0, self.full_indices.gather(
+                -1, (self.full_counts.long() - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1), -1),
+            torch.where(self.partial_counts > 0, self.partial_indices.gather(
+                -1, (self.partial_counts.long() - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1), -1))
+        return bool(((total == 0) | (last - self.visit_start + 1 == total)).all())
+
     def density(self) -> float:
         """Visited tiles / all tiles (over every case)."""
         return float((self.states != EMPTY).float().mean()) if self.states.numel() else 0.0

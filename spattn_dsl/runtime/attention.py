@@ -34,14 +34,15 @@ class SparseAttention:
 
     def __init__(self, pattern, block_m: int | None = None, block_n: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None,
-                 autotune: bool = True, verbose: bool = False):
+                 merged: bool = False, autotune: bool = True, verbose: bool = False):
         if not hasattr(pattern, "at") or not hasattr(pattern, "hash"):
             raise TypeError(f"compile() needs a Pattern (from spattn_dsl.load(...).pattern(name)), "
                             f"got {type(pattern).__name__}")
         self.pattern = pattern
         self.forced = None
         if block_m or block_n or num_warps or num_stages:
-            self.forced = TileConfig(block_m or 64, block_n or 64, num_warps or 4, num_stages or 2)
+            self.forced = TileConfig(block_m or 64, block_n or 64, num_warps or 4, num_stages or 2,
+                                     merged)
             for size in (self.forced.block_m, self.forced.block_n):
                 if size < 16 or size & (size - 1):
                     raise ValueError(f"tile sizes must be powers of two >= 16, got {size}")
@@ -99,8 +100,9 @@ class SparseAttention:
 def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
     """Compile a pattern into ``attn(q, k, v, scale=None) -> out`` on ``[B, H, n, D]`` tensors.
 
-    Hints (all optional): ``block_m``, ``block_n``, ``num_warps``, ``num_stages`` (fix the tile
-    configuration), ``autotune`` (default True), ``verbose`` (print tuning progress).
+    Hints (all optional): ``block_m``, ``block_n``, ``num_warps``, ``num_stages``, ``merged``
+    (fix the tile configuration; ``merged`` visits range layouts in one loop), ``autotune``
+    (default True), ``verbose`` (print tuning progress).
     """
     return SparseAttention(pattern, **hints)
 

@@ -51,6 +51,8 @@ def tune(attn, q, k, v, scale, configs):
     best, timings = None, {}
     for config in configs:
         plan = attn._make_plan(q.shape[2], k.shape[2], config, q.device)
+        if config.merged and not plan.merged:
+            continue  # the layout's tiles are not one range per row
         try:
             forward(plan, q, k, v, scale)
             torch.cuda.synchronize()
@@ -70,6 +72,7 @@ def tune(attn, q, k, v, scale, configs):
     best = _confirm(best, timings, attn, q, k, v, scale, configs)
     ms, config, plan = best
     c = config
-    cache.update_json(TUNING_FILE, key, {"config": [c.block_m, c.block_n, c.num_warps, c.num_stages],
+    cache.update_json(TUNING_FILE, key, {"config": [c.block_m, c.block_n, c.num_warps, c.num_stages,
+                                                    c.merged],
                                          "ms": ms, "timings": timings})
     return plan

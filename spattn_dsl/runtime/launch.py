@@ -30,6 +30,8 @@ class Plan:
         self.config = config
         self.full_range = layout.full_is_range
         self.partial_range = layout.partial_is_range
+        self.merged = config.merged and layout.visit_is_range
+        self.visit_start = layout.visit_start.to(device)
         self.layout = layout.to(device)
         self.tables = random_tables(module, layout.n_k, device)
 
@@ -53,7 +55,7 @@ def forward(plan: Plan, q, k, v, scale: float, out=None, lse=None):
     module.FORWARD[grid](
         q, k, v, out, lse,
         layout.full_counts, layout.full_indices, layout.partial_counts, layout.partial_indices,
-        layout.row_order,
+        layout.row_order, plan.visit_start,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), lse.stride(0), lse.stride(1),
         batch, heads, heads // k.shape[1], n_q, n_k, n_tiles_q,
         layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
@@ -61,7 +63,7 @@ def forward(plan: Plan, q, k, v, scale: float, out=None, lse=None):
         CASES=module.CASES, HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, 1 << (head_dim - 1).bit_length()),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         FULL_RANGE=plan.full_range, PARTIAL_RANGE=plan.partial_range,
-        EVEN_N=n_k % config.block_n == 0,
+        EVEN_N=n_k % config.block_n == 0, MERGED=plan.merged,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

@@ -56,6 +56,18 @@ def test_forward_matches_reference(name, n_q, n_k):
     assert torch.allclose(lse.cpu().double()[finite], ref_lse[finite], atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["window40", "band3-9", "causal", "blocks5-causal", "chunk10"])
+@pytest.mark.parametrize("n_q,n_k", SHAPES, ids=[f"nq{a}-nk{b}" for a, b in SHAPES])
+def test_merged_loop_matches_reference(name, n_q, n_k):
+    p = pattern(name)
+    attn = compile(p, block_m=16, block_n=16, num_warps=1, num_stages=1, merged=True)
+    q, k, v = inputs(1, 2, n_q, n_k, 16)
+    out, _ = run_poisoned(attn, q, k, v)
+    assert attn.plan(q, k, v, 0.25).merged  # these layouts visit one range of tiles per row
+    ref, _ = attention_reference(p, q.cpu(), k.cpu(), v.cpu())
+    assert rel_err(out, ref) < 1e-5
+
+
 def test_rows_without_keys_are_zero():
     p = pattern(N.Intersect(N.Causal(), N.Global(N.Num(5))))  # rows q >= 5 see keys 0..4 only
     p_empty = pattern(N.Difference(N.Window(N.Num(3)), N.Prefix(N.Num(30))))
@@ -155,5 +167,18 @@ def test_gpu_half_precision(name, dtype):
     attn = compile(p, block_m=64, block_n=64, num_warps=4, num_stages=3)
     q, k, v = inputs(2, 4, 1000, 1111, 64, dtype=dtype)
     out, _ = run_poisoned(attn, q, k, v)
+    ref, _ = attention_reference(p, q, k, v)
+    assert rel_err(out, ref) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("block_m,block_n,warps", [(64, 64, 4), (128, 64, 8), (128, 128, 8)])
+def test_gpu_merged_loop(block_m, block_n, warps):
+    p = pattern(N.Intersect(N.Causal(), N.Window(N.Num(300))))
+    attn = compile(p, block_m=block_m, block_n=block_n, num_warps=warps, num_stages=3, merged=True)
+    q, k, v = inputs(2, 4, 1000, 1111, 128, dtype=torch.bfloat16)
+    out, _ = run_poisoned(attn, q, k, v)
+    assert attn.plan(q, k, v, 1.0).merged
     ref, _ = attention_reference(p, q, k, v)
     assert rel_err(out, ref) < 1e-2
