@@ -182,3 +182,37 @@ def test_gpu_merged_loop(block_m, block_n, warps):
     assert attn.plan(q, k, v, 1.0).merged
     ref, _ = attention_reference(p, q, k, v)
     assert rel_err(out, ref) < 1e-2
+
+
+def test_strided_inputs_in_sequence_major_layout():
+    """Tensors viewed from [batch, seq, heads, dim] (as Hugging Face models hold them)."""
+    p = pattern("longformer")
+    attn = compile(p, block_m=16, block_n=16, num_warps=1, num_stages=1)
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in inputs(2, 3, 33, 40, 16))
+    assert not q.is_contiguous()
+    out, _ = run_poisoned(attn, q, k, v)
+    ref, _ = attention_reference(p, q.cpu(), k.cpu(), v.cpu())
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_autotune_result_persists(monkeypatch):
+    import triton.testing
+
+    from spattn_dsl.runtime import cache
+    from spattn_dsl.runtime.autotune import TUNING_FILE, tuning_key
+
+    p = pattern("window40")
+    q, k, v = inputs(1, 2, 2048, 2048, 64, dtype=torch.bfloat16)
+    compile(p)(q, k, v)
+    entry = cache.load_json(TUNING_FILE)[tuning_key(p, q, k)]
+    assert len(entry["timings"]) >= 2
+    again = compile(p)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("tuned again although the tuning file has this problem")
+
+    monkeypatch.setattr(triton.testing, "do_bench", no_timing)
+    plan = again.plan(q, k, v, 0.125)  # read from the tuning file, not re-timed
+    assert [plan.config.block_m, plan.config.block_n] == entry["config"][:2]
