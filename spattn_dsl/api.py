@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .errors import PatternError
 from .frontend.parser import parse, parse_expr
-from .ir.program import Pattern, Program
+from .ir.program import Model, Pattern, Program
 from .ir.resolve import bind_body, check
 
 
@@ -23,6 +23,18 @@ def load(path) -> Program:
         raise PatternError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}",
                            filename=str(path), line=1, column=1) from None
     return loads(text, str(path))
+
+
+def target_from(spec):
+    """A Pattern or Model from an object, ``"file.spattn:name"`` (either kind), or pattern text."""
+    if isinstance(spec, (Pattern, Model)):
+        return spec
+    if isinstance(spec, str):
+        path, sep, name = spec.rpartition(":")
+        if sep and path.endswith(".spattn"):
+            program = load(path)
+            return program.model(name) if name in program.models else program.pattern(name)
+    return pattern_from(spec)
 
 
 def pattern_from(spec) -> Pattern:

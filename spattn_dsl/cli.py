@@ -159,12 +159,15 @@ def cmd_show(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .analysis import analyze, render
+    from .analysis import AnalysisError, analyze, render
     from .api import load
 
     program = load(args.file)
     target = program.model(args.model) if args.model else program.pattern(args.pattern)
-    report = analyze(target, args.seq_len, layers=args.layers)
+    try:
+        report = analyze(target, args.seq_len, layers=args.layers)
+    except AnalysisError as error:
+        raise UsageError(f"spattn report: error: {error}") from None
     fmt = args.format
     if args.output:
         render(report, path=args.output, fmt=fmt)

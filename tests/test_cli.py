@@ -85,3 +85,24 @@ def test_show_value_error_points_into_the_file(write, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0].endswith(":2:3: error: window: w must be >= 1, got 0")
     assert err[2] == "  ^^^^^^"
+
+
+def test_report_text_and_model_formulas_keep_parameter_names(write, capsys):
+    path = write("pattern swa(w = 16) { causal & window(w) }\nmodel m { layers 4: swa(w = 8) }")
+    assert main(["report", path, "--model", "m", "--seq-len", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "causal diameter" in out and "  9" in out  # ceil(63 / 7) = 9
+    assert "reach = Min(L*(w - 1), n - 1)   [28]" in out  # 4 layers x 7
+
+
+def test_report_without_an_exact_method_is_a_user_error(write, capsys):
+    path = write("pattern s { causal & stride(64) }")
+    assert main(["report", path, "--pattern", "s", "--seq-len", "4096"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("spattn report: error: no exact analysis method")
+
+
+def test_report_never_rounds_an_incomplete_coverage_to_100_percent():
+    from spattn_dsl.analysis.render import fmt_percent
+    assert fmt_percent(0.99999) == "<100%" and fmt_percent(1.0) == "100%"
+    assert fmt_percent(1e-6) == "0.0001%"

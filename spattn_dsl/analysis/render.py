@@ -43,7 +43,11 @@ def fmt_number(value) -> str:
 
 
 def fmt_percent(value) -> str:
-    return "-" if value is None else f"{100 * value:.3g}%"
+    """Three significant digits, but an incomplete coverage never reads as 100%."""
+    if value is None:
+        return "-"
+    text = f"{100 * value:.3g}%"
+    return "<100%" if text == "100%" and value < 1 else text
 
 
 def summary_rows(report) -> list:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ..errors import PatternError, SourceSpan
 from . import nodes as N
 from .evaluate import eval_int, head_count, instantiate
-from .resolve import bind, bind_body, check
+from .resolve import bind, bind_layer, check
 from .printer import text as expr_text
 
 
@@ -118,9 +118,9 @@ class Program:
                 for _ in range(count):
                     yield from block
             else:
-                expr = bind_body(item.body, {}, self.declarations)
+                expr, values = bind_layer(item.body, self.declarations)
                 name = item.body.name if isinstance(item.body, N.Ref) else expr_text(expr)
-                yield from [Pattern(expr, name, (), item.span)] * count
+                yield from [Pattern(expr, name, tuple(values.items()), item.span)] * count
 
 
 def _choices(table: dict) -> str:

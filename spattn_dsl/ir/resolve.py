@@ -275,11 +275,27 @@ def _bind_ref(ref, env, table):
         node = cls(**values, span=ref.span)
         _check_now(node)
         return node
-    decl = table[ref.name]
+    return _bind_call(call, table)[0]
+
+
+def _bind_call(call, table):
+    """A call of a declared pattern (arguments already substituted): (expression, values)."""
+    decl = table[call.name]
     names = tuple(p.name for p in decl.params)
     defaults = {p.name: p.default for p in decl.params if p.default is not None}
-    given = _match_args(call, names, defaults, f"pattern '{ref.name}'")
-    return bind_body(decl.body, bind_params(decl, given, {}), table)
+    given = _match_args(call, names, defaults, f"pattern '{call.name}'")
+    values = bind_params(decl, given, {})
+    return bind_body(decl.body, values, table), values
+
+
+def bind_layer(body, table):
+    """A model layer's body -> (expression, parameter values); values are kept when the layer
+    calls a declared pattern, so analysis formulas can speak of its parameters by name."""
+    if isinstance(body, N.Ref) and isinstance(table.get(body.name), N.PatternDecl):
+        call = N.Ref(body.name, tuple(_fold(a) for a in body.args),
+                     tuple((key, _fold(v)) for key, v in body.kwargs), body.span, body.kwarg_spans)
+        return _bind_call(call, table)
+    return bind_body(body, {}, table), {}
 
 
 def _check_now(node):
