@@ -6,7 +6,7 @@ from pathlib import Path
 from .errors import PatternError
 from .frontend.parser import parse, parse_expr
 from .ir.program import Model, Pattern, Program
-from .ir.resolve import bind_body, check
+from .ir.resolve import bind_body, check_body
 
 
 def loads(text: str, filename: str = "<string>") -> Program:
@@ -46,6 +46,6 @@ def pattern_from(spec) -> Pattern:
     path, sep, name = spec.rpartition(":")
     if sep and path.endswith(".spattn"):
         return load(path).pattern(name)
-    table = check([])
-    expr = bind_body(parse_expr(spec), {}, table)
-    return Pattern(expr, spec)
+    body = parse_expr(spec)
+    check_body(body)
+    return Pattern(bind_body(body, {}, {}), spec)

@@ -29,14 +29,16 @@ _TERMINALS = {
 @lru_cache(maxsize=1)
 def _parser() -> lark.Lark:
     grammar = resources.files("spattn_dsl.grammar").joinpath("spattn.lark").read_text()
-    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    return lark.Lark(grammar, parser="lalr", start=["start", "body"], propagate_positions=True,
+                     maybe_placeholders=True)
 
 
-def parse(text: str, filename: str = "<string>") -> list:
-    """Parse a pattern file into a list of ``PatternDecl`` / ``ModelDecl``."""
+def parse(text: str, filename: str = "<string>", start: str = "start"):
+    """Parse a pattern file into a list of ``PatternDecl`` / ``ModelDecl`` (``start="body"``:
+    a bare pattern body into its expression)."""
     source = Source(filename, text)
     try:
-        tree = _parser().parse(text)
+        tree = _parser().parse(text, start=start)
     except lark.exceptions.UnexpectedInput as error:
         raise _syntax_error(error, source) from None
     return _ToIR(source).transform(tree)
@@ -44,15 +46,7 @@ def parse(text: str, filename: str = "<string>") -> list:
 
 def parse_expr(text: str, filename: str = "<string>"):
     """Parse a bare mask expression (or heads block) such as ``causal & window(128)``."""
-    wrapped = f"pattern __expr__ {{ {text} }}"
-    try:
-        (decl,) = parse(wrapped, filename)
-    except PatternError as error:  # report positions in the user's text, not the wrapper
-        shift = len("pattern __expr__ { ")
-        column = max(1, error.column - shift) if error.line == 1 else error.column
-        span = SourceSpan(Source(filename, text), error.line, column)
-        raise PatternError(error.message, span) from None
-    return decl.body
+    return parse(text, filename, start="body")
 
 
 def _syntax_error(error, source: Source) -> PatternError:

@@ -52,6 +52,11 @@ def check(decls: list) -> dict:
     return table
 
 
+def check_body(expr, table: dict | None = None):
+    """Check a pattern body given on its own (pattern text with no declaration around it)."""
+    _check_mask(expr, set(), table or {}, in_body=True)
+
+
 def _check_pattern(decl, table):
     seen = []
     for param in decl.params:

@@ -134,3 +134,15 @@ def _parse_or_located_error(source):
         assert error.filename == "fuzz.spattn" and error.line >= 1 and error.column >= 1
         assert str(error).startswith(f"fuzz.spattn:{error.line}:{error.column}:")
         error.render()
+
+
+def test_bare_pattern_text_errors_point_into_that_text():
+    from spattn_dsl.api import pattern_from
+
+    with pytest.raises(PatternError) as info:
+        pattern_from("causal & wndow(3)")
+    assert info.value.render().splitlines() == [
+        "<string>:1:10: error: unknown pattern or primitive 'wndow'",
+        "causal & wndow(3)",
+        "         ^^^^^",
+    ]
