@@ -1,0 +1,73 @@
+"""Hugging Face backend: ``register(name, pattern_or_model)``, then ``attn_implementation=name``.
+
+The pattern replaces the model's own mask (include ``causal`` in it for a decoder). A Model
+gives each decoder layer its own pattern, chosen by the attention module's ``layer_idx``.
+Padding reaches the kernels as a per-key mask; decoding with the default dynamic KV cache
+works through spattn's bottom-right query alignment. Caches that drop or pre-allocate keys
+(sliding-window and static caches) are refused with a clear error: a pattern's positions count
+from the first token of the sequence, so it needs every key, in order, and no others.
+
+    spattn_dsl.hf.register("spattn_longformer", "examples/longformer.spattn:longformer")
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="spattn_longformer")
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .decorator import LayerPatterns
+
+
+def register(name: str, pattern_or_model, **compile_hints) -> str:
+    """Register ``name`` with transformers' attention and mask interfaces; returns ``name``.
+
+    ``pattern_or_model``: a Pattern or Model, ``"file.spattn:name"``, or pattern text.
+    ``compile_hints`` go to ``spattn_dsl.compile`` (tile sizes, ``autotune``, ...).
+    """
+    try:
+        from transformers import AttentionInterface, AttentionMaskInterface
+    except ImportError as error:  # an optional extra
+        raise ImportError("spattn_dsl.hf needs transformers: pip install 'spattn_dsl[hf]'") from error
+    layers = LayerPatterns(pattern_or_model, **compile_hints)
+    attention = functools.partial(spattn_attention_forward, layers)
+    functools.update_wrapper(attention, spattn_attention_forward)
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, key_padding_mask)
+    return name
+
+
+def spattn_attention_forward(layers: LayerPatterns, module, query, key, value, attention_mask,
+                             dropout: float = 0.0, scaling: float | None = None, **_):
+    """transformers' attention signature: ``[b, h, s, d]`` in, ``([b, s, h, d], None)`` out.
+
+    ``attention_mask`` is what ``key_padding_mask`` made: None or a ``[b, n_k]`` bool tensor.
+    """
+    if dropout:
+        raise NotImplementedError("spattn attention has no dropout; set the model's "
+                                  "attention_dropout to 0")
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError("spattn received a prepared attention mask of shape "
+                         f"{tuple(attention_mask.shape)}; it takes padding as a 2D [batch, keys] "
+                         "mask (the pattern supplies the rest)")
+    attn = layers.attention(getattr(module, "layer_idx", None))
+    out = attn(query, key, value, scale=scaling, key_padding=attention_mask)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def key_padding_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset=0,
+                     attention_mask: torch.Tensor | None = None, **_):
+    """transformers' mask-interface signature: None when no key is padding, else ``[b, n_k]``
+    bool (True = a real token). The pattern itself is applied by the kernels."""
+    if isinstance(kv_offset, int) and kv_offset != 0:
+        raise ValueError("spattn needs every key from the first token on, but the KV cache dropped "
+                         f"the first {kv_offset}: use a model config without sliding_window (the "
+                         "pattern does the windowing) and the default dynamic cache")
+    if isinstance(q_offset, int) and q_offset + q_length != kv_length:
+        raise ValueError(f"spattn aligns queries with the last keys, but this cache holds {kv_length} "
+                         f"key slots for {q_offset + q_length} tokens (a static cache?): use the "
+                         "default dynamic cache")
+    if attention_mask is None:
+        return None
+    padding = attention_mask[:, :kv_length].to(torch.bool)
+    return None if bool(padding.all()) else padding
