@@ -13,7 +13,6 @@ import spattn_dsl  # noqa: E402
 from spattn_dsl import hf  # noqa: E402
 
 ATOL = 1e-4
-GREEDY = dict(do_sample=False, pad_token_id=0)
 SIZES = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
              attention_dropout=0.0)
@@ -37,6 +36,11 @@ def twin(model, config_changes=None):
     return copy
 
 
+def greedy(model, ids, new_tokens):
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                          do_sample=False, pad_token_id=0)
+
+
 def logits(model, ids, **kwargs):
     with torch.no_grad():
         return model(ids, use_cache=False, **kwargs).logits
@@ -50,10 +54,10 @@ def ids():
 def test_dense_causal_llama_matches_sdpa_logits_and_greedy_decode(ids):
     model = llama()
     reference_logits = logits(model, ids)
-    reference_tokens = model.generate(ids, max_new_tokens=5, **GREEDY)
+    reference_tokens = greedy(model, ids, 5)
     model.set_attn_implementation(hf.register("spattn_test_causal", "causal"))
     assert torch.allclose(logits(model, ids), reference_logits, atol=ATOL)
-    assert torch.equal(model.generate(ids, max_new_tokens=5, **GREEDY), reference_tokens)
+    assert torch.equal(greedy(model, ids, 5), reference_tokens)
 
 
 def test_llama_with_a_sparse_pattern_matches_sdpa_given_the_dense_mask(ids):
@@ -71,12 +75,12 @@ def test_mistral_sliding_window_matches_spattn_window(ids):
     (transformers' sliding_window_overlay: q - w < k <= q): spattn's ``causal & window(w)``."""
     model = tiny(transformers.MistralConfig, transformers.MistralForCausalLM, sliding_window=6)
     reference_logits = logits(model, ids)
-    reference_tokens = model.generate(ids, max_new_tokens=6, **GREEDY)
+    reference_tokens = greedy(model, ids, 6)
     # spattn needs the whole key sequence: the same weights without the sliding-window cache
     spattn_model = twin(model, {"sliding_window": None})
     spattn_model.set_attn_implementation(hf.register("spattn_test_swa", "causal & window(6)"))
     assert torch.allclose(logits(spattn_model, ids), reference_logits, atol=ATOL)
-    tokens = spattn_model.generate(ids, max_new_tokens=6, **GREEDY)
+    tokens = greedy(spattn_model, ids, 6)
     assert torch.equal(tokens, reference_tokens)
 
 
