@@ -30,3 +30,34 @@ def candidate_configs(head_dim: int, n_q: int, n_k: int, interpreter: bool = Fal
             continue
         out.append(config)
     return out or [TileConfig(64, 64, 4, 2)]
+
+
+# The backward kernels hold more per program (dQ: the dO tile and the dQ accumulator; dK/dV:
+# two accumulators), so their best tiles differ from the forward's: dQ favours tall query
+# tiles, dK/dV wide key tiles.
+DQ_SPACE = (
+    TileConfig(128, 64, 8, 2),
+    TileConfig(128, 64, 8, 3),
+    TileConfig(64, 64, 4, 2),
+    TileConfig(64, 64, 4, 3),
+    TileConfig(128, 32, 4, 2),
+)
+DKDV_SPACE = (
+    TileConfig(64, 128, 8, 2),
+    TileConfig(64, 128, 8, 3),
+    TileConfig(64, 64, 4, 2),
+    TileConfig(64, 64, 4, 3),
+    TileConfig(32, 128, 4, 2),
+)
+
+
+def backward_candidates(head_dim: int, n_q: int, n_k: int) -> tuple[list, list]:
+    """(dQ configs, dK/dV configs) worth timing on a GPU, pruned like the forward's."""
+    def keep(config):
+        if head_dim > 128 and config.block_m * config.block_n > 64 * 64:
+            return False
+        return config.block_m <= max(64, n_q) and config.block_n <= max(64, n_k)
+
+    fallback = [TileConfig(64, 32, 4, 2) if head_dim > 128 else TileConfig(64, 64, 4, 2)]
+    return ([c for c in DQ_SPACE if keep(c)] or fallback,
+            [c for c in DKDV_SPACE if keep(c)] or fallback)

@@ -44,6 +44,12 @@ def _drawn(table, row, key, n_rows, R: tl.constexpr):
     for j in tl.static_range(R):
         hit = hit | (tl.load(table + row * R + j) == key)
     return hit
+
+
+@triton.jit
+def _kept(pad_row, offs_kn, n_k):
+    """[BLOCK_N] whether each key is a real token (``key_padding``), False past ``n_k``."""
+    return tl.load(pad_row + offs_kn, mask=offs_kn < n_k, other=0) != 0
 '''
 
 KERNEL = Template('''
@@ -55,19 +61,19 @@ $predicate_body
 
 @triton.jit
 def ${name}(
-    Q, K, V, Out, Lse,
+    Q, K, V, Out, Lse, KeyPad,
     FullCounts, FullIndices, PartialCounts, PartialIndices, RowOrder, VisitStart,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
     stride_oz, stride_oh, stride_om, stride_od,
-    stride_lz, stride_lh,
+    stride_lz, stride_lh, stride_pz,
     n_batch, n_heads, kv_group, n_q, n_k, n_tiles_q, full_width, partial_width,
     qk_scale$table_params,
     CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_N: tl.constexpr,
-    MERGED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MERGED: tl.constexpr, HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     slot = pid // (n_batch * n_heads)
@@ -77,6 +83,7 @@ def ${name}(
     kv_h = (h // kv_group).to(tl.int64)
     case = h % CASES
     tile_m = tl.load(RowOrder + slot)
+    pad_row = KeyPad + z * stride_pz                             # this batch's key_padding row
 
     offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)            # [BLOCK_M] query rows
     offs_n = tl.arange(0, BLOCK_N)                               # [BLOCK_N]
@@ -117,6 +124,8 @@ def ${name}(
             if (tile_n < first_full) | (tile_n >= first_full + n_full):  # a PARTIAL tile
                 allowed = _allowed(q_pos, offs_kn[None, :], case$table_args) & k_ok[None, :]
                 qk = tl.where(allowed, qk, float("-inf"))
+            if HAS_PAD:
+                qk = tl.where(_kept(pad_row, offs_kn, n_k)[None, :], qk, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)    # [BLOCK_M]
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.math.exp2(qk * qk_scale - m_use[:, None])     # [BLOCK_M, BLOCK_N]
@@ -141,9 +150,15 @@ def ${name}(
                 k = tl.load(k_ptrs + start_n * stride_kn, mask=d_ok[:, None], other=0.0)
                 v = tl.load(v_ptrs + start_n * stride_vn, mask=d_ok[None, :], other=0.0)
             qk = tl.dot(q, k, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
+            if HAS_PAD:
+                qk = tl.where(_kept(pad_row, start_n + offs_n, n_k)[None, :], qk, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)        # [BLOCK_M]
-            p = tl.math.exp2(qk * qk_scale - m_new[:, None])         # [BLOCK_M, BLOCK_N]
-            alpha = tl.math.exp2(m_i - m_new)                        # [BLOCK_M]
+            if HAS_PAD:
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            else:
+                m_use = m_new
+            p = tl.math.exp2(qk * qk_scale - m_use[:, None])         # [BLOCK_M, BLOCK_N]
+            alpha = tl.math.exp2(m_i - m_use)                        # [BLOCK_M]
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
@@ -169,6 +184,8 @@ def ${name}(
             allowed = _allowed(q_pos, k_pos, case$table_args)        # [BLOCK_M, BLOCK_N] or a side
             if not EVEN_N:
                 allowed = allowed & k_ok[None, :]
+            if HAS_PAD:
+                allowed = allowed & _kept(pad_row, offs_kn, n_k)[None, :]
             qk = tl.dot(q, k, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
             qk = tl.where(allowed, qk, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)        # [BLOCK_M]
@@ -187,4 +204,206 @@ def ${name}(
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=(offs_m[:, None] < n_q) & d_ok[None, :])
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
     tl.store(Lse + z * stride_lz + h.to(tl.int64) * stride_lh + offs_m, lse, mask=offs_m < n_q)
+''')
+
+# The backward pass: two kernels sharing ``_allowed``. With P = exp(S - lse) recomputed per
+# tile and Delta = rowsum(dO * O) (minus the lse gradient), dS = P * (dO V^T - Delta),
+# dQ = scale * dS K, dK = scale * dS^T Q and dV = P^T dO. Each program owns its output tile,
+# so results are deterministic (no atomics).
+BACKWARD = Template('''
+
+@triton.jit
+def ${name}_dq(
+    Q, K, V, DO, Lse, Delta, DQ, KeyPad,
+    FullCounts, FullIndices, PartialCounts, PartialIndices, RowOrder,
+    stride_qz, stride_qh, stride_qm, stride_qd,
+    stride_kz, stride_kh, stride_kn, stride_kd,
+    stride_vz, stride_vh, stride_vn, stride_vd,
+    stride_oz, stride_oh, stride_om, stride_od,
+    stride_gz, stride_gh, stride_gm, stride_gd,
+    stride_lz, stride_lh, stride_pz,
+    n_batch, n_heads, kv_group, n_q, n_k, n_tiles_q, full_width, partial_width,
+    qk_scale, sm_scale$table_params,
+    CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_N: tl.constexpr,
+    HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dQ of one query tile: its key tiles, as in the forward pass."""
+    pid = tl.program_id(0)
+    slot = pid // (n_batch * n_heads)
+    bh = pid % (n_batch * n_heads)
+    z = (bh // n_heads).to(tl.int64)
+    h = bh % n_heads
+    kv_h = (h // kv_group).to(tl.int64)
+    case = h % CASES
+    tile_m = tl.load(RowOrder + slot)
+    pad_row = KeyPad + z * stride_pz
+
+    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)            # [BLOCK_M]
+    offs_n = tl.arange(0, BLOCK_N)                               # [BLOCK_N]
+    offs_d = tl.arange(0, HEAD_DIM_PAD)                          # [HEAD_DIM_PAD]
+    q_pos = (offs_m + (n_k - n_q))[:, None]                      # [BLOCK_M, 1] absolute
+    d_ok = offs_d < HEAD_DIM
+    m_ok = offs_m < n_q
+    row_mask = m_ok[:, None] & d_ok[None, :]
+
+    q = tl.load(Q + z * stride_qz + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm
+                + offs_d[None, :] * stride_qd, mask=row_mask, other=0.0)   # [BLOCK_M, HEAD_DIM_PAD]
+    do = tl.load(DO + z * stride_oz + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om
+                 + offs_d[None, :] * stride_od, mask=row_mask, other=0.0)  # [BLOCK_M, HEAD_DIM_PAD]
+    stat = z * stride_lz + h.to(tl.int64) * stride_lh + offs_m
+    lse = tl.load(Lse + stat, mask=m_ok, other=float("-inf"))    # [BLOCK_M] natural log
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no key: P = 0
+    delta = tl.load(Delta + stat, mask=m_ok, other=0.0)          # [BLOCK_M]
+    kt_ptrs = K + z * stride_kz + kv_h * stride_kh \\
+        + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd   # [HEAD_DIM_PAD, BLOCK_N] tile 0
+    vt_ptrs = V + z * stride_vz + kv_h * stride_vh \\
+        + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd   # [HEAD_DIM_PAD, BLOCK_N] tile 0
+    dq = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
+
+    row = case * n_tiles_q + tile_m
+    n_full = tl.load(FullCounts + row)
+    full_row = FullIndices + row * full_width
+    first_full = tl.load(full_row)
+    for j in range(0, n_full):
+        if FULL_RANGE:
+            tile_n = first_full + j
+        else:
+            tile_n = tl.load(full_row + j)
+        start_n = (tile_n * BLOCK_N).to(tl.int64)
+        kt = tl.load(kt_ptrs + start_n * stride_kn, mask=d_ok[:, None], other=0.0)
+        vt = tl.load(vt_ptrs + start_n * stride_vn, mask=d_ok[:, None], other=0.0)
+        qk = tl.dot(q, kt, input_precision=DOT_PRECISION)        # [BLOCK_M, BLOCK_N]
+        p = tl.math.exp2(qk * qk_scale - lse2[:, None])
+        if HAS_PAD:
+            p = tl.where(_kept(pad_row, start_n + offs_n, n_k)[None, :], p, 0.0)
+        dp = tl.dot(do, vt, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
+
+    n_partial = tl.load(PartialCounts + row)
+    partial_row = PartialIndices + row * partial_width
+    first_partial = tl.load(partial_row)
+    for j in range(0, n_partial):
+        if PARTIAL_RANGE:
+            tile_n = first_partial + j
+        else:
+            tile_n = tl.load(partial_row + j)
+        start_n = (tile_n * BLOCK_N).to(tl.int64)
+        offs_kn = tile_n * BLOCK_N + offs_n                      # [BLOCK_N] key positions
+        k_ok = offs_kn < n_k
+        kt = tl.load(kt_ptrs + start_n * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+        vt = tl.load(vt_ptrs + start_n * stride_vn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+        allowed = _allowed(q_pos, offs_kn[None, :], case$table_args) & k_ok[None, :]
+        if HAS_PAD:
+            allowed = allowed & _kept(pad_row, offs_kn, n_k)[None, :]
+        qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
+        p = tl.where(allowed, tl.math.exp2(qk * qk_scale - lse2[:, None]), 0.0)
+        dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
+
+    dq = dq * sm_scale
+    tl.store(DQ + z * stride_gz + h.to(tl.int64) * stride_gh + offs_m[:, None] * stride_gm
+             + offs_d[None, :] * stride_gd, dq.to(DQ.dtype.element_ty), mask=row_mask)
+
+
+@triton.jit
+def ${name}_dkdv(
+    Q, K, V, DO, Lse, Delta, DK, DV, KeyPad,
+    FullCounts, FullIndices, PartialCounts, PartialIndices, ColOrder,
+    stride_qz, stride_qh, stride_qm, stride_qd,
+    stride_kz, stride_kh, stride_kn, stride_kd,
+    stride_vz, stride_vh, stride_vn, stride_vd,
+    stride_oz, stride_oh, stride_om, stride_od,
+    stride_gz, stride_gh, stride_gn, stride_gd,
+    stride_lz, stride_lh, stride_pz,
+    n_batch, n_kv_heads, kv_group, n_q, n_k, n_tiles_k, full_width, partial_width,
+    qk_scale, sm_scale$table_params,
+    CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_M: tl.constexpr,
+    HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dK and dV of one key tile of one key/value head: the query tiles of the transposed
+    layout, for every query head of its group (``FullCounts``... are the ``*_q_*`` lists)."""
+    pid = tl.program_id(0)
+    slot = pid // (n_batch * n_kv_heads)
+    bh = pid % (n_batch * n_kv_heads)
+    z = (bh // n_kv_heads).to(tl.int64)
+    kv_h = bh % n_kv_heads
+    tile_n = tl.load(ColOrder + slot)
+
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)            # [BLOCK_N] key positions
+    offs_m = tl.arange(0, BLOCK_M)                               # [BLOCK_M]
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    k_pos = offs_n[:, None]                                      # [BLOCK_N, 1] absolute
+    d_ok = offs_d < HEAD_DIM
+    k_ok = offs_n < n_k
+    key_mask = k_ok[:, None] & d_ok[None, :]
+    kv_off = z * stride_kz + kv_h.to(tl.int64) * stride_kh
+    k = tl.load(K + kv_off + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=key_mask, other=0.0)                        # [BLOCK_N, HEAD_DIM_PAD]
+    v = tl.load(V + z * stride_vz + kv_h.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vn
+                + offs_d[None, :] * stride_vd, mask=key_mask, other=0.0)
+    keep = k_ok[:, None]                                         # [BLOCK_N, 1]
+    if HAS_PAD:
+        keep = keep & _kept(KeyPad + z * stride_pz, offs_n, n_k)[:, None]
+    dk = tl.zeros([BLOCK_N, HEAD_DIM_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM_PAD], tl.float32)
+
+    for g in range(0, kv_group):
+        h = (kv_h * kv_group + g).to(tl.int64)
+        case = h % CASES
+        q_base = Q + z * stride_qz + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+        do_base = DO + z * stride_oz + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+        stat_base = z * stride_lz + h * stride_lh + offs_m
+        row = case * n_tiles_k + tile_n
+        for part in tl.static_range(2):                          # FULL query tiles, then PARTIAL
+            if part == 0:
+                count = tl.load(FullCounts + row)
+                tiles = FullIndices + row * full_width
+                is_range = FULL_RANGE
+            else:
+                count = tl.load(PartialCounts + row)
+                tiles = PartialIndices + row * partial_width
+                is_range = PARTIAL_RANGE
+            first = tl.load(tiles)
+            for j in range(0, count):
+                if is_range:
+                    tile_m = first + j
+                else:
+                    tile_m = tl.load(tiles + j)
+                start_m = (tile_m * BLOCK_M).to(tl.int64)
+                if EVEN_M and HEAD_DIM == HEAD_DIM_PAD:
+                    q = tl.load(q_base + start_m * stride_qm)    # [BLOCK_M, HEAD_DIM_PAD]
+                    do = tl.load(do_base + start_m * stride_om)
+                    lse = tl.load(Lse + stat_base + start_m)     # [BLOCK_M]
+                    delta = tl.load(Delta + stat_base + start_m)
+                else:
+                    m_ok = start_m + offs_m < n_q
+                    q = tl.load(q_base + start_m * stride_qm, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+                    do = tl.load(do_base + start_m * stride_om, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+                    lse = tl.load(Lse + stat_base + start_m, mask=m_ok, other=float("-inf"))
+                    delta = tl.load(Delta + stat_base + start_m, mask=m_ok, other=0.0)
+                lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+                qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)   # [BLOCK_N, BLOCK_M]
+                p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
+                if part == 1:
+                    q_pos = (start_m + offs_m + (n_k - n_q))[None, :]         # [1, BLOCK_M]
+                    allowed = _allowed(q_pos, k_pos, case$table_args) & keep
+                    p_t = tl.where(allowed, p_t, 0.0)
+                elif HAS_PAD:
+                    p_t = tl.where(keep, p_t, 0.0)
+                dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+                dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+                ds_t = p_t * (dp_t - delta[None, :])
+                dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+
+    dk = dk * sm_scale
+    out_off = z * stride_gz + kv_h.to(tl.int64) * stride_gh + offs_n[:, None] * stride_gn \\
+        + offs_d[None, :] * stride_gd
+    tl.store(DK + out_off, dk.to(DK.dtype.element_ty), mask=key_mask)
+    tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=key_mask)
 ''')

@@ -61,6 +61,21 @@ class BlockLayout:
         return _is_range(self.partial_counts, self.partial_indices)
 
     @property
+    def full_q_is_range(self) -> bool:
+        """Every key tile's FULL query tiles are consecutive (the dK/dV kernel's lists)."""
+        return _is_range(self.full_q_counts, self.full_q_indices)
+
+    @property
+    def partial_q_is_range(self) -> bool:
+        return _is_range(self.partial_q_counts, self.partial_q_indices)
+
+    @property
+    def col_order(self) -> torch.Tensor:
+        """int32 ``[T_k]``: key tiles heaviest first (the dK/dV kernel's launch order)."""
+        work = (self.full_q_counts + self.partial_q_counts).sum(0)
+        return torch.argsort(work, descending=True, stable=True).to(torch.int32)
+
+    @property
     def visit_start(self) -> torch.Tensor:
         """int32 ``[cases, T_q]``: each query tile's first visited key tile (0 when none)."""
         big = torch.iinfo(torch.int32).max

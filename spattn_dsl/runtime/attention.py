@@ -1,8 +1,10 @@
 """``compile(pattern, **hints)`` -> ``attn(q, k, v, scale=None)``.
 
 Shapes come from the tensors at call time. For each problem size the runtime builds (and
-caches, in memory and on disk) the block layout and the generated kernel, picks a tile
-configuration (autotuned on a GPU, persisted per GPU), and launches. On a CPU the kernel runs
+caches, in memory and on disk) the block layout and the generated kernels, picks a tile
+configuration (autotuned on a GPU, persisted per GPU), and launches them through the custom
+op ``torch.ops.spattn.attention`` (``runtime.op``), whose backward runs the generated dQ and
+dK/dV kernels. On a CPU the kernel runs
 under the Triton interpreter when ``TRITON_INTERPRET=1`` (in fp32), and otherwise the naive
 reference runs, with a one-time warning.
 """
@@ -13,12 +15,12 @@ import warnings
 
 import torch
 
-from ..codegen.reference import attention_reference
+from ..codegen.reference import attention_reference, attention_reference_backward
 from ..codegen.render import TileConfig, render
-from ..codegen.space import candidate_configs
+from ..codegen.space import backward_candidates, candidate_configs
 from ..layout.build import BlockLayout, lower
-from . import cache
-from .launch import Plan, forward
+from . import cache, launch, op
+from .launch import Plan
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIMS = (16, 256)
@@ -49,37 +51,78 @@ class SparseAttention:
         self.autotune = autotune
         self.verbose = verbose
         self._plans: dict = {}
+        self.op_id = op.register(self)
 
     # ------------------------------------------------------------------ public
-    def __call__(self, q, k, v, scale: float | None = None):
-        return self.forward(q, k, v, scale)[0]
+    def __call__(self, q, k, v, scale: float | None = None, key_padding=None):
+        return self.forward(q, k, v, scale, key_padding)[0]
 
-    def forward(self, q, k, v, scale: float | None = None):
-        """(out, lse): the attention output and the natural-log log-sum-exp per row (fp32)."""
+    def forward(self, q, k, v, scale: float | None = None, key_padding=None):
+        """(out, lse): the attention output and the natural-log log-sum-exp per row (fp32),
+        both differentiable. ``key_padding``: None or bool ``[batch, n_k]``, False marking
+        padding keys that no query may attend to."""
         scale = check_inputs(q, k, v, scale)
-        if q.device.type == "cpu" and not interpreting():
-            if "cpu" not in _WARNED:
-                _WARNED.add("cpu")
-                warnings.warn("spattn: no GPU and TRITON_INTERPRET is not set; using the naive "
-                              "reference attention (slow, n x n memory)", stacklevel=3)
-            out, lse = attention_reference(self.pattern, q, k, v, scale, dtype=torch.float32)
-            return out.to(q.dtype), lse
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            return _Forward.apply(self, q, k, v, scale)
-        return _run(self, q, k, v, scale)
+        key_padding = check_padding(key_padding, q, k)
+        return torch.ops.spattn.attention(q, k, v, key_padding, scale, self.op_id)
 
     def layout(self, n_q: int, n_k: int, config: TileConfig) -> BlockLayout:
         return layout_for(self.pattern, n_q, n_k, config)
 
+    # ------------------------------------------------------------- op bodies
+    def run_forward(self, q, k, v, key_padding, scale):
+        """The custom op's forward: the kernel, or the reference on a CPU without the interpreter."""
+        if _use_reference(q):
+            out, lse = attention_reference(self.pattern, q, k, v, scale, torch.float32, key_padding)
+            return out.to(q.dtype), lse
+        if q.device.type == "cpu" and q.dtype != torch.float32:  # the interpreter's dot is fp32
+            out, lse = self.run_forward(q.float(), k.float(), v.float(), key_padding, scale)
+            return out.to(q.dtype), lse
+        return launch.forward(self.plan(q, k, v, scale), q, k, v, scale, key_padding)
+
+    def run_backward(self, grad_out, grad_lse, q, k, v, out, lse, key_padding, scale):
+        """The custom op's backward: (dq, dk, dv)."""
+        if _use_reference(q):
+            grads = attention_reference_backward(self.pattern, grad_out, q, k, v, scale,
+                                                 torch.float32, key_padding, grad_lse)
+            return tuple(g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
+        if q.device.type == "cpu" and q.dtype != torch.float32:
+            grads = self.run_backward(*(t.float() if t is not None and t.is_floating_point() else t
+                                        for t in (grad_out, grad_lse, q, k, v, out, lse)),
+                                      key_padding, scale)
+            return tuple(g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
+        dq_plan, dkdv_plan = self.backward_plans(q, k, v, scale)
+        return launch.backward(dq_plan, dkdv_plan, grad_out, q, k, v, out, lse, scale,
+                               key_padding, grad_lse)
+
     # ------------------------------------------------------------------ plans
     def plan(self, q, k, v, scale) -> Plan:
-        n_q, n_k = q.shape[2], k.shape[2]
-        key = (n_q, n_k, q.shape[0], q.shape[1], k.shape[1], q.shape[3], q.dtype, str(q.device))
+        key = ("forward",) + _problem(q, k)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._choose(q, k, v, scale)
             self._plans[key] = plan
         return plan
+
+    def backward_plans(self, q, k, v, scale) -> tuple[Plan, Plan]:
+        """(dQ plan, dK/dV plan): the forward's tiles when forced or interpreted, else tuned
+        over the backward space (each kernel timed alone)."""
+        key = ("backward",) + _problem(q, k)
+        plans = self._plans.get(key)
+        if plans is None:
+            n_q, n_k = q.shape[2], k.shape[2]
+            if self.forced is not None or q.device.type == "cpu":
+                config = self.plan(q, k, v, scale).config
+                plans = (self._make_plan(n_q, n_k, config, q.device),) * 2
+            else:
+                dq_configs, dkdv_configs = backward_candidates(q.shape[3], n_q, n_k)
+                if self.autotune:
+                    from .autotune import tune_backward
+                    plans = tune_backward(self, q, k, v, scale, dq_configs, dkdv_configs)
+                else:
+                    plans = (self._make_plan(n_q, n_k, dq_configs[0], q.device),
+                             self._make_plan(n_q, n_k, dkdv_configs[0], q.device))
+            self._plans[key] = plans
+        return plans
 
     def _make_plan(self, n_q, n_k, config, device) -> Plan:
         rendered = render(self.pattern, n_k)
@@ -164,31 +207,32 @@ def check_inputs(q, k, v, scale):
     return scale
 
 
-def _run(attn, q, k, v, scale):
-    """The kernel launch (inputs upcast to fp32 under the interpreter, whose dot is fp32-only)."""
-    if q.device.type == "cpu" and q.dtype != torch.float32:
-        out, lse = _run(attn, q.float(), k.float(), v.float(), scale)
-        return out.to(q.dtype), lse
-    return forward(attn.plan(q, k, v, scale), q, k, v, scale)
+def check_padding(key_padding, q, k):
+    """None, or ``key_padding`` as a contiguous bool ``[batch, n_k]`` tensor on q's device."""
+    if key_padding is None:
+        return None
+    if not isinstance(key_padding, torch.Tensor):
+        raise TypeError(f"key_padding must be a torch.Tensor, got {type(key_padding).__name__}")
+    shape = (k.shape[0], k.shape[2])
+    if tuple(key_padding.shape) != shape:
+        raise ValueError(f"key_padding must be [batch, n_k] = {list(shape)} (False = padding), "
+                         f"got {list(key_padding.shape)}")
+    if key_padding.dtype != torch.bool:
+        raise TypeError(f"key_padding must be a bool tensor (True = a real key), got {key_padding.dtype}")
+    return key_padding.to(q.device).contiguous()
 
 
-class _Forward(torch.autograd.Function):
-    """The kernel forward; the backward (until the generated one lands) recomputes the naive
-    reference in autograd, which needs n x n memory."""
+def _problem(q, k) -> tuple:
+    return (q.shape[2], k.shape[2], q.shape[0], q.shape[1], k.shape[1], q.shape[3], q.dtype,
+            str(q.device))
 
-    @staticmethod
-    def forward(ctx, attn, q, k, v, scale):
-        out, lse = _run(attn, q, k, v, scale)
-        ctx.attn, ctx.scale = attn, scale
-        ctx.save_for_backward(q, k, v)
-        ctx.mark_non_differentiable(lse)
-        return out, lse
 
-    @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        q, k, v = ctx.saved_tensors
-        with torch.enable_grad():
-            qr, kr, vr = (t.detach().requires_grad_(True) for t in (q, k, v))
-            out, _ = attention_reference(ctx.attn.pattern, qr, kr, vr, ctx.scale, dtype=torch.float32)
-            grads = torch.autograd.grad(out, (qr, kr, vr), grad_out.float())
-        return (None, *(g.to(t.dtype) for g, t in zip(grads, (q, k, v))), None)
+def _use_reference(q) -> bool:
+    """On a CPU without ``TRITON_INTERPRET``: the naive reference (warned about once)."""
+    if q.device.type != "cpu" or interpreting():
+        return False
+    if "cpu" not in _WARNED:
+        _WARNED.add("cpu")
+        warnings.warn("spattn: no GPU and TRITON_INTERPRET is not set; using the naive "
+                      "reference attention (slow, n x n memory)", stacklevel=4)
+    return True

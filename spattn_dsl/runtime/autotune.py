@@ -8,7 +8,7 @@ import torch
 
 from ..codegen.render import TileConfig, kernel_key
 from . import cache
-from .launch import forward
+from .launch import backward_delta, backward_dkdv, backward_dq, forward
 
 TUNING_FILE = "autotune.json"
 
@@ -76,3 +76,54 @@ def tune(attn, q, k, v, scale, configs):
                                                     c.merged],
                                          "ms": ms, "timings": timings})
     return plan
+
+
+def tune_backward(attn, q, k, v, scale, dq_configs, dkdv_configs):
+    """(dQ plan, dK/dV plan), each kernel's fastest config timed alone on random gradients
+    (read from the tuning file when this problem was tuned)."""
+    import triton.testing
+
+    key = "backward|" + tuning_key(attn.pattern, q, k)
+    n_q, n_k = q.shape[2], k.shape[2]
+    known = cache.load_json(TUNING_FILE).get(key)
+    if known is not None:
+        return tuple(attn._make_plan(n_q, n_k, TileConfig(*known[part]), q.device)
+                     for part in ("dq", "dkdv"))
+    out, lse = attn.run_forward(q, k, v, None, scale)
+    grad_out = torch.randn_like(q)
+    delta = backward_delta(grad_out, out)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    kernels = {
+        "dq": (dq_configs, lambda plan: backward_dq(plan, grad_out, q, k, v, lse, delta, scale,
+                                                    None, dq)),
+        "dkdv": (dkdv_configs, lambda plan: backward_dkdv(plan, grad_out, q, k, v, lse, delta,
+                                                          scale, None, dk, dv)),
+    }
+    chosen, entry = [], {}
+    for part, (configs, launch) in kernels.items():
+        best, timings = None, {}
+        for config in configs:
+            plan = attn._make_plan(n_q, n_k, config, q.device)
+            try:
+                launch(plan)
+                torch.cuda.synchronize()
+                ms = triton.testing.do_bench(lambda: launch(plan), warmup=25, rep=100,
+                                             return_mode="median")
+            except Exception as error:  # out of shared memory or registers: skip this config
+                if attn.verbose:
+                    print(f"spattn autotune {part}: {config} failed: {type(error).__name__}",
+                          file=sys.stderr)
+                continue
+            timings[str(config)] = ms
+            if attn.verbose:
+                print(f"spattn autotune {part}: {config}: {ms:.3f} ms", file=sys.stderr)
+            if best is None or ms < best[0]:
+                best = (ms, config, plan)
+        if best is None:
+            raise RuntimeError(f"spattn: no {part} tile configuration compiled for {attn.pattern.text}")
+        c = best[1]
+        entry[part] = [c.block_m, c.block_n, c.num_warps, c.num_stages, c.merged]
+        entry[part + "_timings"] = timings
+        chosen.append(best[2])
+    cache.update_json(TUNING_FILE, key, entry)
+    return tuple(chosen)
