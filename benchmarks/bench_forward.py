@@ -2,8 +2,11 @@
 block mask) vs dense SDPA, bf16, plus correctness against float64 and against Flex.
 
     python benchmarks/bench_forward.py [--seq-lens 8192 32768] [--json out.json]
+    python benchmarks/bench_forward.py --backward [--seq-lens 8192]   # every example pattern
 
-Effective TFLOP/s counts only allowed pairs: 4 * B * H * D * pairs / time.
+Effective TFLOP/s counts only allowed pairs: 4 * B * H * D * pairs / time. With
+``--backward`` it times forward + backward (gradients of q, k, v) of every pattern in
+``examples/*.spattn`` at its default parameters, against Flex and SDPA doing the same.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +119,75 @@ def run(n: int, results: list, flex):
         del bm, flex_out, out
 
 
+def example_patterns():
+    """(label, pattern, causal) for every pattern of the bundled examples, default parameters."""
+    out = []
+    for path in sorted((Path(__file__).parents[1] / "examples").glob("*.spattn")):
+        program = spattn_dsl.load(path)
+        for name in program.patterns:
+            pattern = program.pattern(name)
+            causal = not pattern.mask(512).triu(1).any()
+            out.append((f"{path.stem}:{name}", pattern, causal))
+    return out
+
+
+def run_backward(n: int, results: list, flex, only=None):
+    """Forward + backward of every example pattern: spattn vs Flex vs SDPA."""
+    torch.manual_seed(n)
+    q, k, v = (torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    grad_out = torch.randn_like(q)
+    scale = D ** -0.5
+
+    def fwd_bwd(fn):
+        return lambda: torch.autograd.grad(fn(), (q, k, v), grad_out)
+
+    for label, pattern, causal in example_patterns():
+        if only and not any(part in label for part in only):
+            continue
+        t0 = time.time()
+        pairs = allowed_pairs(pattern, n)
+        attn = compile(pattern)
+        spattn_grads = fwd_bwd(lambda: attn(q, k, v))()  # tunes forward and backward
+        torch.cuda.synchronize()
+        setup_s = time.time() - t0
+        bm = block_mask(pattern, n, n, H, 128, 128, device="cuda")
+        flex_grads = fwd_bwd(lambda: flex(q, k, v, block_mask=bm, scale=scale))()
+        ms, flex_ms = float("inf"), float("inf")
+        for _ in range(2):  # interleaved rounds; each side keeps its better median
+            ms = min(ms, bench(fwd_bwd(lambda: attn(q, k, v))))
+            flex_ms = min(flex_ms, bench(fwd_bwd(lambda: flex(q, k, v, block_mask=bm, scale=scale))))
+        fwd_ms = bench(lambda: attn(q, k, v))
+        sdpa_ms = bench(fwd_bwd(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                                        scale=scale)))
+        dq_plan, dkdv_plan = attn.backward_plans(q, k, v, scale)
+        flop = 2.5 * 4.0 * B * D * pairs  # backward: 5 products to the forward's 2
+        row = {
+            "n": n, "pattern": label, "density": pairs / (H * n * n),
+            "config": f"dq {dq_plan.config} / dkdv {dkdv_plan.config}",
+            "spattn_ms": ms, "spattn_fwd_ms": fwd_ms, "spattn_tflops": flop / ms / 1e9,
+            "flex_ms": flex_ms, "flex_tflops": flop / flex_ms / 1e9, "sdpa_ms": sdpa_ms,
+            "causal": causal, "speedup_vs_flex": flex_ms / ms, "setup_s": setup_s,
+            "grad_err_vs_flex": max(rel(a, b) for a, b in zip(spattn_grads, flex_grads)),
+        }
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        del bm, spattn_grads, flex_grads
+
+
+def backward_table(results) -> str:
+    lines = ["| N | pattern | density | spattn fwd+bwd ms | TFLOP/s | (fwd ms) | Flex fwd+bwd ms "
+             "| TFLOP/s | speedup vs Flex | SDPA fwd+bwd ms | grad err vs Flex | backward tiles |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['n']} | {r['pattern']} | {100 * r['density']:.2f}% | {r['spattn_ms']:.3f} "
+                     f"| {r['spattn_tflops']:.0f} | {r['spattn_fwd_ms']:.3f} | {r['flex_ms']:.3f} "
+                     f"| {r['flex_tflops']:.0f} | {r['speedup_vs_flex']:.2f}x "
+                     f"| {r['sdpa_ms']:.3f} ({'causal' if r['causal'] else 'dense'}) "
+                     f"| {r['grad_err_vs_flex']:.1e} | {r['config']} |")
+    return "\n".join(lines)
+
+
 def table(results) -> str:
     lines = ["| N | pattern | density | spattn ms | spattn TFLOP/s | config | Flex ms | Flex TFLOP/s "
              "| spattn speedup vs Flex | SDPA ms (dense/causal) | err vs f64 | err vs Flex |",
@@ -131,13 +204,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[8192, 32768])
     parser.add_argument("--json", default=None)
-    parser.add_argument("--only", default=None, help="run patterns whose label contains this")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="run patterns whose label contains one of these")
+    parser.add_argument("--backward", action="store_true",
+                        help="forward + backward of every example pattern")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_forward needs a CUDA GPU", file=sys.stderr)
         return 2
     if args.only:
-        PATTERNS[:] = [p for p in PATTERNS if args.only in p[0]]
+        PATTERNS[:] = [p for p in PATTERNS if any(part in p[0] for part in args.only)]
     from torch.nn.attention.flex_attention import flex_attention
     import triton
 
@@ -149,12 +225,15 @@ def main(argv=None) -> int:
     results: list = []
     try:
         for n in args.seq_lens:
-            run(n, results, flex)
+            if args.backward:
+                run_backward(n, results, flex, args.only)
+            else:
+                run(n, results, flex)
     finally:
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump(results, handle, indent=1)
-        print(table(results))
+        print((backward_table if args.backward else table)(results))
     return 0
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..ir.evaluate import head_count, select_head
 from ..ir.printer import text as expr_text
 from .predicate import Emitter, TableSpec
-from .template import BACKWARD, HELPERS, KERNEL
+from .template import BACKWARD, BACKWARD_HELPERS, HELPERS, KERNEL
 
 GENERATOR_VERSION = "5"
 
@@ -64,7 +64,7 @@ def render(pattern, n_k: int) -> Rendered:
     name = f"spattn_fwd_{key}"
     params = "".join(f", RT{i}, rt{i}_rows" for i in range(len(emitter.tables)))
     source = _header(pattern, concrete, key, n_k, __version__) + "import triton\n" \
-        "import triton.language as tl\n\n" + HELPERS + KERNEL.substitute(
+        "import triton.language as tl\n\n" + HELPERS + BACKWARD_HELPERS + KERNEL.substitute(
             name=name, table_params=params, table_args=params,
             predicate_body=_body(predicates)) + BACKWARD.substitute(name=name, table_params=params,
                                                                    table_args=params)
@@ -101,5 +101,6 @@ def _header(pattern, concrete, key, n_k, version) -> str:
 def _footer(name: str, tables: list[TableSpec], cases: int) -> str:
     specs = ", ".join(f"({t.r}, {t.seed}, {t.divisors!r})" for t in tables)
     return (f"\n\nFORWARD = {name}\nBACKWARD_DQ = {name}_dq\nBACKWARD_DKDV = {name}_dkdv\n"
+            f"BACKWARD_DELTA = _backward_delta\n"
             f"CASES = {cases}\n"
             f"# random tables (r, seed, block divisors), in argument order\nTABLES = [{specs}]\n")

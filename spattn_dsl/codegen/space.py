@@ -33,21 +33,23 @@ def candidate_configs(head_dim: int, n_q: int, n_k: int, interpreter: bool = Fal
 
 
 # The backward kernels hold more per program (dQ: the dO tile and the dQ accumulator; dK/dV:
-# two accumulators), so their best tiles differ from the forward's: dQ favours tall query
-# tiles, dK/dV wide key tiles.
+# K, V and two accumulators), so their best tiles differ from the forward's. Measured on an
+# H100 at head_dim 128 (benchmarks/RESULTS.md): dQ is fastest with 64- or 128-row query tiles,
+# dK/dV with 32-row query tiles under a 64-key tile; 8 warps on 64 x 64 or 4 warps on
+# 128-wide tiles spill.
 DQ_SPACE = (
-    TileConfig(128, 64, 8, 2),
-    TileConfig(128, 64, 8, 3),
     TileConfig(64, 64, 4, 2),
-    TileConfig(64, 64, 4, 3),
-    TileConfig(128, 32, 4, 2),
+    TileConfig(128, 64, 8, 3),
+    TileConfig(64, 32, 4, 2),
+    TileConfig(64, 32, 4, 3),
+    TileConfig(128, 128, 8, 2),
 )
 DKDV_SPACE = (
-    TileConfig(64, 128, 8, 2),
-    TileConfig(64, 128, 8, 3),
+    TileConfig(32, 64, 4, 3),
+    TileConfig(32, 64, 4, 4),
     TileConfig(64, 64, 4, 2),
-    TileConfig(64, 64, 4, 3),
-    TileConfig(32, 128, 4, 2),
+    TileConfig(64, 128, 8, 2),
+    TileConfig(32, 128, 8, 3),
 )
 
 

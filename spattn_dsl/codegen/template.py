@@ -206,11 +206,86 @@ def ${name}(
     tl.store(Lse + z * stride_lz + h.to(tl.int64) * stride_lh + offs_m, lse, mask=offs_m < n_q)
 ''')
 
-# The backward pass: two kernels sharing ``_allowed``. With P = exp(S - lse) recomputed per
-# tile and Delta = rowsum(dO * O) (minus the lse gradient), dS = P * (dO V^T - Delta),
-# dQ = scale * dS K, dK = scale * dS^T Q and dV = P^T dO. Each program owns its output tile,
-# so results are deterministic (no atomics).
+# The backward pass: a Delta kernel and two kernels sharing ``_allowed``. With P = exp(S - lse)
+# recomputed per tile and Delta = rowsum(dO * O) (minus the lse gradient),
+# dS = P * (dO V^T - Delta), dQ = scale * dS K, dK = scale * dS^T Q and dV = P^T dO. Each
+# program owns its output tile, so results are deterministic (no atomics).
+BACKWARD_HELPERS = '''
+
+@triton.jit
+def _backward_delta(
+    Out, DO, GradLse, Delta,
+    stride_oz, stride_oh, stride_om, stride_od,
+    stride_dz, stride_dh, stride_dm, stride_dd,
+    stride_lz, stride_lh, n_heads, n_q,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+    HAS_GRAD_LSE: tl.constexpr,
+):
+    """Delta = rowsum(dO * O) - dlse, fp32, for BLOCK_M rows of one (batch, head)."""
+    tile_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    z = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    mask = (offs_m[:, None] < n_q) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(Out + z * stride_oz + h * stride_oh + offs_m[:, None] * stride_om
+                + offs_d[None, :] * stride_od, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + z * stride_dz + h * stride_dh + offs_m[:, None] * stride_dm
+                 + offs_d[None, :] * stride_dd, mask=mask, other=0.0).to(tl.float32)
+    delta = tl.sum(o * do, 1)
+    stat = z * stride_lz + h * stride_lh + offs_m
+    if HAS_GRAD_LSE:
+        delta -= tl.load(GradLse + stat, mask=offs_m < n_q, other=0.0)
+    tl.store(Delta + stat, delta, mask=offs_m < n_q)
+
+
+@triton.jit
+def _log2_lse(lse):
+    """lse in log2 units; a row with no allowed key (lse = -inf) gets +inf, so its P is 0."""
+    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+'''
+
 BACKWARD = Template('''
+
+@triton.jit
+def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, pad_row, tiles, count, q_pos, case,
+              stride_kn, stride_vn, n_k, qk_scale$table_params,
+              BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+              PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, HAS_PAD: tl.constexpr,
+              DOT_PRECISION: tl.constexpr):
+    """dQ += dS K over ``count`` key tiles of a list (FULL: no predicate, PARTIAL: the
+    predicate and the bounds)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = tl.arange(0, HEAD_DIM_PAD) < HEAD_DIM
+    first = tl.load(tiles)
+    for j in range(0, count):
+        if IS_RANGE:
+            tile_n = first + j
+        else:
+            tile_n = tl.load(tiles + j)
+        start_n = (tile_n * BLOCK_N).to(tl.int64)
+        offs_kn = tile_n * BLOCK_N + offs_n                      # [BLOCK_N] key positions
+        if PARTIAL:
+            load_ok = (offs_kn < n_k)[None, :] & d_ok[:, None]
+        else:
+            load_ok = d_ok[:, None]
+        kt = tl.load(kt_ptrs + start_n * stride_kn, mask=load_ok, other=0.0)  # [HEAD_DIM_PAD, BLOCK_N]
+        vt = tl.load(vt_ptrs + start_n * stride_vn, mask=load_ok, other=0.0)
+        qk = tl.dot(q, kt, input_precision=DOT_PRECISION)        # [BLOCK_M, BLOCK_N]
+        p = tl.math.exp2(qk * qk_scale - lse2[:, None])
+        if PARTIAL:
+            allowed = _allowed(q_pos, offs_kn[None, :], case$table_args) & (offs_kn < n_k)[None, :]
+            if HAS_PAD:
+                allowed = allowed & _kept(pad_row, offs_kn, n_k)[None, :]
+            p = tl.where(allowed, p, 0.0)
+        elif HAS_PAD:
+            p = tl.where(_kept(pad_row, offs_kn, n_k)[None, :], p, 0.0)
+        dp = tl.dot(do, vt, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
+    return dq
+
 
 @triton.jit
 def ${name}_dq(
@@ -226,7 +301,7 @@ def ${name}_dq(
     qk_scale, sm_scale$table_params,
     CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_N: tl.constexpr,
+    FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr,
     HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """dQ of one query tile: its key tiles, as in the forward pass."""
@@ -238,75 +313,80 @@ def ${name}_dq(
     kv_h = (h // kv_group).to(tl.int64)
     case = h % CASES
     tile_m = tl.load(RowOrder + slot)
-    pad_row = KeyPad + z * stride_pz
 
     offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)            # [BLOCK_M]
     offs_n = tl.arange(0, BLOCK_N)                               # [BLOCK_N]
     offs_d = tl.arange(0, HEAD_DIM_PAD)                          # [HEAD_DIM_PAD]
     q_pos = (offs_m + (n_k - n_q))[:, None]                      # [BLOCK_M, 1] absolute
-    d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < n_q
-    row_mask = m_ok[:, None] & d_ok[None, :]
-
+    row_mask = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     q = tl.load(Q + z * stride_qz + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm
                 + offs_d[None, :] * stride_qd, mask=row_mask, other=0.0)   # [BLOCK_M, HEAD_DIM_PAD]
     do = tl.load(DO + z * stride_oz + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om
                  + offs_d[None, :] * stride_od, mask=row_mask, other=0.0)  # [BLOCK_M, HEAD_DIM_PAD]
     stat = z * stride_lz + h.to(tl.int64) * stride_lh + offs_m
-    lse = tl.load(Lse + stat, mask=m_ok, other=float("-inf"))    # [BLOCK_M] natural log
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no key: P = 0
+    lse2 = _log2_lse(tl.load(Lse + stat, mask=m_ok, other=float("-inf")))  # [BLOCK_M]
     delta = tl.load(Delta + stat, mask=m_ok, other=0.0)          # [BLOCK_M]
     kt_ptrs = K + z * stride_kz + kv_h * stride_kh \\
         + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd   # [HEAD_DIM_PAD, BLOCK_N] tile 0
     vt_ptrs = V + z * stride_vz + kv_h * stride_vh \\
         + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd   # [HEAD_DIM_PAD, BLOCK_N] tile 0
+    pad_row = KeyPad + z * stride_pz
     dq = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
 
     row = case * n_tiles_q + tile_m
-    n_full = tl.load(FullCounts + row)
-    full_row = FullIndices + row * full_width
-    first_full = tl.load(full_row)
-    for j in range(0, n_full):
-        if FULL_RANGE:
-            tile_n = first_full + j
-        else:
-            tile_n = tl.load(full_row + j)
-        start_n = (tile_n * BLOCK_N).to(tl.int64)
-        kt = tl.load(kt_ptrs + start_n * stride_kn, mask=d_ok[:, None], other=0.0)
-        vt = tl.load(vt_ptrs + start_n * stride_vn, mask=d_ok[:, None], other=0.0)
-        qk = tl.dot(q, kt, input_precision=DOT_PRECISION)        # [BLOCK_M, BLOCK_N]
-        p = tl.math.exp2(qk * qk_scale - lse2[:, None])
-        if HAS_PAD:
-            p = tl.where(_kept(pad_row, start_n + offs_n, n_k)[None, :], p, 0.0)
-        dp = tl.dot(do, vt, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
-
-    n_partial = tl.load(PartialCounts + row)
-    partial_row = PartialIndices + row * partial_width
-    first_partial = tl.load(partial_row)
-    for j in range(0, n_partial):
-        if PARTIAL_RANGE:
-            tile_n = first_partial + j
-        else:
-            tile_n = tl.load(partial_row + j)
-        start_n = (tile_n * BLOCK_N).to(tl.int64)
-        offs_kn = tile_n * BLOCK_N + offs_n                      # [BLOCK_N] key positions
-        k_ok = offs_kn < n_k
-        kt = tl.load(kt_ptrs + start_n * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
-        vt = tl.load(vt_ptrs + start_n * stride_vn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
-        allowed = _allowed(q_pos, offs_kn[None, :], case$table_args) & k_ok[None, :]
-        if HAS_PAD:
-            allowed = allowed & _kept(pad_row, offs_kn, n_k)[None, :]
-        qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
-        p = tl.where(allowed, tl.math.exp2(qk * qk_scale - lse2[:, None]), 0.0)
-        dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
-
+    dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, pad_row, FullIndices + row * full_width,
+                   tl.load(FullCounts + row), q_pos, case, stride_kn, stride_vn, n_k,
+                   qk_scale$table_args, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, False, FULL_RANGE,
+                   HAS_PAD, DOT_PRECISION)
+    dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, pad_row,
+                   PartialIndices + row * partial_width, tl.load(PartialCounts + row), q_pos, case,
+                   stride_kn, stride_vn, n_k, qk_scale$table_args, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD,
+                   True, PARTIAL_RANGE, HAS_PAD, DOT_PRECISION)
     dq = dq * sm_scale
     tl.store(DQ + z * stride_gz + h.to(tl.int64) * stride_gh + offs_m[:, None] * stride_gm
              + offs_d[None, :] * stride_gd, dq.to(DQ.dtype.element_ty), mask=row_mask)
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_base, do_base, Lse, Delta, stat_base, tiles, count,
+                stride_qm, stride_om, n_q, n_k, qk_scale, case$table_params,
+                BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+                PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, EVEN_M: tl.constexpr,
+                HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dV += P^T dO and dK += dS^T Q over ``count`` query tiles of a list."""
+    offs_m = tl.arange(0, BLOCK_M)
+    d_ok = tl.arange(0, HEAD_DIM_PAD) < HEAD_DIM
+    first = tl.load(tiles)
+    for j in range(0, count):
+        if IS_RANGE:
+            tile_m = first + j
+        else:
+            tile_m = tl.load(tiles + j)
+        start_m = (tile_m * BLOCK_M).to(tl.int64)
+        if EVEN_M and HEAD_DIM == HEAD_DIM_PAD:
+            q = tl.load(q_base + start_m * stride_qm)            # [BLOCK_M, HEAD_DIM_PAD]
+            do = tl.load(do_base + start_m * stride_om)
+            lse = tl.load(Lse + stat_base + start_m)             # [BLOCK_M]
+            delta = tl.load(Delta + stat_base + start_m)
+        else:
+            m_ok = start_m + offs_m < n_q
+            q = tl.load(q_base + start_m * stride_qm, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+            do = tl.load(do_base + start_m * stride_om, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+            lse = tl.load(Lse + stat_base + start_m, mask=m_ok, other=float("-inf"))
+            delta = tl.load(Delta + stat_base + start_m, mask=m_ok, other=0.0)
+        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)   # [BLOCK_N, BLOCK_M]
+        p_t = tl.math.exp2(qk_t * qk_scale - _log2_lse(lse)[None, :])
+        if PARTIAL:
+            q_pos = (start_m + offs_m + (n_k - n_q))[None, :]             # [1, BLOCK_M]
+            p_t = tl.where(_allowed(q_pos, k_pos, case$table_args) & keep, p_t, 0.0)
+        elif HAS_PAD:
+            p_t = tl.where(keep, p_t, 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+    return dk, dv
 
 
 @triton.jit
@@ -327,7 +407,8 @@ def ${name}_dkdv(
     HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """dK and dV of one key tile of one key/value head: the query tiles of the transposed
-    layout, for every query head of its group (``FullCounts``... are the ``*_q_*`` lists)."""
+    layout (``FullCounts``... are the ``*_q_*`` lists), for every query head of its group.
+    DK and DV share their strides."""
     pid = tl.program_id(0)
     slot = pid // (n_batch * n_kv_heads)
     bh = pid % (n_batch * n_kv_heads)
@@ -339,12 +420,10 @@ def ${name}_dkdv(
     offs_m = tl.arange(0, BLOCK_M)                               # [BLOCK_M]
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     k_pos = offs_n[:, None]                                      # [BLOCK_N, 1] absolute
-    d_ok = offs_d < HEAD_DIM
     k_ok = offs_n < n_k
-    key_mask = k_ok[:, None] & d_ok[None, :]
-    kv_off = z * stride_kz + kv_h.to(tl.int64) * stride_kh
-    k = tl.load(K + kv_off + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=key_mask, other=0.0)                        # [BLOCK_N, HEAD_DIM_PAD]
+    key_mask = k_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    k = tl.load(K + z * stride_kz + kv_h.to(tl.int64) * stride_kh + offs_n[:, None] * stride_kn
+                + offs_d[None, :] * stride_kd, mask=key_mask, other=0.0)    # [BLOCK_N, HEAD_DIM_PAD]
     v = tl.load(V + z * stride_vz + kv_h.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vn
                 + offs_d[None, :] * stride_vd, mask=key_mask, other=0.0)
     keep = k_ok[:, None]                                         # [BLOCK_N, 1]
@@ -360,46 +439,16 @@ def ${name}_dkdv(
         do_base = DO + z * stride_oz + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
         stat_base = z * stride_lz + h * stride_lh + offs_m
         row = case * n_tiles_k + tile_n
-        for part in tl.static_range(2):                          # FULL query tiles, then PARTIAL
-            if part == 0:
-                count = tl.load(FullCounts + row)
-                tiles = FullIndices + row * full_width
-                is_range = FULL_RANGE
-            else:
-                count = tl.load(PartialCounts + row)
-                tiles = PartialIndices + row * partial_width
-                is_range = PARTIAL_RANGE
-            first = tl.load(tiles)
-            for j in range(0, count):
-                if is_range:
-                    tile_m = first + j
-                else:
-                    tile_m = tl.load(tiles + j)
-                start_m = (tile_m * BLOCK_M).to(tl.int64)
-                if EVEN_M and HEAD_DIM == HEAD_DIM_PAD:
-                    q = tl.load(q_base + start_m * stride_qm)    # [BLOCK_M, HEAD_DIM_PAD]
-                    do = tl.load(do_base + start_m * stride_om)
-                    lse = tl.load(Lse + stat_base + start_m)     # [BLOCK_M]
-                    delta = tl.load(Delta + stat_base + start_m)
-                else:
-                    m_ok = start_m + offs_m < n_q
-                    q = tl.load(q_base + start_m * stride_qm, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-                    do = tl.load(do_base + start_m * stride_om, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-                    lse = tl.load(Lse + stat_base + start_m, mask=m_ok, other=float("-inf"))
-                    delta = tl.load(Delta + stat_base + start_m, mask=m_ok, other=0.0)
-                lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-                qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)   # [BLOCK_N, BLOCK_M]
-                p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
-                if part == 1:
-                    q_pos = (start_m + offs_m + (n_k - n_q))[None, :]         # [1, BLOCK_M]
-                    allowed = _allowed(q_pos, k_pos, case$table_args) & keep
-                    p_t = tl.where(allowed, p_t, 0.0)
-                elif HAS_PAD:
-                    p_t = tl.where(keep, p_t, 0.0)
-                dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
-                dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
-                ds_t = p_t * (dp_t - delta[None, :])
-                dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_base, do_base, Lse, Delta, stat_base,
+                             FullIndices + row * full_width, tl.load(FullCounts + row),
+                             stride_qm, stride_om, n_q, n_k, qk_scale, case$table_args,
+                             BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, False, FULL_RANGE, EVEN_M, HAS_PAD,
+                             DOT_PRECISION)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_base, do_base, Lse, Delta, stat_base,
+                             PartialIndices + row * partial_width, tl.load(PartialCounts + row),
+                             stride_qm, stride_om, n_q, n_k, qk_scale, case$table_args,
+                             BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, True, PARTIAL_RANGE, EVEN_M, HAS_PAD,
+                             DOT_PRECISION)
 
     dk = dk * sm_scale
     out_off = z * stride_gz + kv_h.to(tl.int64) * stride_gh + offs_n[:, None] * stride_gn \\

@@ -40,6 +40,13 @@ def tuning_key(pattern, q, k) -> str:
                                       str(q.dtype).replace("torch.", ""), gpu))
 
 
+def announce(attn, q, k, what: str, count: int) -> None:
+    """One line on stderr before a tuning run (seconds to a minute, once per problem)."""
+    print(f"spattn: tuning {what} tiles of pattern {attn.pattern.name!r} for q {list(q.shape)}, "
+          f"k {list(k.shape)}, {str(q.dtype).replace('torch.', '')}: {count} configs, once per "
+          f"problem and GPU (cached)", file=sys.stderr, flush=True)
+
+
 def tune(attn, q, k, v, scale, configs):
     """The fastest config's plan (read from the tuning file when this problem was tuned)."""
     import triton.testing
@@ -48,6 +55,7 @@ def tune(attn, q, k, v, scale, configs):
     known = cache.load_json(TUNING_FILE).get(key)
     if known is not None:
         return attn._make_plan(q.shape[2], k.shape[2], TileConfig(*known["config"]), q.device)
+    announce(attn, q, k, "forward", len(configs))
     best, timings = None, {}
     for config in configs:
         plan = attn._make_plan(q.shape[2], k.shape[2], config, q.device)
@@ -89,9 +97,10 @@ def tune_backward(attn, q, k, v, scale, dq_configs, dkdv_configs):
     if known is not None:
         return tuple(attn._make_plan(n_q, n_k, TileConfig(*known[part]), q.device)
                      for part in ("dq", "dkdv"))
+    announce(attn, q, k, "backward", len(dq_configs) + len(dkdv_configs))
     out, lse = attn.run_forward(q, k, v, None, scale)
     grad_out = torch.randn_like(q)
-    delta = backward_delta(grad_out, out)
+    delta = backward_delta(attn._make_plan(n_q, n_k, dq_configs[0], q.device), grad_out, out)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     kernels = {
         "dq": (dq_configs, lambda plan: backward_dq(plan, grad_out, q, k, v, lse, delta, scale,

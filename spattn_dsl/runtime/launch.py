@@ -76,20 +76,26 @@ def backward(dq_plan: Plan, dkdv_plan: Plan, grad_out, q, k, v, out, lse, scale:
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
     if min(*q.shape[:3], k.shape[2]) == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    delta = backward_delta(grad_out, out, grad_lse)
+    delta = backward_delta(dq_plan, grad_out, out, grad_lse)
     lse = lse.contiguous()
     backward_dq(dq_plan, grad_out, q, k, v, lse, delta, scale, key_padding, dq)
     backward_dkdv(dkdv_plan, grad_out, q, k, v, lse, delta, scale, key_padding, dk, dv)
     return dq, dk, dv
 
 
-def backward_delta(grad_out, out, grad_lse=None):
+def backward_delta(plan: Plan, grad_out, out, grad_lse=None):
     """float32 ``[B, H, n_q]``: Delta = rowsum(dO * O). An lse gradient g adds g * P to dS,
     that is, subtracts g from Delta."""
-    delta = (grad_out.float() * out.float()).sum(-1)
-    if grad_lse is not None:
-        delta = delta - grad_lse.float()
-    return delta.contiguous()
+    batch, heads, n_q, head_dim = out.shape
+    delta = torch.empty(batch, heads, n_q, device=out.device, dtype=torch.float32)
+    block_m = 64
+    plan.module.BACKWARD_DELTA[(-(-n_q // block_m), batch * heads)](
+        out, grad_out, delta if grad_lse is None else grad_lse.contiguous(), delta,
+        *out.stride(), *grad_out.stride(), delta.stride(0), delta.stride(1), heads, n_q,
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=_padded(head_dim), BLOCK_M=block_m,
+        HAS_GRAD_LSE=grad_lse is not None,
+    )
+    return delta
 
 
 def backward_dq(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, dq):
@@ -107,7 +113,6 @@ def backward_dq(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, d
         batch, heads, heads // kv_heads, n_q, n_k, n_tiles_q,
         layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
         scale * LOG2E, scale, *_table_args(plan.tables),
-        EVEN_N=n_k % config.block_n == 0,
         FULL_RANGE=plan.full_range, PARTIAL_RANGE=plan.partial_range,
         **_common(module, q, config, key_padding),
     )
@@ -142,10 +147,14 @@ def _common(module, q, config, key_padding) -> dict:
     """Launch constants every kernel takes."""
     head_dim = q.shape[3]
     return dict(CASES=module.CASES, HEAD_DIM=head_dim,
-                HEAD_DIM_PAD=max(16, 1 << (head_dim - 1).bit_length()),
+                HEAD_DIM_PAD=_padded(head_dim),
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, HAS_PAD=key_padding is not None,
                 DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
                 num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def _padded(head_dim: int) -> int:
+    return max(16, 1 << (head_dim - 1).bit_length())
 
 
 def _padding(key_padding, placeholder):
