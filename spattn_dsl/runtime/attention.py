@@ -32,7 +32,8 @@ def interpreting() -> bool:
 
 
 class SparseAttention:
-    """The compiled attention of one pattern; call it as ``attn(q, k, v, scale=None)``."""
+    """The compiled attention of one pattern; call it as
+    ``attn(q, k, v, scale=None, key_padding=None)``."""
 
     def __init__(self, pattern, block_m: int | None = None, block_n: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None,

@@ -47,50 +47,64 @@ def announce(attn, q, k, what: str, count: int) -> None:
           f"problem and GPU (cached)", file=sys.stderr, flush=True)
 
 
-def tune(attn, q, k, v, scale, configs):
-    """The fastest config's plan (read from the tuning file when this problem was tuned)."""
+def time_configs(attn, configs, plan_of, launch, label: str):
+    """(best (ms, config, plan) or None, {config: ms}): each config's plan timed by
+    ``do_bench``; configs that fail to compile or launch (shared memory, registers) are skipped."""
     import triton.testing
 
-    key = tuning_key(attn.pattern, q, k)
-    known = cache.load_json(TUNING_FILE).get(key)
-    if known is not None:
-        return attn._make_plan(q.shape[2], k.shape[2], TileConfig(*known["config"]), q.device)
-    announce(attn, q, k, "forward", len(configs))
     best, timings = None, {}
     for config in configs:
-        plan = attn._make_plan(q.shape[2], k.shape[2], config, q.device)
-        if config.merged and not plan.merged:
-            continue  # the layout's tiles are not one range per row
+        plan = plan_of(config)
+        if plan is None:
+            continue
         try:
-            forward(plan, q, k, v, scale)
+            launch(plan)
             torch.cuda.synchronize()
-            ms = triton.testing.do_bench(lambda: forward(plan, q, k, v, scale), warmup=25, rep=100,
+            ms = triton.testing.do_bench(lambda: launch(plan), warmup=25, rep=100,
                                          return_mode="median")
         except Exception as error:  # out of shared memory or registers: skip this config
             if attn.verbose:
-                print(f"spattn autotune: {config} failed: {type(error).__name__}", file=sys.stderr)
+                print(f"spattn autotune {label}: {config} failed: {type(error).__name__}",
+                      file=sys.stderr)
             continue
         timings[str(config)] = ms
         if attn.verbose:
-            print(f"spattn autotune: {config}: {ms:.3f} ms", file=sys.stderr)
+            print(f"spattn autotune {label}: {config}: {ms:.3f} ms", file=sys.stderr)
         if best is None or ms < best[0]:
             best = (ms, config, plan)
     if best is None:
-        raise RuntimeError(f"spattn: no tile configuration compiled for {attn.pattern.text}")
-    best = _confirm(best, timings, attn, q, k, v, scale, configs)
-    ms, config, plan = best
-    c = config
-    cache.update_json(TUNING_FILE, key, {"config": [c.block_m, c.block_n, c.num_warps, c.num_stages,
-                                                    c.merged],
-                                         "ms": ms, "timings": timings})
+        raise RuntimeError(f"spattn: no {label} tile configuration compiled for {attn.pattern.text}")
+    return best, timings
+
+
+def _row(config: TileConfig) -> list:
+    return [config.block_m, config.block_n, config.num_warps, config.num_stages, config.merged]
+
+
+def tune(attn, q, k, v, scale, configs):
+    """The fastest forward config's plan (read from the tuning file when this problem was
+    tuned)."""
+    key = tuning_key(attn.pattern, q, k)
+    n_q, n_k = q.shape[2], k.shape[2]
+    known = cache.load_json(TUNING_FILE).get(key)
+    if known is not None:
+        return attn._make_plan(n_q, n_k, TileConfig(*known["config"]), q.device)
+    announce(attn, q, k, "forward", len(configs))
+
+    def plan_of(config):
+        plan = attn._make_plan(n_q, n_k, config, q.device)
+        return None if config.merged and not plan.merged else plan  # tiles not one range per row
+
+    best, timings = time_configs(attn, configs, plan_of,
+                                 lambda plan: forward(plan, q, k, v, scale), "forward")
+    ms, config, plan = _confirm(best, timings, attn, q, k, v, scale, configs)
+    cache.update_json(TUNING_FILE, key, {"config": _row(config), "ms": ms, "timings": timings})
     return plan
 
 
 def tune_backward(attn, q, k, v, scale, dq_configs, dkdv_configs):
     """(dQ plan, dK/dV plan), each kernel's fastest config timed alone on random gradients
     (read from the tuning file when this problem was tuned)."""
-    import triton.testing
-
     key = "backward|" + tuning_key(attn.pattern, q, k)
     n_q, n_k = q.shape[2], k.shape[2]
     known = cache.load_json(TUNING_FILE).get(key)
@@ -110,29 +124,9 @@ def tune_backward(attn, q, k, v, scale, dq_configs, dkdv_configs):
     }
     chosen, entry = [], {}
     for part, (configs, launch) in kernels.items():
-        best, timings = None, {}
-        for config in configs:
-            plan = attn._make_plan(n_q, n_k, config, q.device)
-            try:
-                launch(plan)
-                torch.cuda.synchronize()
-                ms = triton.testing.do_bench(lambda: launch(plan), warmup=25, rep=100,
-                                             return_mode="median")
-            except Exception as error:  # out of shared memory or registers: skip this config
-                if attn.verbose:
-                    print(f"spattn autotune {part}: {config} failed: {type(error).__name__}",
-                          file=sys.stderr)
-                continue
-            timings[str(config)] = ms
-            if attn.verbose:
-                print(f"spattn autotune {part}: {config}: {ms:.3f} ms", file=sys.stderr)
-            if best is None or ms < best[0]:
-                best = (ms, config, plan)
-        if best is None:
-            raise RuntimeError(f"spattn: no {part} tile configuration compiled for {attn.pattern.text}")
-        c = best[1]
-        entry[part] = [c.block_m, c.block_n, c.num_warps, c.num_stages, c.merged]
-        entry[part + "_timings"] = timings
-        chosen.append(best[2])
+        (ms, config, plan), timings = time_configs(
+            attn, configs, lambda c: attn._make_plan(n_q, n_k, c, q.device), launch, part)
+        entry[part], entry[part + "_timings"] = _row(config), timings
+        chosen.append(plan)
     cache.update_json(TUNING_FILE, key, entry)
     return tuple(chosen)

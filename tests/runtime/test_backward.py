@@ -186,3 +186,13 @@ def test_gpu_bf16_gradients_of_every_example(path, name):
     got = grads(attn, q, k, v, grad_out)
     want = reference_grads(p, q, k, v, grad_out)
     assert_close(got, want, 1e-2)
+
+
+@pytest.mark.parametrize("batch,heads,n_q,n_k", [(64, 1, 9, 9), (3, 2, 1, 40)],
+                         ids=["batch64", "decode1"])
+def test_large_batch_and_single_query_decoding(batch, heads, n_q, n_k):
+    p = pattern("fixed")
+    attn = compile(p, block_m=16, block_n=16, num_warps=1, num_stages=1)
+    q, k, v = inputs(batch, heads, n_q, n_k, 16, kv_heads=1)
+    grad_out = torch.randn_like(q)
+    assert_close(grads(attn, q, k, v, grad_out), reference_grads(p, q, k, v, grad_out), 1e-4)
