@@ -24,6 +24,7 @@ from .launch import Plan
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIMS = (16, 256)
+TUNE_PAIRS = 1 << 24  # smaller problems are not autotuned
 _WARNED = set()
 
 
@@ -116,7 +117,7 @@ class SparseAttention:
                 plans = (self._make_plan(n_q, n_k, config, q.device),) * 2
             else:
                 dq_configs, dkdv_configs = backward_candidates(q.shape[3], n_q, n_k)
-                if self.autotune:
+                if self._worth_tuning(q, k):
                     from .autotune import tune_backward
                     plans = tune_backward(self, q, k, v, scale, dq_configs, dkdv_configs)
                 else:
@@ -124,6 +125,11 @@ class SparseAttention:
                              self._make_plan(n_q, n_k, dkdv_configs[0], q.device))
             self._plans[key] = plans
         return plans
+
+    def _worth_tuning(self, q, k) -> bool:
+        """Autotuning compiles and times a dozen kernels (seconds each); below about 16M
+        query-key pairs a launch takes microseconds, so the first config serves."""
+        return self.autotune and q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] >= TUNE_PAIRS
 
     def _make_plan(self, n_q, n_k, config, device) -> Plan:
         rendered = render(self.pattern, n_k)
@@ -135,7 +141,7 @@ class SparseAttention:
         if self.forced is not None:
             return self._make_plan(n_q, n_k, self.forced, q.device)
         configs = candidate_configs(head_dim, n_q, n_k, interpreter=q.device.type == "cpu")
-        if len(configs) == 1 or not self.autotune:
+        if len(configs) == 1 or not self._worth_tuning(q, k):
             return self._make_plan(n_q, n_k, configs[0], q.device)
         from .autotune import tune
         return tune(self, q, k, v, scale, configs)

@@ -194,10 +194,13 @@ def test_gpu_autotune_result_persists(monkeypatch):
     from spattn_dsl.runtime.autotune import TUNING_FILE, tuning_key
 
     p = pattern("window40")
-    q, k, v = inputs(1, 2, 2048, 2048, 64, dtype=torch.bfloat16)
-    compile(p)(q, k, v)
+    q, k, v = inputs(2, 4, 2048, 2048, 64, dtype=torch.bfloat16)  # large enough to be tuned
+    q.requires_grad_(True)
+    compile(p)(q, k, v).sum().backward()
     entry = cache.load_json(TUNING_FILE)[tuning_key(p, q, k)]
     assert len(entry["timings"]) >= 2
+    backward_entry = cache.load_json(TUNING_FILE)["backward|" + tuning_key(p, q, k)]
+    assert len(backward_entry["dq_timings"]) >= 2 and len(backward_entry["dkdv_timings"]) >= 2
     again = compile(p)
 
     def no_timing(*args, **kwargs):
@@ -206,3 +209,19 @@ def test_gpu_autotune_result_persists(monkeypatch):
     monkeypatch.setattr(triton.testing, "do_bench", no_timing)
     plan = again.plan(q, k, v, 0.125)  # read from the tuning file, not re-timed
     assert [plan.config.block_m, plan.config.block_n] == entry["config"][:2]
+    dq_plan, dkdv_plan = again.backward_plans(q, k, v, 0.125)
+    assert [dkdv_plan.config.block_m, dkdv_plan.config.block_n] == backward_entry["dkdv"][:2]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_small_problems_are_not_tuned(monkeypatch):
+    import triton.testing
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a small problem was autotuned")
+
+    monkeypatch.setattr(triton.testing, "do_bench", no_timing)
+    q, k, v = inputs(8, 4, 128, 128, 16, dtype=torch.bfloat16)
+    q.requires_grad_(True)
+    compile(pattern("window40"))(q, k, v).sum().backward()
