@@ -120,3 +120,41 @@ def test_dropout_is_refused():
     q = torch.randn(1, 2, 4, 16)
     with pytest.raises(NotImplementedError, match="dropout"):
         hf.spattn_attention_forward(layers, torch.nn.Module(), q, q, q, None, dropout=0.1)
+
+
+def rel_err(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_llama_fp32_padding_gradients_and_decode(ids):
+    """On the GPU the kernels run (no interpreter): forward, backward and decoding."""
+    ids = ids.cuda()
+    padding = torch.ones_like(ids)
+    padding[1, :5] = 0
+    real = padding.bool()
+    models = {}
+    for name in ("sdpa", hf.register("spattn_test_gpu", "causal")):
+        model = llama().cuda()
+        model.set_attn_implementation(name)
+        out = model(ids, attention_mask=padding, use_cache=False).logits
+        torch.nn.functional.cross_entropy(out[real], ids[real]).backward()
+        models[name] = (model, out.detach())
+    (reference, ref_logits), (model, result) = models.values()
+    assert rel_err(result[real], ref_logits[real]) < 1e-4
+    for (name, p), (_, p_ref) in zip(model.named_parameters(), reference.named_parameters()):
+        assert rel_err(p.grad, p_ref.grad) < 1e-3, name
+    assert torch.equal(greedy(model, ids[:1], 6), greedy(reference, ids[:1], 6))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_llama_bf16_sparse_pattern_matches_sdpa_with_the_dense_mask(ids):
+    pattern = spattn_dsl.loads("pattern p { causal & (window(5) | sink(2) | stride(7)) }").pattern("p")
+    model = llama().cuda().to(torch.bfloat16)
+    ids = ids.cuda()
+    dense_mask = pattern.mask(ids.shape[1]).cuda()[None, None].expand(ids.shape[0], 1, -1, -1)
+    reference = logits(model, ids, attention_mask=dense_mask)
+    model.set_attn_implementation(hf.register("spattn_test_gpu_bf16", pattern))
+    assert rel_err(logits(model, ids), reference) < 2e-2

@@ -240,6 +240,6 @@ def _use_reference(q) -> bool:
         return False
     if "cpu" not in _WARNED:
         _WARNED.add("cpu")
-        warnings.warn("spattn: no GPU and TRITON_INTERPRET is not set; using the naive "
+        warnings.warn("spattn: tensors on the CPU and TRITON_INTERPRET is not set; using the naive "
                       "reference attention (slow, n x n memory)", stacklevel=4)
     return True
