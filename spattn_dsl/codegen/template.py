@@ -1,10 +1,15 @@
-"""The Triton source template of the forward kernel (filled in by ``codegen.render``).
+"""The Triton source templates of the forward and backward kernels (filled in by
+``codegen.render``).
 
-One program computes one query tile (``BLOCK_M`` rows) of one (batch, head): it visits the
-FULL key tiles of its row without any predicate, then the PARTIAL ones with the pattern's
-predicate and the bounds mask (or, ``MERGED``, one loop over a row's range of tiles with the
-predicate applied on its PARTIAL end tiles only: one software pipeline instead of two), keeping an online softmax in fp32 with exp2. Rows with no
-allowed key give 0. The log-sum-exp (natural log) is saved for the backward pass.
+Forward: one program computes one query tile (``BLOCK_M`` rows) of one (batch, head): it
+visits the FULL key tiles of its row without any predicate, then the PARTIAL ones with the
+pattern's predicate and the bounds mask (or, ``MERGED``, one loop over a row's range of tiles
+with the predicate applied on its PARTIAL end tiles only: one software pipeline instead of
+two), keeping an online softmax in fp32 with exp2. Rows with no allowed key give 0. The
+log-sum-exp (natural log) is saved for the backward pass. ``HAS_PAD`` adds a per-key padding
+mask (``key_padding``) to every tile.
+
+Backward (``BACKWARD_HELPERS``, ``BACKWARD``): see the comment above them.
 """
 from string import Template
 

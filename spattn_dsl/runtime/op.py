@@ -2,7 +2,8 @@
 autograd, ``torch.compile`` and ``torch.library.opcheck`` treat it as one opaque operator.
 
 A custom op takes tensors and plain values only, so a ``SparseAttention`` is passed by its
-registry number (``op_id``); the op's schema is
+registry number (``op_id``, valid within one process: enough for eager mode and
+``torch.compile``, not for a graph exported to another process); the op's schema is
 ``attention(q, k, v, key_padding?, scale, op_id) -> (out, lse)``, its backward the op
 ``attention_backward``.
 """
