@@ -3,7 +3,6 @@ reference masked attention; the op under opcheck and torch.compile; key padding.
 
 Without a GPU the kernels run under the Triton interpreter (fp32, small shapes); inputs and
 output gradients are fresh random draws."""
-import shutil
 from pathlib import Path
 
 import pytest
@@ -160,10 +159,15 @@ def test_torch_compile_matches_eager():
     eager.square().sum().backward()
     eager_grad = block.proj.weight.grad.clone()
     block.zero_grad()
-    # inductor needs a C compiler for the code around the op on a CPU; without one, the
-    # aot_eager backend still traces the op through its fake and autograd registrations
-    backend = "inductor" if DEVICE == "cuda" or shutil.which("cc") else "aot_eager"
-    compiled = torch.compile(block, backend=backend)(x)
+    try:
+        compiled = torch.compile(block)(x)  # inductor
+    except (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError) as error:
+        # inductor on a CPU needs a working C++ toolchain for the code around the op; where
+        # the machine has none, aot_eager still traces the op through its fake and autograd
+        if DEVICE == "cuda" or "C++" not in str(error):
+            raise
+        torch._dynamo.reset()
+        compiled = torch.compile(block, backend="aot_eager")(x)
     compiled.square().sum().backward()
     assert torch.allclose(compiled, eager, atol=1e-5)
     assert torch.allclose(block.proj.weight.grad, eager_grad, atol=1e-4)
