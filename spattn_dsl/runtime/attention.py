@@ -75,7 +75,7 @@ class SparseAttention:
         """The custom op's forward: the kernel, or the reference on a CPU without the interpreter."""
         if _use_reference(q):
             out, lse = attention_reference(self.pattern, q, k, v, scale, torch.float32, key_padding)
-            return out.to(q.dtype), lse
+            return out.to(q.dtype).contiguous(), lse.contiguous()  # the strides the fake promises
         if q.device.type == "cpu" and q.dtype != torch.float32:  # the interpreter's dot is fp32
             out, lse = self.run_forward(q.float(), k.float(), v.float(), key_padding, scale)
             return out.to(q.dtype), lse
@@ -86,7 +86,7 @@ class SparseAttention:
         if _use_reference(q):
             grads = attention_reference_backward(self.pattern, grad_out, q, k, v, scale,
                                                  torch.float32, key_padding, grad_lse)
-            return tuple(g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
+            return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
         if q.device.type == "cpu" and q.dtype != torch.float32:
             grads = self.run_backward(*(t.float() if t is not None and t.is_floating_point() else t
                                         for t in (grad_out, grad_lse, q, k, v, out, lse)),
