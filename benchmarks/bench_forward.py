@@ -3,6 +3,10 @@ block mask) vs dense SDPA, bf16, plus correctness against float64 and against Fl
 
     python benchmarks/bench_forward.py [--seq-lens 8192 32768] [--json out.json]
     python benchmarks/bench_forward.py --backward [--seq-lens 8192]   # every example pattern
+    python benchmarks/bench_forward.py --examples --results results.json  # forward, every example
+
+``--results`` writes (or extends) a JSON list of rows ``{"pattern", "n", "pass", "spattn_ms",
+"flex_ms", "sdpa_ms", "pairs", "gpu", "torch", "triton"}``, the format of benchmarks/results/.
 
 Effective TFLOP/s counts only allowed pairs: 4 * B * H * D * pairs / time. With
 ``--backward`` it times forward + backward (gradients of q, k, v) of every pattern in
@@ -74,12 +78,21 @@ def rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def run(n: int, results: list, flex):
+def forward_patterns(examples: bool, only=None):
+    """(label, pattern, causal) of the forward run: the fixed list, or with ``examples`` every
+    example pattern and dense causal (the others are examples too); with ``only``, those whose
+    label contains one of its words."""
+    fixed = [p for p in PATTERNS if not examples or p[0] == "dense causal"]
+    chosen = [(label, spattn_dsl.loads(text).pattern("p"), causal) for label, text, causal in fixed]
+    chosen += example_patterns() if examples else []
+    return [p for p in chosen if not only or any(part in p[0] for part in only)]
+
+
+def run(n: int, results: list, flex, examples: bool = False, only=None):
     torch.manual_seed(n)
     q, k, v = (torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     scale = D ** -0.5
-    for label, text, causal in PATTERNS:
-        pattern = spattn_dsl.loads(text).pattern("p")
+    for label, pattern, causal in forward_patterns(examples, only):
         t0 = time.time()
         pairs = allowed_pairs(pattern, n)
         attn = compile(pattern, verbose=True)
@@ -106,7 +119,7 @@ def run(n: int, results: list, flex):
         flop = 4.0 * B * D * pairs  # pairs already summed over heads
         sdpa_pairs = n * (n + 1) // 2 if causal else n * n
         row = {
-            "n": n, "pattern": label, "density": pairs / (H * n * n), "pairs": pairs,
+            "n": n, "pattern": label, "pass": "fwd", "density": pairs / (H * n * n), "pairs": pairs,
             "config": str(plan.config), "spattn_ms": ms, "kernel_only_ms": kernel_ms, "spattn_tflops": flop / ms / 1e9,
             "flex_ms": flex_ms, "flex_tflops": flop / flex_ms / 1e9,
             "sdpa_ms": sdpa_ms, "sdpa_tflops_own": 4.0 * B * H * D * sdpa_pairs / sdpa_ms / 1e9,
@@ -163,7 +176,7 @@ def run_backward(n: int, results: list, flex, only=None):
         dq_plan, dkdv_plan = attn.backward_plans(q, k, v, scale)
         flop = 2.5 * 4.0 * B * D * pairs  # backward: 5 products to the forward's 2
         row = {
-            "n": n, "pattern": label, "density": pairs / (H * n * n),
+            "n": n, "pattern": label, "pass": "fwd+bwd", "density": pairs / (H * n * n), "pairs": pairs,
             "config": f"dq {dq_plan.config} / dkdv {dkdv_plan.config}",
             "spattn_ms": ms, "spattn_fwd_ms": fwd_ms, "spattn_tflops": flop / ms / 1e9,
             "flex_ms": flex_ms, "flex_tflops": flop / flex_ms / 1e9, "sdpa_ms": sdpa_ms,
@@ -200,6 +213,19 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
+RESULT_KEYS = ("pattern", "n", "pass", "spattn_ms", "flex_ms", "sdpa_ms", "pairs")
+
+
+def write_results(path: str, results: list) -> None:
+    """Append this run's rows, in the benchmarks/results/ format, to the JSON list at ``path``."""
+    import triton
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "triton": triton.__version__}
+    rows = json.loads(Path(path).read_text()) if Path(path).exists() else []
+    rows += [{**{key: r[key] for key in RESULT_KEYS}, **meta} for r in results]
+    Path(path).write_text(json.dumps(rows, indent=1) + "\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[8192, 32768])
@@ -208,12 +234,14 @@ def main(argv=None) -> int:
                         help="run patterns whose label contains one of these")
     parser.add_argument("--backward", action="store_true",
                         help="forward + backward of every example pattern")
+    parser.add_argument("--examples", action="store_true",
+                        help="forward: every example pattern too, after the fixed list")
+    parser.add_argument("--results", default=None,
+                        help="append rows in the benchmarks/results/ format to this JSON list")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_forward needs a CUDA GPU", file=sys.stderr)
         return 2
-    if args.only:
-        PATTERNS[:] = [p for p in PATTERNS if any(part in p[0] for part in args.only)]
     from torch.nn.attention.flex_attention import flex_attention
     import triton
 
@@ -228,8 +256,10 @@ def main(argv=None) -> int:
             if args.backward:
                 run_backward(n, results, flex, args.only)
             else:
-                run(n, results, flex)
+                run(n, results, flex, args.examples, args.only)
     finally:
+        if args.results:
+            write_results(args.results, results)
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump(results, handle, indent=1)
