@@ -51,7 +51,7 @@ def derive(pattern, n_value: int, causal: bool):
     env = _environment(pattern.params, n_value)
     if not all(_truth(condition, env) for condition in requirements):
         return {}, []
-    return dict(forms), [str(condition) for condition in requirements]
+    return dict(forms), [str(c) for c in requirements if c is not sp.true]
 
 
 @lru_cache(maxsize=256)
