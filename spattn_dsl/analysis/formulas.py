@@ -30,6 +30,7 @@ from functools import lru_cache
 import sympy as sp
 
 from ..ir import nodes as N
+from ..ir.evaluate import eval_int
 
 n = sp.Symbol("n", integer=True, positive=True)
 L = sp.Symbol("L", integer=True, positive=True)
@@ -86,7 +87,7 @@ def evaluate(expr, params, n_value: int, layers: int):
 def _environment(params, n_value: int) -> dict:
     env = {n: Fraction(n_value)}
     for name, value in params:
-        env[_symbol(name)] = _eval(_int(value, {}), env)
+        env[_symbol(name)] = Fraction(value if isinstance(value, int) else eval_int(value, n_value))
     return env
 
 
@@ -121,7 +122,9 @@ def _eval(expr, env):
     if isinstance(expr, sp.Add):
         return sum(args, Fraction(0))
     if isinstance(expr, sp.Mul):
-        return math.prod(args) if math.inf not in args or 0 not in args else _zero_inf(expr)
+        if math.inf in args and 0 in args:
+            raise ValueError(f"0 * inf in {expr}")
+        return math.prod(args)
     if isinstance(expr, sp.Pow):
         base, exponent = args
         return Fraction(0) if base == math.inf and exponent < 0 else base ** int(exponent)
@@ -135,11 +138,11 @@ def _eval(expr, env):
         return args[0] if args[0] == math.inf else Fraction(math.ceil(args[0]))
     if isinstance(expr, sp.Mod):
         return args[0] % args[1]
+    if isinstance(expr, isqrt):
+        return Fraction(math.isqrt(int(args[0])))
+    if isinstance(expr, log2):
+        return Fraction(int(args[0]).bit_length() - 1)
     raise ValueError(f"cannot evaluate {expr!r}")
-
-
-def _zero_inf(expr):
-    raise ValueError(f"0 * inf in {expr}")
 
 
 _RELATIONS = {sp.Le: lambda a, b: a <= b, sp.Lt: lambda a, b: a < b,
@@ -165,6 +168,24 @@ def _truth(condition, env) -> bool:
 
 
 # ---------------------------------------------------------------- integer expressions
+class isqrt(sp.Function):  # noqa: N801  (the DSL's spelling)
+    """floor(sqrt(x)), exact on integers."""
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Integer and x >= 0:
+            return sp.Integer(math.isqrt(int(x)))
+
+
+class log2(sp.Function):  # noqa: N801
+    """floor(log2(x)), exact on integers."""
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Integer and x > 0:
+            return sp.Integer(int(x).bit_length() - 1)
+
+
 def _int(expr, names):
     """An IR integer expression as sympy; subexpressions in ``names`` become their symbols."""
     if not isinstance(expr, int) and expr in names:
@@ -180,8 +201,7 @@ def _int(expr, names):
     if isinstance(expr, N.Call):
         args = [_int(a, names) for a in expr.args]
         return {"min": lambda: sp.Min(*args), "max": lambda: sp.Max(*args),
-                "isqrt": lambda: sp.floor(sp.sqrt(args[0])),
-                "log2": lambda: sp.floor(sp.log(args[0], 2))}[expr.func]()
+                "isqrt": lambda: isqrt(args[0]), "log2": lambda: log2(args[0])}[expr.func]()
     if isinstance(expr, N.BinOp):
         a, b = _int(expr.left, names), _int(expr.right, names)
         return {"+": a + b, "-": a - b, "*": a * b, "/": a / b, "//": sp.floor(a / b),

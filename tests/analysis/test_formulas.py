@@ -139,3 +139,19 @@ def test_no_formula_where_none_is_known():
                  "blocks(4) { band(1, 1) }", "band(2, 2) | sink(3)",
                  "causal & where(q - k < 4)"):
         assert analyze(loads(f"pattern p {{ {text} }}").pattern("p"), 64).formulas == {}, text
+
+
+def test_parameters_defined_from_n_evaluate_exactly():
+    program = loads("pattern p(l = isqrt(n)) { heads { causal & window(l); causal & stride(l) } }\n"
+                    "pattern q(w = log2(n)) { causal & window(w) }")
+    for name in ("p", "q"):
+        for n in (50, 200):
+            report = analyze(program.pattern(name), n)
+            assert report.formula_values["diameter"] == report.diameter, (name, n)
+            assert report.formula_values["reach"] == report.layers[-1].reach, (name, n)
+
+
+def test_a_stride_within_its_window_states_the_condition():
+    report = analyze(_pattern("causal & (window(w) | stride(s))", {"w": 8, "s": 5}), 200)
+    assert report.formula_conditions == ["s <= w"] and report.diameter == 2
+    assert "s <= w" in str(report)
