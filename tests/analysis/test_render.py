@@ -165,3 +165,18 @@ def test_inf_is_a_string_in_dicts():
 def test_unknown_format_is_an_error(reports):
     with pytest.raises(ValueError):
         render(reports(EXAMPLES / "mistral.spattn", "mistral_7b"), fmt="pdf")
+
+
+def test_layer_ticks_are_integers():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from spattn_dsl.analysis.plots import layer_ticks
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [5, 6, 7])
+    layer_ticks(ax.xaxis)
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+    plt.close(fig)
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
