@@ -1,17 +1,18 @@
 """The Yun et al. (NeurIPS 2020, arXiv:2006.04862) certificate, against brute force."""
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
 from spattn_dsl import load, loads
-from spattn_dsl.analysis import analyze
+from spattn_dsl.analysis import analyze, render
 from spattn_dsl.analysis.certificate import allowed
 
 from .oracle import Oracle, layer_mask, random_pattern
 
-EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def pattern(text):
@@ -95,5 +96,4 @@ def test_certificate_in_every_format():
     data = report.to_dict()["certificate"]
     assert data["certified"] is True and data["p"] == 2 and "2006.04862" in data["source"]
     assert "## Universal-approximation certificate" in report.to_markdown()
-    from spattn_dsl.analysis import render
     assert "Universal-approximation certificate</h2>" in render(report, fmt="html")

@@ -88,7 +88,7 @@ def test_formulas_equal_the_computed_figures_and_brute_force(text, params):
         oracle = Oracle([pattern], n)
         states = oracle.states(LAYERS)
         for figure, expr in report.formulas.items():
-            layers = range(1, LAYERS + 1) if L_in(expr) else [LAYERS]
+            layers = range(1, LAYERS + 1) if _depends_on_layers(expr) else [LAYERS]
             for layer in layers:
                 value = evaluate(expr, pattern.params, n, layer)
                 where = (figure, n, layer, str(expr))
@@ -97,7 +97,7 @@ def test_formulas_equal_the_computed_figures_and_brute_force(text, params):
             assert report.formula_values[figure] == evaluate(expr, pattern.params, n, LAYERS)
 
 
-def L_in(expr):
+def _depends_on_layers(expr):
     return sp.Symbol("L", integer=True, positive=True) in expr.free_symbols
 
 
