@@ -20,10 +20,9 @@ import numpy as np
 
 from ..ir.program import Model, Pattern
 from .engines import GridEngine, SpanEngine
-from .formulas import closed_forms, curves
 from .masks import LayerMask, layer_mask
 from .propagate import Powers, all_full, has_pair, layer_figures, least_depth, period
-from .report import PatternFigures, Report
+from .report import PatternFigures, Report, annotate
 from .rows import NotRepresentable, Rows
 from .tiles import picture, tile_figures
 
@@ -85,10 +84,7 @@ def analyze(pattern_or_model, n: int, layers: int | None = None, *, tile=(128, 1
         waste=_mean(figures, "waste", len(schedule)), layers=records, patterns=figures)
     report.notes.extend(_notes(report, engine_name, exact))
     report.pictures.extend(_pictures(distinct, masks, n))
-    if len(distinct) == 1:
-        report.formulas, report.formula_values = closed_forms(distinct[0], n, depth, causal)
-        report.formula_curves = curves(distinct[0], report.formulas, n, depth)
-    return report
+    return annotate(report, distinct)
 
 
 # ---------------------------------------------------------------- the stack

@@ -12,6 +12,8 @@ import html as html_escape
 import math
 from pathlib import Path
 
+from .certificate import SOURCE
+
 FORMATS = {".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html",
            ".json": "json", ".txt": "text"}
 TEXT_LAYER_ROWS = 12
@@ -33,20 +35,31 @@ def render(report, path=None, fmt: str | None = None) -> str:
 
 # ---------------------------------------------------------------- shared pieces
 def fmt_number(value) -> str:
+    """Integers as they are; other floats to 4 significant digits, never in scientific
+    notation (a mean receptive field of 11710.5 reads as 11710.5, not 1.171e+04)."""
     if value is None:
         return "-"
     if isinstance(value, float) and math.isinf(value):
         return "inf"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return _decimal(value, 4)
     return str(value)
+
+
+def _decimal(value: float, digits: int) -> str:
+    """``digits`` significant digits (more where the integer part is longer), fixed point."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    places = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{places}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def fmt_percent(value) -> str:
     """Three significant digits, but an incomplete coverage never reads as 100%."""
     if value is None:
         return "-"
-    text = f"{100 * value:.3g}%"
+    text = _decimal(100 * value, 3) + "%"
     return "<100%" if text == "100%" and value < 1 else text
 
 
@@ -72,7 +85,26 @@ def summary_rows(report) -> list:
     if report.uncovered_pair is not None:
         q, k = report.uncovered_pair
         rows.append(("uncovered pair", f"query {q} never sees key {k}"))
+    if report.certificate is not None:
+        rows.append((CERTIFICATE_LABEL, report.certificate.line()))
     return rows
+
+
+CERTIFICATE_LABEL = "universal approximation (Yun et al. 2020)"
+
+
+def certificate_rows(report) -> list:
+    """(condition, finding) pairs of the certificate; empty without one."""
+    return report.certificate.conditions() if report.certificate is not None else []
+
+
+def formula_rows(report) -> list:
+    return [(name, str(expr), fmt_number(report.formula_values.get(name)))
+            for name, expr in report.formulas.items()]
+
+
+def conditions_text(report) -> str:
+    return "the closed forms hold where " + " and ".join(report.formula_conditions)
 
 
 def header(report) -> str:
@@ -107,8 +139,12 @@ def text(report) -> str:
     lines += [f"  {label:<{width}}  {value}" for label, value in summary_rows(report)]
     if report.formulas:
         lines += ["", "closed forms:"]
-        lines += [f"  {name} = {expr}   [{fmt_number(report.formula_values.get(name))}]"
-                  for name, expr in report.formulas.items()]
+        lines += [f"  {name} = {expr}   [{value}]" for name, expr, value in formula_rows(report)]
+        if report.formula_conditions:
+            lines.append(f"  ({conditions_text(report)})")
+    if report.certificate is not None:
+        lines += ["", f"certificate ({SOURCE}): {report.certificate.line()}"]
+        lines += [f"  {condition}: {finding}" for condition, finding in certificate_rows(report)]
     lines += ["", _text_table(LAYER_COLUMNS, _shown_layers(report))]
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines) + "\n"
@@ -140,9 +176,14 @@ def markdown(report) -> str:
     parts = [f"# Graph-diameter report: {report.name}", "", header(report) + ".", "",
              "## Summary", "", _md_table(("figure", "value"), summary_rows(report))]
     if report.formulas:
-        rows = [(name, f"`{expr}`", fmt_number(report.formula_values.get(name)))
-                for name, expr in report.formulas.items()]
+        rows = [(name, f"`{expr}`", value) for name, expr, value in formula_rows(report)]
         parts += ["", "## Closed forms", "", _md_table(("figure", "formula", "value"), rows)]
+        if report.formula_conditions:
+            parts += ["", conditions_text(report).capitalize() + "."]
+    if report.certificate is not None:
+        parts += ["", "## Universal-approximation certificate", "",
+                  f"{SOURCE}: {report.certificate.line()}.", "",
+                  _md_table(("condition", "finding"), certificate_rows(report))]
     parts += ["", "## Patterns", "",
               _md_table(PATTERN_COLUMNS, [pattern_cells(p) for p in report.patterns])]
     parts += ["", "## Receptive field per layer", "",
@@ -175,9 +216,14 @@ def to_html(report) -> str:
              f"<p>{esc(header(report))}.</p>", "<h2>Summary</h2>",
              _html_table(("figure", "value"), summary_rows(report))]
     if report.formulas:
-        rows = [(name, str(expr), fmt_number(report.formula_values.get(name)))
-                for name, expr in report.formulas.items()]
-        parts += ["<h2>Closed forms</h2>", _html_table(("figure", "formula", "value"), rows)]
+        parts += ["<h2>Closed forms</h2>",
+                  _html_table(("figure", "formula", "value"), formula_rows(report))]
+        if report.formula_conditions:
+            parts.append(f"<p>{esc(conditions_text(report).capitalize())}.</p>")
+    if report.certificate is not None:
+        parts += ["<h2>Universal-approximation certificate</h2>",
+                  f"<p>{esc(SOURCE)}: {esc(report.certificate.line())}.</p>",
+                  _html_table(("condition", "finding"), certificate_rows(report))]
     parts += ["<h2>Figures</h2>", _figures_html(report)]
     parts += ["<h2>Patterns</h2>",
               _html_table(PATTERN_COLUMNS, [pattern_cells(p) for p in report.patterns]),

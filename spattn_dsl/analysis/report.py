@@ -6,6 +6,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from .certificate import Certificate, certify
+from .formulas import closed_forms, curves, derive
 from .propagate import LayerFigures
 
 
@@ -49,6 +51,8 @@ class Report:
     formulas: dict = field(default_factory=dict)
     formula_values: dict = field(default_factory=dict)
     formula_curves: dict = field(default_factory=dict)  # name -> values at L = 1 .. depth
+    formula_conditions: list = field(default_factory=list)  # where the formulas were derived
+    certificate: Certificate | None = None  # Yun et al. 2020, see certificate.py
     notes: list = field(default_factory=list)
     pictures: list = field(default_factory=list, repr=False)  # (name, grid, tile size)
 
@@ -63,6 +67,8 @@ class Report:
         out["formulas"] = {name: str(expr) for name, expr in self.formulas.items()}
         out["formula_values"] = _plain(self.formula_values)
         out["formula_curves"] = _plain(self.formula_curves)
+        out["formula_conditions"] = list(self.formula_conditions)
+        out["certificate"] = self.certificate.to_dict() if self.certificate else None
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -75,6 +81,21 @@ class Report:
     def __str__(self) -> str:
         from .render import text
         return text(self)
+
+
+def annotate(report: Report, patterns) -> Report:
+    """Attach the closed forms (a stack of one distinct pattern) and the certificate.
+
+    ``patterns``: the distinct layer patterns of the analysed stack."""
+    if len(patterns) == 1:
+        pattern = patterns[0]
+        report.formulas, report.formula_values = closed_forms(
+            pattern, report.n, report.depth, report.causal)
+        report.formula_conditions = derive(pattern, report.n, report.causal)[1]
+        report.formula_curves = curves(pattern, report.formulas, report.n, report.depth)
+    report.certificate = certify(patterns, report.n, report.causal, report.coverage_depth,
+                                 report.exact)
+    return report
 
 
 _DICT_FIELDS = ("name", "kind", "n", "depth", "causal", "method", "exact", "bounds", "diameter",
@@ -95,4 +116,4 @@ def _plain(value):
     return value
 
 
-__all__ = ["Report", "PatternFigures", "LayerFigures"]
+__all__ = ["Report", "PatternFigures", "LayerFigures", "Certificate", "annotate"]
