@@ -84,10 +84,13 @@ def _probs(scores, lse, masks):
     return probs.masked_fill(~masks, 0.0)
 
 
-def masked_matmul(weights, mask, values):
+def masked_matmul(weights, mask, values, finite: bool | None = None):
     """``weights @ values`` (``[..., m, n] @ [..., n, d]``) in which a pair outside ``mask``
     (broadcast against ``weights``; its weight is 0) contributes nothing, even where the value
-    is NaN or inf. Finite values take one matmul; the non-finite ones are added by selection."""
+    is NaN or inf. Finite values take one matmul; the non-finite ones are added by selection.
+    ``finite``: True when the caller knows every value is finite (skips the check)."""
+    if finite:
+        return weights @ values
     finite = torch.isfinite(values)
     if bool(finite.all()):
         return weights @ values
@@ -156,7 +159,13 @@ def _tile_probs(tile, qt, kt, scale):
     """(probabilities ``[B, h, rows, keys]`` (0 outside the mask), lse ``[B, h, rows]``)."""
     scores = (qt @ kt.transpose(-1, -2) * scale).masked_fill(~tile.mask, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
-    return _probs(scores, lse, tile.mask), lse
+    # exp(-inf - lse) is exactly 0, so masked scores need no second mask (0 for empty rows too)
+    return torch.exp(scores - lse.nan_to_num(neginf=0.0)[..., None]), lse
+
+
+def _all_finite(*tensors) -> list:
+    """Per tensor: whether all its values are finite (checked once, not per tile)."""
+    return [bool(torch.isfinite(t).all()) for t in tensors]
 
 
 def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.float32,
@@ -168,12 +177,13 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
     scale = head_dim ** -0.5 if scale is None else scale
     out = torch.zeros(batch, heads, n_q, head_dim, dtype=dtype, device=q.device)
     lse = torch.full((batch, heads, n_q), float("-inf"), dtype=dtype, device=q.device)
+    [finite_v] = _all_finite(v)
     for tile in _tiles(pattern, n_q, n_k, heads, key_padding, q.device, layout):
         if len(tile.keys) == 0:
             continue
         qt, kt, vt = _gather(tile, q, k, v, group, dtype)
         probs, tile_lse = _tile_probs(tile, qt, kt, scale)
-        out[tile.index] = masked_matmul(probs, tile.mask, vt)
+        out[tile.index] = masked_matmul(probs, tile.mask, vt, finite_v)
         lse[tile.index] = tile_lse
     return out, lse
 
@@ -189,21 +199,24 @@ def attention_tiled_backward(pattern, grad_out, q, k, v, scale: float | None = N
     dq = torch.zeros(q.shape, dtype=dtype, device=q.device)
     dk = torch.zeros(batch, heads, n_k, head_dim, dtype=dtype, device=q.device)  # per query head
     dv = torch.zeros_like(dk)
+    finite_q, finite_k, finite_v, finite_do = _all_finite(q, k, v, grad_out)
     for tile in _tiles(pattern, n_q, n_k, heads, key_padding, q.device, layout):
         if len(tile.keys) == 0:
             continue
         qt, kt, vt = _gather(tile, q, k, v, group, dtype)
         probs, _ = _tile_probs(tile, qt, kt, scale)
         do = grad_out[tile.index].to(dtype)
-        out = masked_matmul(probs, tile.mask, vt)
+        out = masked_matmul(probs, tile.mask, vt, finite_v)
         delta = (do * out).sum(-1, keepdim=True)
         if grad_lse is not None:
             delta = delta - grad_lse[tile.index].to(dtype)[..., None]
-        ds = torch.where(tile.mask, probs * (do @ vt.transpose(-1, -2) - delta), 0.0)
+        ds = probs * (do @ vt.transpose(-1, -2) - delta)
+        if not finite_v:  # a NaN in v at a masked key makes dp NaN there: select it away
+            ds = torch.where(tile.mask, ds, 0.0)
         mask_t = tile.mask.transpose(-1, -2)
-        dq[tile.index] = masked_matmul(ds, tile.mask, kt) * scale
-        for grads, part in ((dk, masked_matmul(ds.transpose(-1, -2), mask_t, qt) * scale),
-                            (dv, masked_matmul(probs.transpose(-1, -2), mask_t, do))):
+        dq[tile.index] = masked_matmul(ds, tile.mask, kt, finite_k) * scale
+        for grads, part in ((dk, masked_matmul(ds.transpose(-1, -2), mask_t, qt, finite_q) * scale),
+                            (dv, masked_matmul(probs.transpose(-1, -2), mask_t, do, finite_do))):
             grads[:, tile.heads].index_add_(2, tile.keys, part)  # a view: adds in place
 
     def per_kv_head(t):  # sum the query heads of each group

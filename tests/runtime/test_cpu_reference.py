@@ -111,7 +111,8 @@ def test_empty_rows_give_zero_output_and_gradient(no_interpreter):
     out.backward(torch.randn_like(out))
     empty = ~(p.mask(24, 40)[None] & keep[:, None, :]).any(-1)  # [batch, n_q]
     assert empty.sum() >= 3
-    assert torch.equal(out.detach().permute(0, 2, 1, 3)[empty], torch.zeros(int(empty.sum()), 2, 16))
+    rows = out.detach().permute(0, 2, 1, 3)[empty]
+    assert torch.equal(rows, torch.zeros(int(empty.sum()), 2, 16))
     assert not leaves[0].grad.permute(0, 2, 1, 3)[empty].any()
     assert not leaves[1].grad[0, :, 20:].any() and not leaves[2].grad[0, :, 20:].any()
 
@@ -173,7 +174,8 @@ def test_memory_follows_the_allowed_pairs(monkeypatch):
     for row in (0, 63, 64, 2000, n - 1):
         keys = torch.arange(max(0, row - 63), row + 1)
         scores = (q[0, 0, row] @ k[0, 0, keys].T) * 16 ** -0.5
-        assert max_err(out[0, 0, row], torch.softmax(scores.double(), -1) @ v[0, 0, keys].double()) < 1e-5
+        want = torch.softmax(scores.double(), -1) @ v[0, 0, keys].double()
+        assert max_err(out[0, 0, row], want) < 1e-5
 
 
 def test_tiled_reads_the_layout_it_is_given():
