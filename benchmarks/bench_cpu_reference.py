@@ -9,7 +9,8 @@ Each measurement runs in its own subprocess, so that its peak resident set size
 - ``flex``: ``torch.nn.attention.flex_attention`` on the CPU with the pattern's BlockMask
   (``runtime.flex``), eager, and ``flex-compiled`` under ``torch.compile``.
 
-Usage: ``python benchmarks/bench_cpu_reference.py [--n 4096 8192 32768] [--paths tiled dense]``
+Usage: ``python benchmarks/bench_cpu_reference.py [--n 4096 8192 32768] [--paths tiled dense]
+[--threads 1] [--forward-only]``
 """
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ import time
 PATTERN = "pattern p { causal & window(1024) }"
 
 
-def measure(path: str, n: int, heads: int, head_dim: int, backward: bool) -> dict:
+def measure(path: str, n: int, heads: int, head_dim: int, backward: bool, threads: int) -> dict:
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     import spattn_dsl
     from spattn_dsl.codegen.reference import attention_reference, \
@@ -76,11 +80,13 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--forward-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--child", nargs=2, metavar=("PATH", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         result = measure(args.child[0], int(args.child[1]), args.heads, args.head_dim,
-                         not args.forward_only)
+                         not args.forward_only, args.threads)
         print(json.dumps(result))
         return
     print("| path | n | heads | backward | CPU s | wall s | peak RSS MB |")
@@ -88,8 +94,8 @@ def main() -> None:
     for n in args.n:
         for path in args.paths:
             cmd = [sys.executable, __file__, "--child", path, str(n), "--heads", str(args.heads),
-                   "--head-dim", str(args.head_dim)] + (["--forward-only"] if args.forward_only
-                                                        else [])
+                   "--head-dim", str(args.head_dim), "--threads", str(args.threads)]
+            cmd += ["--forward-only"] if args.forward_only else []
             done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
             if done.returncode:
                 print(f"| {path} | {n} | failed: {done.stderr.strip().splitlines()[-1][:100]} |")

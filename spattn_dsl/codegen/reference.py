@@ -157,10 +157,13 @@ def _gather(tile, q, k, v, group, dtype):
 
 def _tile_probs(tile, qt, kt, scale):
     """(probabilities ``[B, h, rows, keys]`` (0 outside the mask), lse ``[B, h, rows]``)."""
-    scores = (qt @ kt.transpose(-1, -2) * scale).masked_fill(~tile.mask, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)
-    # exp(-inf - lse) is exactly 0, so masked scores need no second mask (0 for empty rows too)
-    return torch.exp(scores - lse.nan_to_num(neginf=0.0)[..., None]), lse
+    scores = torch.matmul(qt, kt.transpose(-1, -2)).mul_(scale)
+    scores.masked_fill_(~tile.mask, float("-inf"))
+    top = scores.amax(-1, keepdim=True).nan_to_num_(neginf=0.0)  # 0 in rows without keys
+    probs = scores.sub_(top).exp_()  # masked scores give exactly 0
+    total = probs.sum(-1, keepdim=True)  # >= 1 in a row with a key (its maximum gives 1)
+    lse = (top + total.log()).squeeze(-1)  # -inf in rows without keys
+    return probs.div_(total.clamp_(min=1.0)), lse
 
 
 def _all_finite(*tensors) -> list:
