@@ -123,8 +123,8 @@ def test_window_layout_at_131072_works_per_tile_not_per_pair(monkeypatch):
 
 def test_exact_predicate_runs_on_unsure_tiles_only(monkeypatch):
     # A `where` with a modulus is not resolved by interval arithmetic: its unsure tiles are
-    # checked pair by pair, at most block x block pairs per PARTIAL tile, and the count
-    # grows with the tiles (4x from n to 2n), not with a dense mask.
+    # checked pair by pair, at most block x block pairs per PARTIAL tile; inside a window the
+    # count doubles from n to 2n, where a dense check would quadruple.
     p = pattern(N.Intersect(N.Window(N.Num(100)), pattern("where-mod").expr))
     counts = []
     for n in (2048, 4096):
