@@ -22,7 +22,7 @@ from spattn_dsl.runtime import cache, compile
 from spattn_dsl.runtime.autotune import TUNING_FILE, known_configs
 
 from ..layout.patterns import pattern
-from .test_attention import DEVICE, inputs, rel_err
+from .test_attention import inputs, rel_err
 
 TILES = dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
 REPO = Path(__file__).parents[2]
