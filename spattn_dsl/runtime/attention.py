@@ -5,17 +5,19 @@ caches, in memory and on disk) the block layout and the generated kernels, picks
 configuration (autotuned on a GPU, persisted per GPU), and launches them through the custom
 op ``torch.ops.spattn.attention`` (``runtime.op``), whose backward runs the generated dQ and
 dK/dV kernels. On a CPU the kernel runs
-under the Triton interpreter when ``TRITON_INTERPRET=1`` (in fp32), and otherwise the naive
+under the Triton interpreter when ``TRITON_INTERPRET=1`` (in fp32), and otherwise the tiled
 reference runs, with a one-time warning.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import warnings
 
 import torch
 
-from ..codegen.reference import attention_reference, attention_reference_backward
+from ..codegen.reference import REFERENCE_TILE, attention_tiled, attention_tiled_backward
 from ..codegen.render import TileConfig, render
 from ..codegen.space import backward_candidates, candidate_configs
 from ..layout.build import BlockLayout, lower
@@ -74,8 +76,7 @@ class SparseAttention:
     def run_forward(self, q, k, v, key_padding, scale):
         """The custom op's forward: the kernel, or the reference on a CPU without the interpreter."""
         if _use_reference(q):
-            out, lse = attention_reference(self.pattern, q, k, v, scale, torch.float32, key_padding)
-            return out.to(q.dtype).contiguous(), lse.contiguous()  # the strides the fake promises
+            return reference_forward(self.pattern, q, k, v, key_padding, scale)
         if q.device.type == "cpu" and q.dtype != torch.float32:  # the interpreter's dot is fp32
             out, lse = self.run_forward(q.float(), k.float(), v.float(), key_padding, scale)
             return out.to(q.dtype), lse
@@ -84,9 +85,7 @@ class SparseAttention:
     def run_backward(self, grad_out, grad_lse, q, k, v, out, lse, key_padding, scale):
         """The custom op's backward: (dq, dk, dv)."""
         if _use_reference(q):
-            grads = attention_reference_backward(self.pattern, grad_out, q, k, v, scale,
-                                                 torch.float32, key_padding, grad_lse)
-            return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
+            return reference_backward(self.pattern, grad_out, grad_lse, q, k, v, key_padding, scale)
         if q.device.type == "cpu" and q.dtype != torch.float32:
             grads = self.run_backward(*(t.float() if t is not None and t.is_floating_point() else t
                                         for t in (grad_out, grad_lse, q, k, v, out, lse)),
@@ -208,10 +207,19 @@ def check_inputs(q, k, v, scale):
     if q.shape[2] > k.shape[2]:
         raise ValueError(f"more queries than keys ({q.shape[2]} > {k.shape[2]}): queries are the "
                          "last n_q positions of the key sequence")
-    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
-    return scale
+    return q.shape[3] ** -0.5 if scale is None else check_scale(scale)
+
+
+def check_scale(scale) -> float:
+    """``scale`` as a float: a finite positive real number (a Python or NumPy int or float;
+    not a bool, a string or a tensor, which would be read or broadcast silently)."""
+    if isinstance(scale, (bool, torch.Tensor)) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number (float) or None, got "
+                        f"{type(scale).__name__} {scale!r}")
+    value = float(scale)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"scale must be a finite positive number, got {value!r}")
+    return value
 
 
 def check_padding(key_padding, q, k):
@@ -235,11 +243,32 @@ def _problem(q, k) -> tuple:
 
 
 def _use_reference(q) -> bool:
-    """On a CPU without ``TRITON_INTERPRET``: the naive reference (warned about once)."""
+    """On a CPU without ``TRITON_INTERPRET``: the tiled reference (warned about once)."""
     if q.device.type != "cpu" or interpreting():
         return False
     if "cpu" not in _WARNED:
         _WARNED.add("cpu")
-        warnings.warn("spattn: tensors on the CPU and TRITON_INTERPRET is not set; using the naive "
-                      "reference attention (slow, n x n memory)", stacklevel=4)
+        warnings.warn("spattn: tensors on the CPU and TRITON_INTERPRET is not set; using the "
+                      "reference attention in PyTorch, tile by tile (slow; no Triton kernels)",
+                      stacklevel=4)
     return True
+
+
+def _reference_layout(pattern, n_q: int, n_k: int) -> BlockLayout:
+    return layout_for(pattern, n_q, n_k, TileConfig(REFERENCE_TILE, REFERENCE_TILE, 4, 1))
+
+
+def reference_forward(pattern, q, k, v, key_padding, scale):
+    """The CPU path's (out, lse): fp32 attention over the pattern's block layout, one query
+    tile at a time (memory grows with the allowed pairs, not n_q x n_k)."""
+    layout = _reference_layout(pattern, q.shape[2], k.shape[2])
+    out, lse = attention_tiled(pattern, q, k, v, scale, torch.float32, key_padding, layout)
+    return out.to(q.dtype).contiguous(), lse.contiguous()  # the strides the fake promises
+
+
+def reference_backward(pattern, grad_out, grad_lse, q, k, v, key_padding, scale):
+    """The CPU path's (dq, dk, dv): the closed-form softmax gradient, tile by tile."""
+    layout = _reference_layout(pattern, q.shape[2], k.shape[2])
+    grads = attention_tiled_backward(pattern, grad_out, q, k, v, scale, torch.float32,
+                                     key_padding, grad_lse, layout)
+    return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))

@@ -81,14 +81,42 @@ def _row(config: TileConfig) -> list:
     return [config.block_m, config.block_n, config.num_warps, config.num_stages, config.merged]
 
 
+def _config_of(row) -> TileConfig | None:
+    """The TileConfig a stored row describes, or None when the row is not one ``_row`` writes
+    (five values: power-of-two tiles >= 16, positive warps and stages, a merged flag)."""
+    if not isinstance(row, list) or len(row) != 5:
+        return None
+    *sizes, merged = row
+    if not all(type(x) is int and x > 0 for x in sizes) or type(merged) is not bool:
+        return None
+    block_m, block_n = sizes[:2]
+    if any(b < 16 or b & (b - 1) for b in (block_m, block_n)):
+        return None
+    return TileConfig(*sizes, merged)
+
+
+def known_configs(key: str, parts: tuple) -> list | None:
+    """The stored configs of a tuning entry (one per part), or None when there is none or it
+    is malformed (warned about once; the problem is tuned again and the entry replaced)."""
+    entry = cache.load_json(TUNING_FILE).get(key)
+    if entry is None:
+        return None
+    configs = [_config_of(entry.get(part)) if isinstance(entry, dict) else None
+               for part in parts]
+    if None in configs:
+        cache.warn_once(f"spattn: malformed tuning entry {key!r} in {TUNING_FILE}; tuning again")
+        return None
+    return configs
+
+
 def tune(attn, q, k, v, scale, configs):
     """The fastest forward config's plan (read from the tuning file when this problem was
     tuned)."""
     key = tuning_key(attn.pattern, q, k)
     n_q, n_k = q.shape[2], k.shape[2]
-    known = cache.load_json(TUNING_FILE).get(key)
+    known = known_configs(key, ("config",))
     if known is not None:
-        return attn._make_plan(n_q, n_k, TileConfig(*known["config"]), q.device)
+        return attn._make_plan(n_q, n_k, known[0], q.device)
     announce(attn, q, k, "forward", len(configs))
 
     def plan_of(config):
@@ -107,10 +135,9 @@ def tune_backward(attn, q, k, v, scale, dq_configs, dkdv_configs):
     (read from the tuning file when this problem was tuned)."""
     key = "backward|" + tuning_key(attn.pattern, q, k)
     n_q, n_k = q.shape[2], k.shape[2]
-    known = cache.load_json(TUNING_FILE).get(key)
+    known = known_configs(key, ("dq", "dkdv"))
     if known is not None:
-        return tuple(attn._make_plan(n_q, n_k, TileConfig(*known[part]), q.device)
-                     for part in ("dq", "dkdv"))
+        return tuple(attn._make_plan(n_q, n_k, config, q.device) for config in known)
     announce(attn, q, k, "backward", len(dq_configs) + len(dkdv_configs))
     out, lse = attn.run_forward(q, k, v, None, scale)
     grad_out = torch.randn_like(q)

@@ -1,0 +1,189 @@
+"""The CPU path without the Triton interpreter: attention over the block layout, one query tile
+at a time, against float64 autograd through the dense reference (``Pattern.mask``).
+
+Fresh random inputs; ragged lengths, n_q < n_k, grouped-query heads, per-head patterns, key
+padding, rows without keys."""
+import warnings
+
+import pytest
+import torch
+
+import spattn_dsl.codegen.reference as reference
+from spattn_dsl.codegen.reference import attention_reference, attention_tiled, \
+    attention_tiled_backward
+from spattn_dsl.ir import nodes as N
+from spattn_dsl.ir.program import Pattern
+from spattn_dsl.layout.build import lower
+from spattn_dsl.runtime import compile
+
+from ..layout.patterns import pattern
+from .test_backward import reference_grads
+
+CASES = [  # pattern, batch, heads, kv heads, n_q, n_k, head_dim
+    ("longformer", 1, 2, 2, 130, 130, 16),
+    ("heads", 2, 4, 2, 40, 300, 16),        # two head cases, GQA, n_q < n_k
+    ("bigbird", 1, 2, 1, 77, 260, 16),      # random links, multi-query
+    ("where-mod", 1, 1, 1, 129, 129, 16),
+    ("random3", 1, 3, 3, 1, 257, 16),       # one query row (decoding)
+    ("blocks5-causal", 2, 2, 2, 5, 45, 16),
+    ("none", 1, 2, 2, 20, 33, 16),          # every row empty
+]
+
+
+def rand(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+def inputs(batch, heads, kv_heads, n_q, n_k, head_dim):
+    return (rand(batch, heads, n_q, head_dim), rand(batch, kv_heads, n_k, head_dim),
+            rand(batch, kv_heads, n_k, head_dim))
+
+
+def padding(batch, n_k):
+    """Random key padding, with one batch row padded entirely (its rows have no keys)."""
+    keep = torch.rand(batch, n_k) > 0.3
+    keep[-1] = False if batch > 1 else keep[-1]
+    return keep
+
+
+def max_err(a, b):
+    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+
+
+@pytest.fixture
+def no_interpreter(monkeypatch):
+    """The CPU path as a user without TRITON_INTERPRET sees it."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@pytest.mark.parametrize("name,batch,heads,kv_heads,n_q,n_k,head_dim", CASES,
+                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("padded", [False, True], ids=["", "padded"])
+def test_tiled_matches_float64_reference(name, batch, heads, kv_heads, n_q, n_k, head_dim,
+                                         padded):
+    p = pattern(name)
+    q, k, v = (t.double() for t in inputs(batch, heads, kv_heads, n_q, n_k, head_dim))
+    grad_out, grad_lse = torch.randn_like(q), torch.randn(q.shape[:3], dtype=torch.float64)
+    keep = padding(batch, n_k) if padded else None
+    want_out, want_lse = attention_reference(p, q, k, v, key_padding=keep)
+    out, lse = attention_tiled(p, q, k, v, dtype=torch.float64, key_padding=keep)
+    assert max_err(out, want_out) < 1e-12
+    assert torch.equal(torch.isinf(lse), torch.isinf(want_lse))
+    finite = torch.isfinite(want_lse)
+    assert max_err(lse[finite], want_lse[finite]) < 1e-12
+    want = reference.attention_reference_backward(p, grad_out, q, k, v, dtype=torch.float64,
+                                                  key_padding=keep, grad_lse=grad_lse)
+    got = attention_tiled_backward(p, grad_out, q, k, v, dtype=torch.float64, key_padding=keep,
+                                   grad_lse=grad_lse)
+    for a, b in zip(got, want):
+        assert max_err(a, b) < 1e-12
+
+
+@pytest.mark.parametrize("name,batch,heads,kv_heads,n_q,n_k,head_dim", CASES[:4],
+                         ids=[c[0] for c in CASES[:4]])
+def test_compiled_on_cpu_matches_float64_autograd(no_interpreter, name, batch, heads, kv_heads,
+                                                  n_q, n_k, head_dim):
+    p = pattern(name)
+    q, k, v = inputs(batch, heads, kv_heads, n_q, n_k, head_dim)
+    keep = padding(batch, n_k)
+    grad_out = torch.randn_like(q)
+    attn = compile(p)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = attn(*leaves, scale=0.3, key_padding=keep)
+    out.backward(grad_out)
+    want = reference_grads(p, q, k, v, grad_out, scale=0.3, key_padding=keep)
+    for got, ref in zip([out] + [t.grad for t in leaves], want):
+        assert max_err(got, ref) < 1e-4
+
+
+def test_empty_rows_give_zero_output_and_gradient(no_interpreter):
+    # causal & window(4) with n_q < n_k: the queries whose four candidate keys are all
+    # padding have no key; their output and every gradient through them are 0.
+    p = pattern(N.Intersect(N.Causal(), N.Window(N.Num(4))))
+    q, k, v = inputs(2, 2, 2, 24, 40, 16)
+    keep = torch.ones(2, 40, dtype=torch.bool)
+    keep[0, 20:] = False  # batch 0: the last 20 keys are padding, its last rows see nothing
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = compile(p)(*leaves, key_padding=keep)
+    out.backward(torch.randn_like(out))
+    empty = ~(p.mask(24, 40)[None] & keep[:, None, :]).any(-1)  # [batch, n_q]
+    assert empty.sum() >= 3
+    rows = out.detach().permute(0, 2, 1, 3)[empty]
+    assert torch.equal(rows, torch.zeros(int(empty.sum()), 2, 16))
+    assert not leaves[0].grad.permute(0, 2, 1, 3)[empty].any()
+    assert not leaves[1].grad[0, :, 20:].any() and not leaves[2].grad[0, :, 20:].any()
+
+
+def test_low_precision_inputs_on_cpu(no_interpreter):
+    p = pattern("heads")
+    q, k, v = (t.to(torch.bfloat16) for t in inputs(1, 2, 1, 50, 70, 16))
+    out = compile(p)(q, k, v)
+    assert out.dtype == torch.bfloat16
+    want, _ = attention_reference(p, q, k, v)
+    assert max_err(out, want) < 2e-2
+
+
+@pytest.mark.parametrize("tensor", ["v", "k"])
+def test_nan_at_an_unseen_key_stays_out_of_rows(no_interpreter, tensor):
+    # causal: only the last query sees the last key. A NaN there (and at padding keys) must
+    # not reach the other rows, forward or backward; masked terms are selected, not x 0.
+    p = pattern("causal")
+    q, k, v = inputs(1, 2, 2, 30, 30, 16)
+    keep = torch.ones(1, 30, dtype=torch.bool)
+    keep[0, 10] = False
+    poisoned = {"k": k, "v": v}[tensor]
+    poisoned[0, :, -1, 3] = float("nan")
+    poisoned[0, :, 10] = float("nan")
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = compile(p)(*leaves, key_padding=keep)
+    assert torch.isfinite(out[0, :, :-1]).all()
+    assert torch.isnan(out[0, :, -1]).any()
+    out[0, :, :-1].sum().backward()
+    assert torch.isfinite(leaves[0].grad[0, :, :-1]).all()
+    for fn in (attention_reference, attention_tiled):  # the oracle selects too
+        ref, _ = fn(p, q, k, v, key_padding=keep)
+        assert torch.isfinite(ref[0, :, :-1]).all()
+
+
+def test_memory_follows_the_allowed_pairs(monkeypatch):
+    # At n = 4096 with a 64-token window, no score block may hold more than one query tile
+    # times the keys its visited tiles cover, and the dense mask is never built.
+    p = Pattern(N.Intersect(N.Causal(), N.Window(N.Num(64))))
+    n = 4096
+    largest = []
+    probs = reference._tile_probs
+
+    def counting(tile, qt, kt, scale):
+        largest.append(tile.mask.shape[-2] * tile.mask.shape[-1])
+        return probs(tile, qt, kt, scale)
+
+    def no_dense_mask(*args, **kwargs):
+        raise AssertionError("the tiled reference built a dense mask")
+
+    monkeypatch.setattr(reference, "_tile_probs", counting)
+    monkeypatch.setattr(Pattern, "mask", no_dense_mask)
+    q, k, v = inputs(1, 1, 1, n, n, 16)
+    out, _ = attention_tiled(p, q, k, v)
+    tiles = n // reference.REFERENCE_TILE
+    assert len(largest) == tiles
+    assert max(largest) <= reference.REFERENCE_TILE * 2 * reference.REFERENCE_TILE
+    # spot-check rows against a direct softmax over their window
+    for row in (0, 63, 64, 2000, n - 1):
+        keys = torch.arange(max(0, row - 63), row + 1)
+        scores = (q[0, 0, row] @ k[0, 0, keys].T) * 16 ** -0.5
+        want = torch.softmax(scores.double(), -1) @ v[0, 0, keys].double()
+        assert max_err(out[0, 0, row], want) < 1e-5
+
+
+def test_tiled_reads_the_layout_it_is_given():
+    # The runtime passes its cached layout; a layout of other tile sizes gives the same result.
+    p = pattern("bigbird")
+    q, k, v = (t.double() for t in inputs(1, 2, 2, 70, 90, 16))
+    want, _ = attention_reference(p, q, k, v)
+    for bm, bn in ((16, 32), (64, 16)):
+        layout = lower(p.at(90), 70, 90, bm, bn)
+        out, _ = attention_tiled(p, q, k, v, dtype=torch.float64, layout=layout)
+        assert max_err(out, want) < 1e-12
