@@ -28,6 +28,7 @@ pattern at ``(q - start[q], k - start[q])`` with ``n = length[q]``: ``doc_start`
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
@@ -188,10 +189,17 @@ def document_layout(rules, documents, n_q: int, block_m: int, block_n: int) -> D
     batch, n_k = ids.shape
     if not 0 <= n_q <= n_k:
         raise ValueError(f"need 0 <= n_q <= n_k, got n_q = {n_q}, n_k = {n_k}")
-    with torch.device(ids.device):  # the shared helpers allocate on the default device
+    with _on(ids.device):
         start, length = document_bounds(ids)
         states = _states(rules, ids, start, length, n_q, block_m, block_n)
         return _assemble(states, start, length, n_q, n_k, block_m, block_n)
+
+
+def _on(device):
+    """The shared layout helpers allocate on the default device: make it the ids' device.
+    (Only when it differs: the device mode costs a little on every torch call.)"""
+    same = torch.get_default_device() == device
+    return contextlib.nullcontext() if same else torch.device(device)
 
 
 def _states(rules, ids, start, length, n_q, block_m, block_n) -> torch.Tensor:
@@ -202,53 +210,81 @@ def _states(rules, ids, start, length, n_q, block_m, block_n) -> torch.Tensor:
     states = torch.zeros(batch, rules.cases, t_q, t_k, dtype=torch.int8)
     if t_q == 0 or t_k == 0:
         return states
-    # 1. candidates: per query tile, key tiles from its first document's start to its last's end
-    first_tile = start[:, q_lo] // block_n  # [B, T_q]
-    last_tile = (start[:, q_hi] + length[:, q_hi] - 1) // block_n
-    counts = (last_tile - first_tile + 1).flatten()
-    row = torch.repeat_interleave(torch.arange(batch * t_q), counts)  # flat (b, i) per candidate
-    offsets = torch.cumsum(counts, 0) - counts
-    j = first_tile.flatten()[row] + torch.arange(len(row)) - offsets[row]
-    b, i = row // t_q, row % t_q
-    # 2. classes: the first and last shared documents' sub-rectangles, document-relative
+    # per-tile tables, flat [B * T]: end positions, their document ordinals and bounds
     ordinal = torch.cumsum(torch.cat([torch.ones_like(ids[:, :1], dtype=torch.bool),
-                                      ids[:, 1:] != ids[:, :-1]], 1), 1)
-    qa, qb, ka, kb = q_lo[i], q_hi[i], k_lo[j], k_hi[j]
-    oqa, oqb, oka, okb = ordinal[b, qa], ordinal[b, qb], ordinal[b, ka], ordinal[b, kb]
-    first_doc = torch.where(oqa >= oka, qa, ka)  # a position in the first shared document
-    last_doc = torch.where(oqb <= okb, qb, kb)  # a position in the last shared document
-    inside = (oqa == oqb) & (oka == okb) & (oqa == oka)
-    between = torch.minimum(oqb, okb) - torch.maximum(oqa, oka) >= 2
-    for case, tree in enumerate(rules.trees):
-        first = _sub_state(tree, _relative(b, first_doc, qa, qb, ka, kb, start, length),
-                           inside, block_m, block_n)
-        last = _sub_state(tree, _relative(b, last_doc, qa, qb, ka, kb, start, length),
-                          None, block_m, block_n)
-        crossing = torch.where((first != EMPTY) | (last != EMPTY) | between, PARTIAL, EMPTY)
-        states[b, case, i, j] = torch.where(inside, first, crossing.to(torch.int8))
+                                      ids[:, 1:] != ids[:, :-1]], 1), 1, dtype=torch.int32)
+    end = start + length - 1
+    q = _tile_table(ordinal, start, end, q_lo, q_hi)
+    k = _tile_table(ordinal, start, end, k_lo, k_hi)
+    # 1. candidates: per query tile, key tiles from its first document's start to its last's end
+    first_tile = torch.div(q["start_lo"], block_n, rounding_mode="floor").long()
+    last_tile = torch.div(q["end_hi"], block_n, rounding_mode="floor").long()
+    counts = last_tile - first_tile + 1
+    row = torch.repeat_interleave(torch.arange(batch * t_q), counts)  # flat (b, i)
+    offsets = torch.cumsum(counts, 0) - counts
+    j = first_tile[row] + torch.arange(len(row)) - offsets[row]
+    b = row // t_q
+    col = b * t_k + j  # flat (b, j)
+    flat = (b * rules.cases * t_q + row % t_q) * t_k + j  # into states[b, 0, i, j]
+    # 2. classes: tiles inside one document, then tiles that cross a boundary
+    inside = q["single"][row] & k["single"][col] & (q["doc_lo"][row] == k["doc_lo"][col])
+    pick = inside.nonzero().squeeze(1)
+    r, c = row[pick], col[pick]
+    s = q["start_lo"][r]
+    bounds = tuple((x - s)[:, None] for x in (q["lo"][r], q["hi"][r], k["lo"][c], k["hi"][c]))
+    cases = [(case * t_q * t_k, tree) for case, tree in enumerate(rules.trees)]
+    for shift, tree in cases:
+        states.view(-1)[flat[pick] + shift] = _sub_state(tree, bounds, block_m, block_n)
+    pick = (~inside).nonzero().squeeze(1)
+    r, c = row[pick], col[pick]
+    first = _part(q, k, r, c, q["doc_lo"][r] >= k["doc_lo"][c], "lo")
+    last = _part(q, k, r, c, q["doc_hi"][r] <= k["doc_hi"][c], "hi")
+    between = torch.minimum(q["doc_hi"][r], k["doc_hi"][c]) - \
+        torch.maximum(q["doc_lo"][r], k["doc_lo"][c]) >= 2
+    for shift, tree in cases:
+        hit = (_sub_state(tree, first) != EMPTY) | (_sub_state(tree, last) != EMPTY) | between
+        states.view(-1)[flat[pick] + shift] = torch.where(hit, PARTIAL, EMPTY).to(torch.int8)
     return states
 
 
-def _relative(b, anchor, qa, qb, ka, kb, start, length):
-    """The tile's part inside the document holding position ``anchor``, document-relative,
-    as ``[M, 1]`` bounds (q_lo, q_hi, k_lo, k_hi)."""
-    s = start[b, anchor]
-    e = s + length[b, anchor] - 1
-    return tuple((torch.clamp(x, min=s, max=e) - s)[:, None] for x in (qa, qb, ka, kb))
+def _tile_table(ordinal, start, end, lo, hi) -> dict:
+    """Flat ``[B * T]`` int32 facts of each tile of each row: its end positions (``lo``,
+    ``hi``), their documents' ordinals (``doc_lo``, ``doc_hi``), the start of the first
+    document, the end of the last, the span of each (``*_lo`` / ``*_hi``), and whether the tile
+    lies in one document (``single``)."""
+    batch = ordinal.shape[0]
+    table = {"lo": lo.int().repeat(batch), "hi": hi.int().repeat(batch),
+             "doc_lo": ordinal[:, lo].flatten(), "doc_hi": ordinal[:, hi].flatten()}
+    for side, pos in (("lo", lo), ("hi", hi)):
+        table[f"start_{side}"] = start[:, pos].flatten().int()
+        table[f"end_{side}"] = end[:, pos].flatten().int()
+    table["single"] = table["doc_lo"] == table["doc_hi"]
+    return table
 
 
-def _sub_state(tree, bounds, resolve_where, block_m, block_n):
-    """int8 ``[M]``: the class of each rectangle. Where ``resolve_where`` holds, an exact
-    sub-expression's unsure tiles are settled against the pair predicate, as the
-    document-free layout does."""
+def _part(q, k, r, c, from_query, side):
+    """The part of each crossing tile inside its first (``side`` "lo") or last ("hi") shared
+    document, document-relative, as ``[M, 1]`` bounds (q_lo, q_hi, k_lo, k_hi). That document
+    holds the query tile's end ``side`` where ``from_query``, else the key tile's."""
+    s = torch.where(from_query, q[f"start_{side}"][r], k[f"start_{side}"][c])
+    e = torch.where(from_query, q[f"end_{side}"][r], k[f"end_{side}"][c])
+    return tuple((torch.clamp(x, min=s, max=e) - s)[:, None]
+                 for x in (q["lo"][r], q["hi"][r], k["lo"][c], k["hi"][c]))
+
+
+def _sub_state(tree, bounds, block_m=None, block_n=None):
+    """int8 ``[M]``: the class of each rectangle. With tile sizes (rectangles that are whole
+    tiles inside one document), an exact sub-expression's unsure tiles are settled against the
+    pair predicate, as the document-free layout does."""
     if not isinstance(tree, _Exact):
         return _state(tree, *bounds).reshape(-1).to(torch.int8)
     state, unsure = classify(tree.concrete, *bounds, 1)
-    state = state.reshape(-1).to(torch.int8).clone()
-    if unsure is not None and resolve_where is not None:
-        pick = (unsure.reshape(-1) & resolve_where).nonzero().squeeze(1)
+    state = state.reshape(-1).to(torch.int8)
+    if unsure is not None and block_m is not None:
+        pick = unsure.reshape(-1).nonzero().squeeze(1)
         if len(pick):
-            q_lo, q_hi, k_lo, k_hi = (x.reshape(-1)[pick] for x in bounds)
+            state = state.clone()
+            q_lo, q_hi, k_lo, k_hi = (x.reshape(-1)[pick].long() for x in bounds)
             state[pick] = resolve(tree.concrete, q_lo, q_hi, k_lo, k_hi, block_m, block_n, 1)
     return state
 
