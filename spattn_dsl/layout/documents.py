@@ -167,6 +167,12 @@ class DocumentLayout:
     def cases(self) -> int:
         return self.states.shape[1]
 
+    @property
+    def col_order(self) -> torch.Tensor:
+        """int32 ``[batch, T_k]``: each row's key tiles heaviest first (the dK/dV launch order)."""
+        work = (self.full_q_counts + self.partial_q_counts).sum(1)
+        return torch.argsort(work, dim=1, descending=True, stable=True).to(torch.int32)
+
     def row(self, b: int) -> BlockLayout:
         """Batch row ``b`` as a plain BlockLayout (lists padded to the batch's widths)."""
         names = [f.name for f in dataclasses.fields(BlockLayout)]

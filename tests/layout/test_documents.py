@@ -169,6 +169,7 @@ def test_lists_match_states_per_row():
         order = layout.row_order[b].long()
         assert sorted(order.tolist()) == list(range(len(order)))
         assert bool((work[order][:-1] >= work[order][1:]).all())
+        assert torch.equal(layout.col_order[b], layout.row(b).col_order)
     start, length = document_bounds(ids)
     assert torch.equal(layout.doc_start, start.int()) and torch.equal(layout.doc_length, length.int())
 
