@@ -20,8 +20,9 @@ only (no Python loop over documents or tiles):
 
 Unknown parts count as PARTIAL (three-valued logic: correct, only slower). When the whole
 pattern is decidable, tiles inside one document that the classifier leaves unsure are settled
-against the pair predicate in batches of tiles, as the document-free layout does; inside
-partly unknown patterns they stay PARTIAL.
+against the pair predicate, as the document-free layout does, all at once (in batches of
+``PAIRS_PER_CHECK`` pairs only to bound memory); inside partly unknown patterns they stay
+PARTIAL.
 The kernel's predicate for PARTIAL tiles must test ``start[q] == start[k]`` and evaluate the
 pattern at ``(q - start[q], k - start[q])`` with ``n = length[q]``: ``doc_start`` and
 ``doc_length`` carry those per position.
@@ -41,6 +42,8 @@ from ..semantics.documents import check_documents, document_bounds
 from .build import BlockLayout, _lists, resolve, tile_bounds
 from .classify import EMPTY, FULL, PARTIAL, classify
 
+
+PAIRS_PER_CHECK = 1 << 24  # unsure tiles are settled this many query-key pairs at a time
 
 # ------------------------------------------------------------------ per-pattern rules
 @dataclass(frozen=True)
@@ -291,7 +294,9 @@ def _sub_state(tree, bounds, block_m=None, block_n=None):
         if len(pick):
             state = state.clone()
             q_lo, q_hi, k_lo, k_hi = (x.reshape(-1)[pick].long() for x in bounds)
-            state[pick] = resolve(tree.concrete, q_lo, q_hi, k_lo, k_hi, block_m, block_n, 1)
+            per_check = max(1, PAIRS_PER_CHECK // (block_m * block_n))  # bounds memory only
+            state[pick] = resolve(tree.concrete, q_lo, q_hi, k_lo, k_hi, block_m, block_n, 1,
+                                  per_check)
     return state
 
 

@@ -199,3 +199,30 @@ def test_rules_cover_every_head_case():
     rules = DocumentRules(p)
     assert rules.cases == 2 and len(rules.trees) == 2
     assert select_head(p.expr, 1) != select_head(p.expr, 0)
+
+
+class CountCalls(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("text", ["causal & window(40)", "band(8, 8) | global(first = 1)",
+                                  "heads { causal; blocks(16) { causal & window(2) } }"])
+def test_torch_calls_do_not_grow_with_documents_or_tiles(text):
+    """Vectorised: about the same number of torch calls for 1 or 300 documents and for 64 or
+    1024 tiles per side (a loop over either would add hundreds; branches for empty lists and
+    unsure tiles account for a few tens)."""
+    rules = DocumentRules(pattern_from(text))
+    rng = random.Random(0)
+    counts = set()
+    for n_k, docs in [(1024, 1), (1024, 300), (16384, 1), (16384, 300)]:
+        ids = random_ids(rng, 2, n_k, docs)
+        with CountCalls() as mode:
+            document_layout(rules, ids, n_k, 16, 16)
+        counts.add(mode.calls)
+    assert max(counts) - min(counts) < 100, counts  # branches taken or not: tens of calls
