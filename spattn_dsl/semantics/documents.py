@@ -7,7 +7,10 @@ equal to the document's length. Queries keep the bottom-right alignment of secti
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from .random import mix
 
 
 def check_documents(documents, n_k: int, batch: int | None = None) -> torch.Tensor:
@@ -96,3 +99,23 @@ def mask(pattern, n_q: int, n_k: int, head: int, documents) -> torch.Tensor:
         out[first_query - offset:start + length - offset, start:start + length] = \
             blocks[rows, length]
     return out
+
+
+def document_random_keys(r: int, seed: int, rows, n) -> np.ndarray:
+    """int64 ``[len(rows), r]``: ``random(r, seed)``'s draws for each row ``rows[i]`` on a grid of
+    ``n[i]`` keys (document-relative rows and lengths, or block rows and block counts inside
+    ``blocks(b)``), in draw order, padded with -1 past ``min(r, n[i])``. The same draws as
+    ``random_keys`` row by row, vectorised over rows of different lengths (one step per draw,
+    none per document): what a kernel needs for ``random`` under documents."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n = np.broadcast_to(np.asarray(n, dtype=np.int64), rows.shape)
+    count = np.minimum(r, n)
+    keys = np.full((len(rows), r), -1, dtype=np.int64)
+    for i in range(r):
+        active = i < count
+        j = n - count + i  # Floyd's j for this draw, per row
+        with np.errstate(over="ignore"):
+            t = (mix(seed, rows, j) % (j + 1).astype(np.uint64)).astype(np.int64)
+        taken = (keys[:, :i] == t[:, None]).any(axis=1)
+        keys[:, i] = np.where(active, np.where(taken, j, t), -1)
+    return keys

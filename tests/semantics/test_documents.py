@@ -7,7 +7,8 @@ import torch
 
 from spattn_dsl import load
 from spattn_dsl.api import pattern_from
-from spattn_dsl.semantics.documents import check_documents, document_bounds, document_lengths
+from spattn_dsl.semantics.documents import check_documents, document_bounds, document_lengths, \
+    document_random_keys
 from tests.oracle import allowed
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.spattn"))
@@ -143,3 +144,20 @@ def test_document_bounds_per_position(seed):
             members = [p for p, e in enumerate(row) if e == d]
             assert (int(start[b, t]), int(length[b, t])) == (members[0], len(members))
     assert document_lengths(ids[0]) == torch.unique_consecutive(ids[0], return_counts=True)[1].tolist()
+
+
+@pytest.mark.parametrize("r", [0, 1, 3, 12])
+def test_document_random_keys_are_the_reference_draws(r):
+    """Draws for every position of a packed row, in one call: the keys the reference mask with
+    documents allows for ``random(r, seed = 9)``."""
+    lengths = [1, 7, 13, 20, 2, 5]
+    ids = ids_of(lengths)
+    start, length = document_bounds(ids)
+    positions = torch.arange(len(ids))
+    keys = document_random_keys(r, 9, (positions - start).numpy(), length.numpy())
+    got = torch.zeros(len(ids), len(ids), dtype=torch.bool)
+    for p in range(len(ids)):
+        drawn = [k for k in keys[p].tolist() if k >= 0]
+        assert keys.shape[1] == r and len(drawn) == min(r, int(length[p]))
+        got[p, [int(start[p]) + k for k in drawn]] = True
+    assert torch.equal(got, pattern_from(f"random({r}, seed = 9)").mask(len(ids), documents=ids))
