@@ -10,7 +10,7 @@ only (no Python loop over documents or tiles):
 1. Candidates. Query tile i shares a document with exactly the key tiles from the one holding
    the start of its first token's document to the one holding the end of its last token's
    document, a contiguous range; every other tile is EMPTY. The ranges are enumerated flat.
-2. Classes. A candidate tile shares documents ``f .. l`` with its key tile. Inside one document
+2. Classes. A candidate's query and key tiles share documents ``f .. l``. Inside one document
    (``f == l`` and neither tile leaves it), its class is the pattern's class on the
    document-relative rectangle: FULL, PARTIAL or EMPTY exactly as ``layout.classify`` decides
    it. A tile that crosses a boundary holds pairs of different documents, so it is at best
@@ -23,6 +23,7 @@ pattern is decidable, tiles inside one document that the classifier leaves unsur
 against the pair predicate, as the document-free layout does, all at once (in batches of
 ``PAIRS_PER_CHECK`` pairs only to bound memory); inside partly unknown patterns they stay
 PARTIAL.
+
 The kernel's predicate for PARTIAL tiles must test ``start[q] == start[k]`` and evaluate the
 pattern at ``(q - start[q], k - start[q])`` with ``n = length[q]``: ``doc_start`` and
 ``doc_length`` carry those per position.
