@@ -115,7 +115,8 @@ def main():
                 first = f"{time.perf_counter() - began:.2f}"
                 wall, cpu, block_mask = timed(build_flex, args.repeats)
                 flex, flex_visited = f"{wall:.3f} ({cpu:.3f})", flex_tiles(block_mask)
-            print(f"| `{text}` | {count} | {ours} | {flex} | {first} | {tiles} / {flex_visited} |",
+            cell = text.replace("|", "\\|")  # a table cell
+            print(f"| `{cell}` | {count} | {ours} | {flex} | {first} | {tiles} / {flex_visited} |",
                   flush=True)
 
 
