@@ -10,7 +10,7 @@ from spattn_dsl.layout import EMPTY, FULL, PARTIAL, lower, states_from_mask
 from spattn_dsl.layout.documents import DocumentRules, document_layout
 from spattn_dsl.semantics.documents import document_bounds
 
-from .patterns import PRIMITIVES, pattern, random_tree
+from .patterns import pattern, random_tree
 
 # Leaves the tile classifier decides exactly without knowing a document's length.
 EXACT_LEAVES = ["dense", "none", "causal", "window5", "window40", "band3-9", "dilated4-3",
