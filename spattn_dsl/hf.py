@@ -7,12 +7,18 @@ works through spattn's bottom-right query alignment. Caches that drop or pre-all
 (sliding-window and static caches) are refused with a clear error: a pattern's positions count
 from the first token of the sequence, so it needs every key, in order, and no others.
 
+Packed rows (several documents per row, as ``DataCollatorWithFlattening`` makes them: position
+ids that restart within a row) become a ``documents`` id tensor, so that every document is its
+own sequence. They reach the kernels only through an attention callable that takes
+``documents=``; otherwise they are refused, never attended across documents.
+
     spattn_dsl.hf.register("spattn_longformer", "examples/longformer.spattn:longformer")
     model = AutoModelForCausalLM.from_config(config, attn_implementation="spattn_longformer")
 """
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
@@ -38,10 +44,11 @@ def register(name: str, pattern_or_model, **compile_hints) -> str:
 
 
 def spattn_attention_forward(layers: LayerPatterns, module, query, key, value, attention_mask,
-                             dropout: float = 0.0, scaling: float | None = None, **_):
+                             dropout: float = 0.0, scaling: float | None = None, **kwargs):
     """transformers' attention signature: ``[b, h, s, d]`` in, ``([b, s, h, d], None)`` out.
 
     ``attention_mask`` is what ``key_padding_mask`` made: None or a ``[b, n_k]`` bool tensor.
+    ``kwargs`` carry the model's ``position_ids``, from which packed rows are detected.
     """
     if dropout:
         raise NotImplementedError("spattn attention has no dropout; set the model's "
@@ -51,8 +58,54 @@ def spattn_attention_forward(layers: LayerPatterns, module, query, key, value, a
                          f"{tuple(attention_mask.shape)}; it takes padding as a 2D [batch, keys] "
                          "mask (the pattern supplies the rest)")
     attn = layers.attention(getattr(module, "layer_idx", None))
-    out = attn(query, key, value, scale=scaling, key_padding=attention_mask)
+    documents = documents_from_position_ids(kwargs.get("position_ids"), query.shape[0],
+                                            key.shape[2], attention_mask)
+    if documents is None:
+        out = attn(query, key, value, scale=scaling, key_padding=attention_mask)
+    elif takes_documents(attn):
+        out = attn(query, key, value, scale=scaling, key_padding=attention_mask,
+                   documents=documents)
+    else:
+        raise NotImplementedError(
+            "spattn received packed rows (position_ids restart within a row, as "
+            "DataCollatorWithFlattening makes them), but this attention does not take "
+            "documents=, so it would attend across documents: pad the batch instead of "
+            "flattening it, or use a spattn version whose kernels take documents")
     return out.transpose(1, 2).contiguous(), None
+
+
+def documents_from_position_ids(position_ids, batch: int, n_k: int, padding=None):
+    """Document ids ``[batch, n_k]`` (int64, from 0) of packed rows, or None when no row is
+    packed.
+
+    A document starts wherever a position id is not its predecessor's plus one (a restart at 0,
+    as ``DataCollatorWithFlattening`` makes them; the rule transformers applies to its own packed
+    masks), between two real tokens: ``padding`` (``[batch, n_k]`` bool, True = a real token)
+    keeps the position ids of left or right padding from counting. Position ids that cover only
+    the new queries (decoding with a cache) are not packed rows: None.
+    """
+    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[-1] != n_k:
+        return None
+    position_ids = position_ids.expand(batch, n_k)
+    starts = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    if padding is not None:
+        starts &= padding[:, 1:] & padding[:, :-1]
+    if not bool(starts.any()):
+        return None
+    first = torch.zeros_like(position_ids[:, :1])
+    return torch.cat([first, starts.cumsum(-1)], dim=-1).to(torch.int64)
+
+
+def takes_documents(attn) -> bool:
+    """Whether an attention callable has a ``documents`` parameter (a catch-all ``**kwargs``
+    does not count: it could swallow the ids and attend across documents)."""
+    try:
+        parameters = inspect.signature(attn).parameters
+    except (TypeError, ValueError):
+        return False
+    parameter = parameters.get("documents")
+    return parameter is not None and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD,
+                                                        parameter.KEYWORD_ONLY)
 
 
 def key_padding_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset=0,

@@ -42,13 +42,19 @@ class Pattern:
         """The concrete expression at key length ``n``; raises PatternError on bad values."""
         return instantiate(self.expr, n)
 
-    def mask(self, n_q: int, n_k: int | None = None, head: int = 0):
-        """The exact ``[n_q, n_k]`` torch.bool mask (SPEC section 2), queries bottom-right."""
+    def mask(self, n_q: int, n_k: int | None = None, head: int = 0, documents=None):
+        """The exact ``[n_q, n_k]`` torch.bool mask (SPEC section 2), queries bottom-right.
+
+        ``documents``: None, or ``n_k`` non-decreasing integer ids, one per key position; each
+        document is then its own sequence (SPEC section 7)."""
+        from ..semantics import documents as docs
         from ..semantics.reference import mask
 
         n_k = n_q if n_k is None else n_k
         if not 0 <= n_q <= n_k:
             raise ValueError(f"need 0 <= n_q <= n_k, got n_q = {n_q}, n_k = {n_k}")
+        if documents is not None:
+            return docs.mask(self, n_q, n_k, head, documents)
         return mask(self.at(n_k), n_q, n_k, head)
 
     def __str__(self) -> str:

@@ -132,13 +132,14 @@ def tile_states(expr, n_q: int, n_k: int, block_m: int, block_n: int) -> torch.T
     return state
 
 
-def resolve(expr, q_lo, q_hi, k_lo, k_hi, block_m, block_n, n_k) -> torch.Tensor:
+def resolve(expr, q_lo, q_hi, k_lo, k_hi, block_m, block_n, n_k,
+            tiles_per_check: int = TILES_PER_CHECK) -> torch.Tensor:
     """Exact classes of the listed tiles, from the pair predicate (padding repeats the last
     valid row or column, which changes neither EMPTY nor FULL)."""
     out = []
     rows, cols = torch.arange(block_m), torch.arange(block_n)
-    for start in range(0, len(q_lo), TILES_PER_CHECK):
-        sl = slice(start, start + TILES_PER_CHECK)
+    for start in range(0, len(q_lo), tiles_per_check):
+        sl = slice(start, start + tiles_per_check)
         q = torch.minimum(q_lo[sl, None] + rows, q_hi[sl, None])[:, :, None]
         k = torch.minimum(k_lo[sl, None] + cols, k_hi[sl, None])[:, None, :]
         ok = allowed(expr, q, k, n_k).expand(len(q), block_m, block_n)
