@@ -25,6 +25,7 @@ REPORT_EXTENSIONS = ".md, .html, .json or .txt"
 # block grid) come from the analysis itself, as AnalysisError messages.
 REPORT_MAX_SEQ_LEN = 1 << 24
 REPORT_MAX_LAYERS = 1024
+COMPILE_MAX_SEQ_LEN = 1 << 30  # the layout's tile bounds are int32 (layout/classify.py)
 EXIT_USER_ERROR = 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool stopped by SIGPIPE
 
@@ -103,14 +104,16 @@ def _add_report(commands):
 
 
 def _add_compile(commands):
-    comp = commands.add_parser("compile", help="write the generated Triton kernel, layout, manifest",
+    comp = commands.add_parser("compile",
+                               help="write the generated Triton kernel, layout, manifest",
                                description="Write the generated Triton kernel source, the "
                                "block layout and a manifest (no GPU needed).")
     _add_file(comp)
     comp.add_argument("--pattern", metavar="NAME",
                       help="the pattern to compile (default: the file's only pattern)")
     comp.add_argument("--seq-len", type=_positive, required=True, metavar="N",
-                      help="sequence length of the block layout")
+                      help="sequence length of the block layout, "
+                      f"at most {COMPILE_MAX_SEQ_LEN}")
     comp.add_argument("--head-dim", type=_positive, required=True, metavar="D",
                       help=f"head dimension, {HEAD_DIMS[0]} to {HEAD_DIMS[1]}")
     comp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
@@ -395,6 +398,7 @@ def cmd_report(args) -> int:
 def cmd_compile(args) -> int:
     from .runtime.attention import HEAD_DIMS as KERNEL_HEAD_DIMS
 
+    _check_at_most(args, "--seq-len", args.seq_len, COMPILE_MAX_SEQ_LEN)
     low, high = KERNEL_HEAD_DIMS
     if not low <= args.head_dim <= high:
         raise _usage(args, f"argument --head-dim: the kernels take {low} to {high}, "

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from spattn_dsl import __version__, picture
-from spattn_dsl.cli import REPORT_MAX_LAYERS, REPORT_MAX_SEQ_LEN, build_parser, main
+from spattn_dsl.cli import (COMPILE_MAX_SEQ_LEN, REPORT_MAX_LAYERS, REPORT_MAX_SEQ_LEN,
+                            build_parser, main)
 
 TWO_KINDS = "pattern swa(w = 8) { causal & window(w) }\nmodel m { layers 2: swa }\n"
 
@@ -163,6 +164,13 @@ def test_report_sequence_or_depth_too_large_names_the_limit(write, capsys):
     assert f"--layers: {REPORT_MAX_LAYERS + 1} is too large" in flag_error(capsys)
 
 
+def test_compile_sequence_too_long_names_the_limit(write, tmp_path, capsys):
+    out = tmp_path / "build"
+    assert main(["compile", write(), "--seq-len", str(10**20), "--head-dim", "64",
+                 "-o", str(out)]) == 2
+    assert f"the limit is {COMPILE_MAX_SEQ_LEN}" in flag_error(capsys) and not out.exists()
+
+
 def test_limits_in_help_agree_with_the_code():
     from spattn_dsl import cli
     from spattn_dsl.analysis.render import FORMATS
@@ -238,7 +246,8 @@ def test_every_flag_of_every_command_has_help():
     assert set(commands) == {"check", "show", "report", "compile"}
     for name, command in [("spattn", parser), *commands.items()]:
         for action in command._actions:
-            assert action.help and action.help.strip(), f"{name} {action.option_strings or action.dest}"
+            where = f"{name} {action.option_strings or action.dest}"
+            assert action.help and action.help.strip(), where
 
 
 @pytest.mark.parametrize("command", ["check", "show", "report", "compile"])
