@@ -235,8 +235,8 @@ def _refuse_other_kind(program, name: str, wanted: str, args):
     if args.command == "report":
         advice = f"use --{other} {name}"
     else:
-        have = ", ".join(getattr(program, wanted + "s")) or "none"
-        advice = f"spattn {args.command} takes a {wanted} (patterns here: {have})"
+        have = ", ".join(program.patterns) or "none"
+        advice = f"spattn {args.command} takes a pattern (patterns here: {have})"
     raise PatternError(f"'{name}' is a {other}, not a {wanted}; {advice}", decl.span,
                        filename=program.filename)
 
@@ -255,7 +255,8 @@ def _check_output_file(args, path: Path):
         raise _usage(args, f"argument -o: no such directory: {folder}")
     if not folder.is_dir():
         raise _usage(args, f"argument -o: {folder} is not a directory")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    writable = os.access(folder, os.W_OK | os.X_OK)
+    if not writable or (path.exists() and not os.access(path, os.W_OK)):
         raise _usage(args, f"argument -o: cannot write {path}: permission denied")
 
 
@@ -265,8 +266,8 @@ def _check_output_dir(args, path: Path):
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        what = "is not a directory" if existing == path else f"cannot be made: {existing} is a file"
-        raise _usage(args, f"argument -o: {path} {what}")
+        why = "is not a directory" if existing == path else f"cannot be made: {existing} is a file"
+        raise _usage(args, f"argument -o: {path} {why}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise _usage(args, f"argument -o: cannot write in {existing}: permission denied")
 
