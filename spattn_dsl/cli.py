@@ -1,12 +1,33 @@
-"""The ``spattn`` command line: ``main(argv) -> int`` (0 ok, 2 user error)."""
+"""The ``spattn`` command line: ``main(argv) -> int`` (0 ok, 2 user error).
+
+Start-up imports only the standard library and the torch-free front end; each command imports
+what it needs (torch, sympy, triton) when it runs, so ``check`` and ``--help`` start fast.
+"""
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
+from pathlib import Path
 
+from . import __version__, picture
 from .errors import PatternError
+
+# Shown in --help without importing the modules that define them; tests/test_cli.py checks
+# that they agree with runtime.attention.HEAD_DIMS and analysis.render.FORMATS.
+HEAD_DIMS = (16, 256)
+REPORT_FORMATS = ("text", "markdown", "html", "json")
+REPORT_EXTENSIONS = ".md, .html, .json or .txt"
+# The analysis keeps a few int64 arrays per token and layer (about 6 GB at 2**24 tokens):
+# past this the report would run out of memory. Method-specific limits (the token graph, the
+# block grid) come from the analysis itself, as AnalysisError messages.
+REPORT_MAX_SEQ_LEN = 1 << 24
+REPORT_MAX_LAYERS = 1024
+COMPILE_MAX_SEQ_LEN = 1 << 30  # the layout's tile bounds are int32 (layout/classify.py)
+EXIT_USER_ERROR = 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool stopped by SIGPIPE
 
 
 class UsageError(Exception):
@@ -20,41 +41,85 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="spattn", description="A compiler for sparse attention patterns.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"spattn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                     metavar="COMMAND",
+                                     help="one of the commands below; spattn COMMAND --help "
+                                     "lists its flags")
+    _add_check(commands)
+    _add_show(commands)
+    _add_report(commands)
+    _add_compile(commands)
+    return parser
 
-    check = commands.add_parser("check", help="parse, resolve and bind every pattern and model")
-    check.add_argument("file")
+
+def _add_file(command):
+    command.add_argument("file", metavar="FILE", help="the .spattn pattern file")
+
+
+def _add_check(commands):
+    check = commands.add_parser("check", help="parse, resolve and bind every pattern and model",
+                                description="Parse, resolve and bind every pattern whose "
+                                "parameters all have defaults; report every error.")
+    _add_file(check)
     check.add_argument("--seq-len", type=_positive, default=4096, metavar="N",
                        help="sequence length at which to bind patterns (default 4096)")
 
-    show = commands.add_parser("show", help="draw a pattern's mask in the terminal")
-    show.add_argument("file")
-    show.add_argument("--pattern", required=True, metavar="NAME")
-    show.add_argument("--seq-len", type=_positive, required=True, metavar="N")
-    show.add_argument("--head", type=_natural, default=0, help="head index (default 0)")
-    show.add_argument("--width", type=_positive, default=64, help="columns of the picture")
 
-    report = commands.add_parser("report", help="receptive field, diameter and coverage report")
-    report.add_argument("file")
-    which = report.add_mutually_exclusive_group(required=True)
-    which.add_argument("--pattern", metavar="NAME")
-    which.add_argument("--model", metavar="NAME")
-    report.add_argument("--seq-len", type=_positive, required=True, metavar="N")
-    report.add_argument("--layers", type=_positive, default=None,
-                        help="layers to stack for a pattern (default: until the diameter settles)")
+def _add_show(commands):
+    show = commands.add_parser("show", help="draw a pattern's mask in the terminal",
+                               description="Draw a pattern's mask: one cell per pair for "
+                               "short sequences, shaded tiles otherwise.")
+    _add_file(show)
+    show.add_argument("--pattern", metavar="NAME",
+                      help="the pattern to draw (default: the file's only pattern)")
+    show.add_argument("--seq-len", type=_positive, required=True, metavar="N",
+                      help=f"sequence length, at most {picture.MAX_SEQ_LEN}")
+    show.add_argument("--head", type=_natural, default=0, metavar="H",
+                      help="head index, for patterns with a heads block (default 0)")
+    show.add_argument("--width", type=_positive, default=64, metavar="COLUMNS",
+                      help=f"cells across the picture (default 64, at most {picture.MAX_WIDTH})")
+
+
+def _add_report(commands):
+    report = commands.add_parser("report", help="receptive field, diameter and coverage report",
+                                 description="Receptive field, diameter and coverage of a "
+                                 "stack of layers (SPEC section 4).")
+    _add_file(report)
+    which = report.add_mutually_exclusive_group()
+    which.add_argument("--pattern", metavar="NAME",
+                       help="analyse this pattern stacked on itself (default: the file's only "
+                       "pattern or model)")
+    which.add_argument("--model", metavar="NAME", help="analyse this model's layer schedule")
+    report.add_argument("--seq-len", type=_positive, required=True, metavar="N",
+                        help=f"sequence length, at most {REPORT_MAX_SEQ_LEN}")
+    report.add_argument("--layers", type=_positive, default=None, metavar="L",
+                        help="layers to analyse (default: a model's depth; for a pattern, "
+                        f"until the diameter settles); at most {REPORT_MAX_LAYERS}")
     report.add_argument("-o", "--output", metavar="PATH",
-                        help="write Markdown, HTML or JSON (by extension)")
-    report.add_argument("--format", choices=["text", "json", "markdown", "html"], default=None)
+                        help=f"write the report to PATH, in the format of its extension "
+                        f"({REPORT_EXTENSIONS})")
+    report.add_argument("--format", choices=REPORT_FORMATS, default=None,
+                        help="output format (default: from -o's extension, else text)")
 
-    comp = commands.add_parser("compile", help="write the generated Triton kernel, layout, manifest")
-    comp.add_argument("file")
-    comp.add_argument("--pattern", metavar="NAME", help="default: the file's only pattern")
-    comp.add_argument("--seq-len", type=_positive, required=True, metavar="N")
-    comp.add_argument("--head-dim", type=_positive, required=True, metavar="D")
-    comp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+
+def _add_compile(commands):
+    comp = commands.add_parser("compile",
+                               help="write the generated Triton kernel, layout, manifest",
+                               description="Write the generated Triton kernel source, the "
+                               "block layout and a manifest (no GPU needed).")
+    _add_file(comp)
+    comp.add_argument("--pattern", metavar="NAME",
+                      help="the pattern to compile (default: the file's only pattern)")
+    comp.add_argument("--seq-len", type=_positive, required=True, metavar="N",
+                      help="sequence length of the block layout, "
+                      f"at most {COMPILE_MAX_SEQ_LEN}")
+    comp.add_argument("--head-dim", type=_positive, required=True, metavar="D",
+                      help=f"head dimension, {HEAD_DIMS[0]} to {HEAD_DIMS[1]}")
+    comp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
+                      help="element type of q, k, v (default bf16)")
     comp.add_argument("-o", "--output", metavar="DIR", default=None,
-                      help="output folder (default: ./spattn_<pattern>)")
-    return parser
+                      help="output folder, created if needed (default: ./spattn_<pattern>)")
 
 
 def _positive(text: str) -> int:
@@ -74,17 +139,22 @@ def _natural(text: str) -> int:
     return value
 
 
+# ---------------------------------------------------------------- running
 def main(argv=None) -> int:
     """Run the CLI; returns the exit status instead of exiting."""
     try:
-        args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        status = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        return status
     except PatternError as error:
-        print(error.render(), file=sys.stderr)
-        return 2
+        print(_diagnostics(error), file=sys.stderr)
+        return EXIT_USER_ERROR
     except UsageError as error:
         print(error, file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except BrokenPipeError:  # `spattn show ... | head -1`: the reader left, nothing to say
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("spattn: interrupted", file=sys.stderr)
         return 130
@@ -94,6 +164,142 @@ def main(argv=None) -> int:
         print(f"spattn: internal error: {type(error).__name__}: {error} "
               "(set SPATTN_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+def _run(argv) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help or --version: printed, argparse wants to exit
+        return done.code or 0
+    return COMMANDS[args.command](args)
+
+
+def _diagnostics(error: PatternError) -> str:
+    """Every diagnostic an error carries (``.errors`` when loading collected several), each
+    as ``file:line:col: error: ...``, the source line and a caret."""
+    parts = [e for e in getattr(error, "errors", None) or () if isinstance(e, PatternError)]
+    return "\n".join(e.render() for e in parts) if len(parts) > 1 else error.render()
+
+
+def _silence_stdout():
+    """Point stdout at /dev/null so that the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (tests)
+        pass
+
+
+def _usage(args, message: str) -> UsageError:
+    return UsageError(f"spattn {args.command}: error: {message}")
+
+
+# ---------------------------------------------------------------- choosing a pattern or model
+def _only_pattern(program, args):
+    """``--pattern NAME`` (refusing a model's name), or the file's only pattern."""
+    if args.pattern is not None:
+        _refuse_other_kind(program, args.pattern, "pattern", args)
+        return program.pattern(args.pattern)
+    names = list(program.patterns)
+    if len(names) == 1:
+        return program.pattern(names[0])
+    if not names:
+        raise _usage(args, f"{args.file} declares no pattern")
+    raise _usage(args, f"{args.file} declares {len(names)} patterns; choose one with "
+                 f"--pattern: {', '.join(names)}")
+
+
+def _report_target(program, args):
+    """``--pattern`` or ``--model`` (refusing the other kind's name), or the only one there is."""
+    if args.model is not None:
+        _refuse_other_kind(program, args.model, "model", args)
+        return program.model(args.model)
+    if args.pattern is not None or program.models == {}:
+        return _only_pattern(program, args)
+    if not program.patterns and len(program.models) == 1:
+        return program.model(next(iter(program.models)))
+    raise _usage(args, f"{args.file} declares {_count(program.patterns, 'pattern')} and "
+                 f"{_count(program.models, 'model')}; choose one with "
+                 + " or ".join(f"--{kind} ({', '.join(names)})" for kind, names in
+                               (("pattern", program.patterns), ("model", program.models))
+                               if names))
+
+
+def _refuse_other_kind(program, name: str, wanted: str, args):
+    """A clear, located error when ``--pattern`` names a model or ``--model`` a pattern."""
+    other, table = ("model", program.models) if wanted == "pattern" else \
+        ("pattern", program.patterns)
+    decl = table.get(name)
+    if decl is None:
+        return
+    if args.command == "report":
+        advice = f"use --{other} {name}"
+    else:
+        have = ", ".join(program.patterns) or "none"
+        advice = f"spattn {args.command} takes a pattern (patterns here: {have})"
+    raise PatternError(f"'{name}' is a {other}, not a {wanted}; {advice}", decl.span,
+                       filename=program.filename)
+
+
+def _count(table, noun: str) -> str:
+    return f"{len(table)} {noun}" + ("" if len(table) == 1 else "s")
+
+
+# ---------------------------------------------------------------- output paths
+def _check_output_file(args, path: Path):
+    """Refuse, before any work, an output file that could not be written."""
+    if path.is_dir():
+        raise _usage(args, f"argument -o: {path} is a directory; name a file")
+    folder = path.parent
+    if not folder.exists():
+        raise _usage(args, f"argument -o: no such directory: {folder}")
+    if not folder.is_dir():
+        raise _usage(args, f"argument -o: {folder} is not a directory")
+    writable = os.access(folder, os.W_OK | os.X_OK)
+    if not writable or (path.exists() and not os.access(path, os.W_OK)):
+        raise _usage(args, f"argument -o: cannot write {path}: permission denied")
+
+
+def _check_output_dir(args, path: Path):
+    """Refuse, before any work, an output folder that could not be made or written."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        why = "is not a directory" if existing == path else f"cannot be made: {existing} is a file"
+        raise _usage(args, f"argument -o: {path} {why}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _usage(args, f"argument -o: cannot write in {existing}: permission denied")
+
+
+def _write_error(args, path, error: OSError) -> UsageError:
+    return _usage(args, f"cannot write {path}: {error.strerror or error}")
+
+
+def _report_format(args) -> str:
+    """The format of ``-o``'s extension, checked against ``--format``."""
+    from .analysis.render import FORMATS
+
+    if args.output is None:
+        return args.format or "text"
+    suffix = Path(args.output).suffix.lower()
+    implied = FORMATS.get(suffix)
+    if implied is None and suffix:
+        raise _usage(args, f"argument -o: unknown extension '{suffix}' in {args.output}; "
+                     f"use {REPORT_EXTENSIONS}")
+    if implied is None and args.format is None:
+        raise _usage(args, f"argument -o: {args.output} has no extension; use "
+                     f"{REPORT_EXTENSIONS}, or name the format with --format")
+    if implied and args.format and args.format != implied:
+        raise _usage(args, f"argument --format: {args.format} disagrees with -o {args.output} "
+                     f"({implied}); drop one of them")
+    return args.format or implied
+
+
+def _check_at_most(args, flag: str, value: int, limit: int, why: str = ""):
+    if value > limit:
+        raise _usage(args, f"argument {flag}: {value} is too large for spattn {args.command}; "
+                     f"the limit is {limit}{why}")
 
 
 # ---------------------------------------------------------------- commands
@@ -127,9 +333,10 @@ def cmd_check(args) -> int:
         except PatternError as error:
             print(f"  model {name}: ERROR")
             errors.append(error)
+    sys.stdout.flush()  # the listing first, then the diagnostics
     for error in errors:
-        print(error.render(), file=sys.stderr)
-    return 2 if errors else 0
+        print(_diagnostics(error), file=sys.stderr)
+    return EXIT_USER_ERROR if errors else 0
 
 
 def _int_text(expr) -> str:
@@ -151,46 +358,66 @@ def _schedule(model) -> str:
 
 def cmd_show(args) -> int:
     from .api import load
-    from .picture import draw
 
-    pattern = load(args.file).pattern(args.pattern)
-    print(draw(pattern, args.seq_len, head=args.head, width=args.width))
+    _check_at_most(args, "--seq-len", args.seq_len, picture.MAX_SEQ_LEN)
+    _check_at_most(args, "--width", args.width, picture.MAX_WIDTH)
+    pattern = _only_pattern(load(args.file), args)
+    print(picture.draw(pattern, args.seq_len, head=args.head, width=args.width))
     return 0
 
 
 def cmd_report(args) -> int:
+    _check_at_most(args, "--seq-len", args.seq_len, REPORT_MAX_SEQ_LEN,
+                   " (the analysis needs memory in proportion to it)")
+    if args.layers is not None:
+        _check_at_most(args, "--layers", args.layers, REPORT_MAX_LAYERS)
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        _check_output_file(args, output)
+    fmt = _report_format(args)
+
     from .analysis import AnalysisError, analyze, render
     from .api import load
 
-    program = load(args.file)
-    target = program.model(args.model) if args.model else program.pattern(args.pattern)
+    target = _report_target(load(args.file), args)
     try:
         report = analyze(target, args.seq_len, layers=args.layers)
     except AnalysisError as error:
-        raise UsageError(f"spattn report: error: {error}") from None
-    fmt = args.format
-    if args.output:
-        render(report, path=args.output, fmt=fmt)
-        print(f"wrote {args.output}")
-    else:
-        print(render(report, fmt=fmt or "text"))
+        raise _usage(args, str(error)) from None
+    text = render(report, fmt=fmt)
+    if output is None:
+        print(text)
+        return 0
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise _write_error(args, output, error) from None
+    print(f"wrote {output}")
     return 0
 
 
 def cmd_compile(args) -> int:
+    from .runtime.attention import HEAD_DIMS as KERNEL_HEAD_DIMS
+
+    _check_at_most(args, "--seq-len", args.seq_len, COMPILE_MAX_SEQ_LEN)
+    low, high = KERNEL_HEAD_DIMS
+    if not low <= args.head_dim <= high:
+        raise _usage(args, f"argument --head-dim: the kernels take {low} to {high}, "
+                     f"got {args.head_dim}")
+
     from .api import load
     from .runtime.artifacts import write_artifacts
 
-    program = load(args.file)
-    name = args.pattern
-    if name is None:
-        if len(program.patterns) != 1:
-            raise UsageError(f"spattn compile: error: {args.file} has {len(program.patterns)} "
-                             f"patterns; choose one with --pattern ({', '.join(program.patterns)})")
-        (name,) = program.patterns
-    pattern = program.pattern(name)
-    out = args.output or f"spattn_{name}"
-    for path in write_artifacts(pattern, args.seq_len, args.head_dim, args.dtype, out):
+    pattern = _only_pattern(load(args.file), args)
+    out = Path(args.output or f"spattn_{pattern.name}")
+    _check_output_dir(args, out)
+    try:
+        written = write_artifacts(pattern, args.seq_len, args.head_dim, args.dtype, out)
+    except OSError as error:
+        if error.filename is None or not str(error.filename).startswith(str(out)):
+            raise  # not about our output: a bug, reported as one
+        raise _write_error(args, error.filename, error) from None
+    for path in written:
         print(f"wrote {path}")
     return 0
 

@@ -48,12 +48,15 @@ def test_missing_file(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["check"], "the following arguments are required: file"),
+    (["check"], "the following arguments are required: FILE"),
     (["frobnicate"], "invalid choice"),
     (["show", "x.spattn", "--pattern", "a", "--seq-len", "-3"], "expected a non-negative integer"),
     (["show", "x.spattn", "--pattern", "a", "--seq-len", "0"], "expected a positive integer"),
     (["show", "x.spattn", "--pattern", "a", "--seq-len", "ten"], "expected an integer"),
-    (["report", "x.spattn", "--seq-len", "8"], "one of the arguments --pattern --model is required"),
+    (["report", "x.spattn", "--pattern", "a", "--model", "m", "--seq-len", "8"],
+     "argument --model: not allowed with argument --pattern"),
+    (["compile", "x.spattn", "--seq-len", "8", "--head-dim", "64", "--dtype", "fp8"],
+     "argument --dtype: invalid choice: 'fp8'"),
 ])
 def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
     assert main(argv) == 2
