@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--seq-len", type=_positive, required=True, metavar="N")
     show.add_argument("--head", type=_natural, default=0, help="head index (default 0)")
     show.add_argument("--width", type=_positive, default=64, help="columns of the picture")
+    show.add_argument("--plan", action="store_true",
+                      help="draw which term of the lowering plan covers which pairs")
 
     report = commands.add_parser("report", help="receptive field, diameter and coverage report")
     report.add_argument("file")
@@ -154,6 +156,10 @@ def cmd_show(args) -> int:
     from .picture import draw
 
     pattern = load(args.file).pattern(args.pattern)
+    if args.plan:  # drawn by the runtime's plan picture (needs torch)
+        from .runtime.plan_picture import draw_plan
+        print(draw_plan(pattern, args.seq_len, head=args.head, width=args.width))
+        return 0
     print(draw(pattern, args.seq_len, head=args.head, width=args.width))
     return 0
 

@@ -338,9 +338,15 @@ def _fill_holes(tiles: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ terms
-def grid_term(expr, n_q, n_k, block_m, block_n, note="") -> Term:
+def grid_layout(expr, n_q, n_k, block_m, block_n) -> BlockLayout:
+    """The token-grid layout of one expression (``layout.build``)."""
     states = tile_states(expr, n_q, n_k, block_m, block_n)[None]
-    return Term("grid", expr, from_states(states, n_q, n_k, block_m, block_n), None, None, note)
+    return from_states(states, n_q, n_k, block_m, block_n)
+
+
+def grid_term(expr, n_q, n_k, block_m, block_n, grid=grid_layout) -> Term:
+    return Term("grid", expr, grid(expr, n_q, n_k, block_m, block_n), None, None,
+                "the token grid")
 
 
 def residue_term(expr, s, n_q, n_k, block_m, block_n) -> Term:
@@ -384,14 +390,14 @@ def _small(count: int, block: int) -> int:
     return size
 
 
-def build_terms(parts, specials, n_q, n_k, block_m, block_n) -> list:
+def build_terms(parts, specials, n_q, n_k, block_m, block_n, grid=grid_layout) -> list:
     """The terms of a plan: the grid term (every part not in ``specials``), then each special
     part minus everything before it. Empty terms are dropped (one grid term stays)."""
     grid_parts = [p for i, p in enumerate(parts) if i not in specials]
     terms, prior = [], []
     if grid_parts:
         grid_expr = _union_of(grid_parts)
-        terms.append(grid_term(grid_expr, n_q, n_k, block_m, block_n))
+        terms.append(grid_term(grid_expr, n_q, n_k, block_m, block_n, grid))
         prior.append(grid_expr)
     for i in sorted(specials, key=lambda i: _KIND_ORDER[structure(parts[i], n_q, n_k)[0]]):
         kind, selector, extra = structure(parts[i], n_q, n_k)
@@ -407,21 +413,22 @@ def build_terms(parts, specials, n_q, n_k, block_m, block_n) -> list:
         terms.append(term)
         prior.append(parts[i])
     kept = [t for t in terms if t.visited_tiles > 0]
-    return kept or terms[:1] or [grid_term(N.Empty(), n_q, n_k, block_m, block_n)]
+    return kept or terms[:1] or [grid_term(N.Empty(), n_q, n_k, block_m, block_n, grid)]
 
 
 _KIND_ORDER = {"columns": 0, "residue": 1, "rows": 2}
 
 
 def plan_case(expr, n_q: int, n_k: int, block_m: int, block_n: int, mode: str = "auto",
-              case: int = 0) -> CasePlan:
+              case: int = 0, grid=grid_layout) -> CasePlan:
     """The cheapest plan of one head-selected concrete expression at one tile size.
 
     ``mode``: ``auto`` (by cost), ``grid`` (today's single layout) or ``terms`` (every
-    structured part as its own term: what tests use to exercise the terms on small sizes)."""
+    structured part as its own term: what tests use to exercise the terms on small sizes).
+    ``grid``: how token-grid layouts are built (a cache may stand in)."""
     if not 0 <= n_q <= n_k:
         raise ValueError(f"need 0 <= n_q <= n_k, got n_q = {n_q}, n_k = {n_k}")
-    single = CasePlan(case, [grid_term(expr, n_q, n_k, block_m, block_n)])
+    single = CasePlan(case, [grid_term(expr, n_q, n_k, block_m, block_n, grid)])
     if mode == "grid" or n_q == 0:
         return single
     parts = disjuncts(expr)
@@ -429,12 +436,14 @@ def plan_case(expr, n_q: int, n_k: int, block_m: int, block_n: int, mode: str = 
     if not special:
         return single
     if mode == "terms":
-        return CasePlan(case, build_terms(parts, set(special), n_q, n_k, block_m, block_n))
+        return CasePlan(case, build_terms(parts, set(special), n_q, n_k, block_m, block_n,
+                                                grid))
     best = single
     for chosen in _subsets(special):
         if not chosen:
             continue
-        candidate = CasePlan(case, build_terms(parts, set(chosen), n_q, n_k, block_m, block_n))
+        candidate = CasePlan(case, build_terms(parts, set(chosen), n_q, n_k, block_m, block_n,
+                                                   grid))
         if candidate.cost() < best.cost():
             best = candidate
     return best
@@ -447,7 +456,8 @@ def _subsets(items):
                                          for r in range(1, len(items) + 1))
 
 
-def plan_pattern(concrete, n_q: int, n_k: int, tiles, mode: str = "auto") -> list:
+def plan_pattern(concrete, n_q: int, n_k: int, tiles, mode: str = "auto",
+                 grid=grid_layout) -> list:
     """One ``CasePlan`` per head case, each at the cheapest of the ``tiles`` sizes
     ((block_m, block_n) pairs)."""
     from ..ir.evaluate import head_count, select_head
@@ -455,7 +465,7 @@ def plan_pattern(concrete, n_q: int, n_k: int, tiles, mode: str = "auto") -> lis
     plans = []
     for c in range(head_count(concrete)):
         expr = select_head(concrete, c)
-        candidates = [plan_case(expr, n_q, n_k, bm, bn, mode, c) for bm, bn in tiles]
+        candidates = [plan_case(expr, n_q, n_k, bm, bn, mode, c, grid) for bm, bn in tiles]
         plans.append(min(candidates, key=lambda p: p.cost()))
     return plans
 
@@ -470,7 +480,10 @@ def term_pairs(term: Term, n_q: int, n_k: int) -> int:
     q_pos = torch.where(q_rows >= 0, q_rows + offset, -1).view(-1, layout.block_m)[:states.shape[0]]
     k_pos = (term.k_gather if term.k_gather is not None
              else _pad(torch.arange(n_k), layout.block_n)).view(-1, layout.block_n)[:states.shape[1]]
-    total = int((states == FULL).sum()) * layout.block_m * layout.block_n
+    real_rows = (q_pos >= 0).sum(1).to(torch.int64)          # per tile: rows that are not holes
+    real_cols = (k_pos >= 0).sum(1).to(torch.int64)
+    full = (states == FULL).to(torch.int64)
+    total = int((real_rows[:, None] * full * real_cols[None, :]).sum())
     rows, cols = (states == PARTIAL).nonzero(as_tuple=True)
     for start in range(0, len(rows), TILES_PER_CHECK):
         q = q_pos[rows[start:start + TILES_PER_CHECK]].to(torch.int64)[:, :, None]
