@@ -402,8 +402,11 @@ def build_terms(parts, specials, n_q, n_k, block_m, block_n, grid=grid_layout) -
     for i in sorted(specials, key=lambda i: _KIND_ORDER[structure(parts[i], n_q, n_k)[0]]):
         kind, selector, extra = structure(parts[i], n_q, n_k)
         expr = _minus(parts[i], prior)
-        if kind == "residue":
-            term = residue_term(expr, extra, n_q, n_k, block_m, block_n)
+        if kind == "residue":  # short classes: tiles no longer than a class
+            length = -(-n_k // extra)
+            rows = length - (n_k - n_q) // extra
+            term = residue_term(expr, extra, n_q, n_k, _small(rows, block_m),
+                                _small(length, block_n))
         elif kind == "columns":
             term = columns_term(expr, selector, extra, n_q, n_k, block_m,
                                 _small(len(extra), block_n))

@@ -69,6 +69,8 @@ def launch_plan(pattern, n_q: int, n_k: int, config: TileConfig, device,
             rendered = render_term(pattern, term.expr, n_k)
             module = cache.import_source(rendered.key, rendered.source)
             term_config = replace(config, block_m=term.block_m, block_n=term.block_n)
+            if term.block_m * term.block_n < 64 * 64:  # narrow tiles of gathered terms
+                term_config = replace(term_config, num_warps=min(config.num_warps, 4))
             terms.append(TermLaunch(module, term.layout, term_config, device, term.q_gather,
                                     term.k_gather, term.kind, n_k))
         cases.append(terms)
