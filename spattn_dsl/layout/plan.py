@@ -118,6 +118,8 @@ def disjuncts(expr) -> list:
         left, right = disjuncts(expr.left), disjuncts(expr.right)
         if len(left) * len(right) <= 8:
             return [_and(a, b) for a in left for b in right]
+    if isinstance(expr, N.Difference):  # (a | b) - c = (a - c) | (b - c)
+        return [N.Difference(part, expr.right) for part in disjuncts(expr.left)]
     return [expr]
 
 
@@ -142,8 +144,11 @@ def _and(a, b):
 
 
 def conjuncts(expr) -> list:
+    """The factors of a conjunction (``a - b`` is ``a & !b``)."""
     if isinstance(expr, N.Intersect):
         return conjuncts(expr.left) + conjuncts(expr.right)
+    if isinstance(expr, N.Difference):
+        return conjuncts(expr.left) + [N.Complement(expr.right)]
     return [expr]
 
 
@@ -390,36 +395,47 @@ def _small(count: int, block: int) -> int:
     return size
 
 
-def build_terms(parts, specials, n_q, n_k, block_m, block_n, grid=grid_layout) -> list:
+def build_terms(parts, specials, n_q, n_k, block_m, block_n, grid=grid_layout,
+                memo: dict | None = None) -> list:
     """The terms of a plan: the grid term (every part not in ``specials``), then each special
-    part minus everything before it. Empty terms are dropped (one grid term stays)."""
+    part minus everything before it. Empty terms are dropped (one grid term stays).
+    ``memo`` keeps terms already built for other candidate plans."""
+    memo = {} if memo is None else memo
+
+    def make(key, build):
+        if key not in memo:
+            memo[key] = build()
+        return memo[key]
+
     grid_parts = [p for i, p in enumerate(parts) if i not in specials]
     terms, prior = [], []
     if grid_parts:
         grid_expr = _union_of(grid_parts)
-        terms.append(grid_term(grid_expr, n_q, n_k, block_m, block_n, grid))
+        terms.append(make(("grid", grid_expr), lambda: grid_term(grid_expr, n_q, n_k, block_m,
+                                                                 block_n, grid)))
         prior.append(grid_expr)
     for i in sorted(specials, key=lambda i: _KIND_ORDER[structure(parts[i], n_q, n_k)[0]]):
         kind, selector, extra = structure(parts[i], n_q, n_k)
         expr = _minus(parts[i], prior)
-        if kind == "residue":  # short classes: tiles no longer than a class
-            length = -(-n_k // extra)
-            rows = length - (n_k - n_q) // extra
-            term = residue_term(expr, extra, n_q, n_k, _small(rows, block_m),
-                                _small(length, block_n))
-        elif kind == "columns":
-            term = columns_term(expr, selector, extra, n_q, n_k, block_m,
-                                _small(len(extra), block_n))
-        else:
-            term = rows_term(expr, selector, extra, n_q, n_k, _small(len(extra), block_m),
-                             block_n)
-        terms.append(term)
+        terms.append(make((kind, expr), lambda: _special_term(kind, expr, selector, extra, n_q,
+                                                              n_k, block_m, block_n)))
         prior.append(parts[i])
     kept = [t for t in terms if t.visited_tiles > 0]
     return kept or terms[:1] or [grid_term(N.Empty(), n_q, n_k, block_m, block_n, grid)]
 
 
 _KIND_ORDER = {"columns": 0, "residue": 1, "rows": 2}
+
+
+def _special_term(kind, expr, selector, extra, n_q, n_k, block_m, block_n) -> Term:
+    """A term on a shrunk index space; narrow tiles where the space is narrow."""
+    if kind == "residue":  # short classes: tiles no longer than a class
+        length = -(-n_k // extra)
+        rows = length - (n_k - n_q) // extra
+        return residue_term(expr, extra, n_q, n_k, _small(rows, block_m), _small(length, block_n))
+    if kind == "columns":
+        return columns_term(expr, selector, extra, n_q, n_k, block_m, _small(len(extra), block_n))
+    return rows_term(expr, selector, extra, n_q, n_k, _small(len(extra), block_m), block_n)
 
 
 def plan_case(expr, n_q: int, n_k: int, block_m: int, block_n: int, mode: str = "auto",
@@ -441,12 +457,12 @@ def plan_case(expr, n_q: int, n_k: int, block_m: int, block_n: int, mode: str = 
     if mode == "terms":
         return CasePlan(case, build_terms(parts, set(special), n_q, n_k, block_m, block_n,
                                                 grid))
-    best = single
+    best, memo = single, {}
     for chosen in _subsets(special):
         if not chosen:
             continue
         candidate = CasePlan(case, build_terms(parts, set(chosen), n_q, n_k, block_m, block_n,
-                                                   grid))
+                                               grid, memo))
         if candidate.cost() < best.cost():
             best = candidate
     return best
