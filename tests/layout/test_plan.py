@@ -122,3 +122,29 @@ def test_plan_waste_of_examples(file, name, bound):
     in_terms = sum(t["pairs_allowed"] for case in summary["cases"] for t in case["terms"])
     assert summary["pairs_allowed"] == in_terms  # the plan is exact at full size too
     assert summary["pairs_computed"] / summary["pairs_allowed"] <= bound
+
+
+@pytest.mark.parametrize("file,name", [("sparse_transformer", "strided"),
+                                       ("sparse_transformer", "fixed"),
+                                       ("longformer", "longformer_dilated"),
+                                       ("longformer", "longformer")])
+def test_plan_pass_checks_few_pairs(monkeypatch, file, name):
+    """No n x n work: the exact predicate is evaluated on O(n * tile) pairs (the undecided
+    tiles along boundaries), counted at n = 16384."""
+    import spattn_dsl.layout.build as build
+    import spattn_dsl.layout.plan as plan
+
+    evaluated = []
+
+    def counting(expr, q, k, n, tables=None):
+        result = pairs.allowed(expr, q, k, n, tables)
+        evaluated.append(torch.broadcast_shapes(q.shape, k.shape).numel())
+        return result
+
+    monkeypatch.setattr(plan, "allowed", counting)
+    monkeypatch.setattr(build, "allowed", counting)
+    n = 16384
+    p = spattn_dsl.load(EXAMPLES / f"{file}.spattn").pattern(name)
+    plans = plan_pattern(p.at(n), n, n, [(64, 64)])
+    assert any(t.kind != "grid" for case in plans for t in case.terms)
+    assert sum(evaluated) <= 8 * n * 64 * len(plans)
