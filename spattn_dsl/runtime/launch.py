@@ -1,5 +1,10 @@
-"""Launch the generated kernels (forward, backward dQ and dK/dV) on a layout: the only place
-kernels are called."""
+"""Launch the generated kernels (forward, backward dQ and dK/dV) of a plan: the only place
+kernels are called.
+
+A ``Plan`` holds, per head case, the terms the plan pass chose (``layout.plan``), each with
+its own kernel, layout and gather vectors. Terms run one after another in a fixed order; a
+single term per case writes its outputs directly, several merge in fp32 (the forward by
+log-sum-exp, the gradients by addition) inside the kernels, so results are deterministic."""
 from __future__ import annotations
 
 import torch
@@ -64,11 +69,6 @@ class Plan:
         self.cases = cases          # list (per head case) of lists of TermLaunch
         self.config = config
 
-    @classmethod
-    def single(cls, module, layout, config, device):
-        """Today's plan: one grid term (the module's own head cases)."""
-        return cls([[TermLaunch(module, layout, config, device)]], config)
-
     @property
     def module(self):
         return self.cases[0][0].module
@@ -102,10 +102,6 @@ class Plan:
         return not keys or len(self.cases) == 1 or kv_group == 1
 
 
-def _case_count(term) -> int:
-    return term.module.CASES
-
-
 def forward(plan: Plan, q, k, v, scale: float, key_padding=None, out=None, lse=None):
     """(out ``[B, H, n_q, D]``, lse float32 ``[B, H, n_q]``) of one launch (into ``out`` and
     ``lse`` when given). ``key_padding``: None or ``[B, n_k]`` bool, False = a padding key."""
@@ -127,15 +123,13 @@ def forward(plan: Plan, q, k, v, scale: float, key_padding=None, out=None, lse=N
     for case, term, first, step, count in plan.launches(heads):
         layout, config = term.layout, term.config
         n_tiles_q = layout.tiles[0]
-        single_module = _case_count(term) > 1
         term.module.FORWARD[(n_tiles_q * batch * count,)](
             q, k, v, work, lse, pad, _index(term.q_gather, lse), _index(term.k_gather, lse),
             layout.full_counts, layout.full_indices, layout.partial_counts,
             layout.partial_indices, layout.row_order, term.visit_start,
             *q.stride(), *k.stride(), *v.stride(), *work.stride(), lse.stride(0), lse.stride(1),
-            pad_stride, batch, heads if single_module else count, heads // k.shape[1], n_q, n_k,
-            term.m_q, term.m_k, 0 if single_module else first, 1 if single_module else step,
-            n_tiles_q, layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
+            pad_stride, batch, count, heads // k.shape[1], n_q, n_k, term.m_q, term.m_k, first,
+            step, n_tiles_q, layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
             scale * LOG2E, *_table_args(term.tables),
             MERGED=term.merged, EVEN_N=term.k_gather is None and n_k % config.block_n == 0,
             FULL_RANGE=term.full_range, PARTIAL_RANGE=term.partial_range,
@@ -198,16 +192,13 @@ def backward_dq(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, d
     for case, term, first, step, count in plan.launches(heads):
         layout, config = term.layout, term.config
         n_tiles_q = layout.tiles[0]
-        single_module = _case_count(term) > 1
         term.module.BACKWARD_DQ[(n_tiles_q * batch * count,)](
             q, k, v, grad_out, lse, delta, work, pad, _index(term.q_gather, lse),
             _index(term.k_gather, lse),
             layout.full_counts, layout.full_indices, layout.partial_counts, layout.partial_indices,
             layout.row_order, *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
             *work.stride(), lse.stride(0), lse.stride(1), pad_stride,
-            batch, heads if single_module else count, heads // kv_heads, n_q, n_k,
-            term.m_q, term.m_k, 0 if single_module else first, 1 if single_module else step,
-            n_tiles_q, layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
+            batch, count, heads // kv_heads, n_q, n_k, term.m_q, term.m_k, first, step, n_tiles_q, layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
             scale * LOG2E, scale, *_table_args(term.tables),
             FULL_RANGE=term.full_range, PARTIAL_RANGE=term.partial_range,
             GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
@@ -232,10 +223,7 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
     for case, term, first, step, count in plan.launches(heads):
         layout, config = term.layout, term.config
         n_tiles_k = layout.tiles[1]
-        single_module = _case_count(term) > 1
-        if single_module:
-            first, step = 0, 1
-        if kv_group == 1 and not single_module:  # only this case's key/value heads
+        if kv_group == 1:  # only this case's key/value heads
             kv_first, kv_step, kv_count = first, step, count
         else:
             kv_first, kv_step, kv_count = 0, 1, kv_heads
