@@ -83,23 +83,37 @@ class Plan:
         return self.cases[0][0].layout
 
     def launches(self, heads: int):
-        """(case, term, head_first, head_step, head count) for every launch with heads."""
+        """(term's index in its case, term, head_first, head_step, head count) for every
+        launch with heads."""
         step = len(self.cases)
         for c, terms in enumerate(self.cases):
             count = len(range(c, heads, step))
             if count == 0:
                 continue
-            for term in terms:
-                yield c, term, c, step, count
+            for index, term in enumerate(terms):
+                yield index, term, c, step, count
 
-    def single_pass(self, keys: bool = False, kv_group: int = 1) -> bool:
-        """Whether each output element is written by exactly one launch, directly."""
-        for terms in self.cases:
-            if len(terms) != 1:
-                return False
-            if not (terms[0].covers_all_keys if keys else terms[0].covers_all_rows):
-                return False
-        return not keys or len(self.cases) == 1 or kv_group == 1
+    def first_writes(self, keys: bool = False, kv_group: int = 1) -> bool:
+        """Whether the first term of every case covers all its outputs (rows, or keys) alone,
+        so that it may write them directly and later terms add to them."""
+        if keys and len(self.cases) > 1 and kv_group > 1:  # cases share key/value heads
+            return False
+        return all(terms[0].covers_all_keys if keys else terms[0].covers_all_rows
+                   for terms in self.cases)
+
+
+def _target(plan: Plan, target, keys: bool = False, kv_group: int = 1):
+    """(the tensor the launches write, whether each case's first term writes it directly):
+    the target itself for one term per case, else an fp32 buffer the terms merge into
+    (zeroed unless the first terms write everything)."""
+    first = plan.first_writes(keys, kv_group)
+    if first and all(len(terms) == 1 for terms in plan.cases):
+        return target, True
+    buffer = target if target.dtype == torch.float32 else torch.empty(
+        target.shape, device=target.device, dtype=torch.float32)
+    if not first:
+        buffer.zero_()
+    return buffer, first
 
 
 def forward(plan: Plan, q, k, v, scale: float, key_padding=None, out=None, lse=None):
@@ -112,15 +126,11 @@ def forward(plan: Plan, q, k, v, scale: float, key_padding=None, out=None, lse=N
         lse = torch.empty(batch, heads, n_q, device=q.device, dtype=torch.float32)
     if n_q == 0 or batch == 0 or heads == 0:
         return out, lse
-    direct = plan.single_pass()
-    work = out
-    if not direct:  # terms merge into an fp32 result
-        work = out if out.dtype == torch.float32 else torch.empty(q.shape, device=q.device,
-                                                                  dtype=torch.float32)
-        work.zero_()
+    work, first_writes = _target(plan, out)
+    if not first_writes:
         lse.fill_(float("-inf"))
     pad, pad_stride = _padding(key_padding, lse)
-    for case, term, first, step, count in plan.launches(heads):
+    for index, term, first, step, count in plan.launches(heads):
         layout, config = term.layout, term.config
         n_tiles_q = layout.tiles[0]
         term.module.FORWARD[(n_tiles_q * batch * count,)](
@@ -134,7 +144,7 @@ def forward(plan: Plan, q, k, v, scale: float, key_padding=None, out=None, lse=N
             MERGED=term.merged, EVEN_N=term.k_gather is None and n_k % config.block_n == 0,
             FULL_RANGE=term.full_range, PARTIAL_RANGE=term.partial_range,
             GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
-            ACCUMULATE=not direct,
+            ACCUMULATE=index > 0 or not first_writes,
             **_common(term.module, q, config, key_padding),
         )
     if work is not out:
@@ -173,23 +183,13 @@ def backward_delta(plan: Plan, grad_out, out, grad_lse=None):
     return delta
 
 
-def _accumulator(target, direct: bool):
-    """Where the launches write: the target itself, or a zeroed fp32 buffer they add into."""
-    if direct:
-        return target
-    if target.dtype == torch.float32:
-        return target.zero_()
-    return torch.zeros(target.shape, device=target.device, dtype=torch.float32)
-
-
 def backward_dq(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, dq):
     """The dQ kernels: per term one program per (virtual query tile, batch, head)."""
     batch, heads, n_q, _ = q.shape
     kv_heads, n_k = k.shape[1], k.shape[2]
     pad, pad_stride = _padding(key_padding, lse)
-    direct = plan.single_pass()
-    work = _accumulator(dq, direct)
-    for case, term, first, step, count in plan.launches(heads):
+    work, first_writes = _target(plan, dq)
+    for index, term, first, step, count in plan.launches(heads):
         layout, config = term.layout, term.config
         n_tiles_q = layout.tiles[0]
         term.module.BACKWARD_DQ[(n_tiles_q * batch * count,)](
@@ -202,7 +202,7 @@ def backward_dq(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, d
             scale * LOG2E, scale, *_table_args(term.tables),
             FULL_RANGE=term.full_range, PARTIAL_RANGE=term.partial_range,
             GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
-            ACCUMULATE=not direct,
+            ACCUMULATE=index > 0 or not first_writes,
             **_common(term.module, q, config, key_padding),
         )
     if work is not dq:
@@ -218,9 +218,9 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
     kv_heads, n_k = k.shape[1], k.shape[2]
     kv_group = heads // kv_heads
     pad, pad_stride = _padding(key_padding, lse)
-    direct = plan.single_pass(keys=True, kv_group=kv_group)
-    work_k, work_v = _accumulator(dk, direct), _accumulator(dv, direct)
-    for case, term, first, step, count in plan.launches(heads):
+    work_k, first_writes = _target(plan, dk, keys=True, kv_group=kv_group)
+    work_v, _ = _target(plan, dv, keys=True, kv_group=kv_group)
+    for index, term, first, step, count in plan.launches(heads):
         layout, config = term.layout, term.config
         n_tiles_k = layout.tiles[1]
         if kv_group == 1:  # only this case's key/value heads
@@ -241,7 +241,7 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
             EVEN_M=term.q_gather is None and n_q % config.block_m == 0,
             FULL_RANGE=term.full_q_range, PARTIAL_RANGE=term.partial_q_range,
             GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
-            ACCUMULATE=not direct,
+            ACCUMULATE=index > 0 or not first_writes,
             **_common(term.module, q, config, key_padding),
         )
     if work_k is not dk:

@@ -27,6 +27,9 @@ EXPRS = {
                                N.Window(num(6))),
     "longformer": PRIMITIVES["longformer"],
     "heads": N.Heads((PRIMITIVES["longformer"], N.Intersect(N.Causal(), N.Stride(num(9))))),
+    # only global rows: the first term writes some rows, the others stay empty (0)
+    "rows-only": N.Union(N.Compare("<", N.Var("q"), num(3)),
+                         N.Compare("==", N.Var("q"), num(120))),
 }
 
 CASES = [  # name, heads, kv heads, n_q, n_k
@@ -42,6 +45,7 @@ CASES = [  # name, heads, kv heads, n_q, n_k
     ("difference", 1, 1, 111, 111),
     ("longformer", 2, 1, 1, 130),        # decoding a single query
     ("heads", 4, 2, 64, 111),            # two cases, GQA groups mixing both cases
+    ("rows-only", 1, 1, 40, 130),
 ]
 
 
