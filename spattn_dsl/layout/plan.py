@@ -497,8 +497,8 @@ def term_pairs(term: Term, n_q: int, n_k: int) -> int:
     offset = n_k - n_q
     q_rows = term.q_gather if term.q_gather is not None else _pad(torch.arange(n_q), layout.block_m)
     q_pos = torch.where(q_rows >= 0, q_rows + offset, -1).view(-1, layout.block_m)[:states.shape[0]]
-    k_pos = (term.k_gather if term.k_gather is not None
-             else _pad(torch.arange(n_k), layout.block_n)).view(-1, layout.block_n)[:states.shape[1]]
+    k_cols = term.k_gather if term.k_gather is not None else _pad(torch.arange(n_k), layout.block_n)
+    k_pos = k_cols.view(-1, layout.block_n)[:states.shape[1]]
     real_rows = (q_pos >= 0).sum(1).to(torch.int64)          # per tile: rows that are not holes
     real_cols = (k_pos >= 0).sum(1).to(torch.int64)
     full = (states == FULL).to(torch.int64)
