@@ -79,6 +79,8 @@ def _add_show(commands):
                       help="head index, for patterns with a heads block (default 0)")
     show.add_argument("--width", type=_positive, default=64, metavar="COLUMNS",
                       help=f"cells across the picture (default 64, at most {picture.MAX_WIDTH})")
+    show.add_argument("--plan", action="store_true",
+                      help="draw which term of the lowering plan covers which pairs")
 
 
 def _add_report(commands):
@@ -362,6 +364,10 @@ def cmd_show(args) -> int:
     _check_at_most(args, "--seq-len", args.seq_len, picture.MAX_SEQ_LEN)
     _check_at_most(args, "--width", args.width, picture.MAX_WIDTH)
     pattern = _only_pattern(load(args.file), args)
+    if args.plan:  # drawn by the runtime's plan picture (needs torch)
+        from .runtime.plan_picture import draw_plan
+        print(draw_plan(pattern, args.seq_len, head=args.head, width=args.width))
+        return 0
     print(picture.draw(pattern, args.seq_len, head=args.head, width=args.width))
     return 0
 

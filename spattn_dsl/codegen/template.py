@@ -54,7 +54,35 @@ def _drawn(table, row, key, n_rows, R: tl.constexpr):
 @triton.jit
 def _kept(pad_row, offs_kn, n_k):
     """[BLOCK_N] whether each key is a real token (``key_padding``), False past ``n_k``."""
-    return tl.load(pad_row + offs_kn, mask=offs_kn < n_k, other=0) != 0
+    return tl.load(pad_row + offs_kn, mask=(offs_kn >= 0) & (offs_kn < n_k), other=0) != 0
+
+
+@triton.jit
+def _gathered(Idx, offs, size, n, GATHER: tl.constexpr):
+    """(positions, valid) of a tile of virtual indices: read through the gather vector
+    ``Idx`` (-1 = a hole; holes read position 0, masked by ``valid``), or the indices
+    themselves (valid below ``n``)."""
+    if GATHER:
+        idx = tl.load(Idx + offs, mask=offs < size, other=-1)
+        return tl.maximum(idx, 0), idx >= 0
+    else:
+        return offs, offs < n
+
+
+@triton.jit
+def _merge_into(o_ptrs, lse_ptrs, out, lse, o_mask, m_ok):
+    """Merge (out, lse) of one term into the (fp32) result of the terms before it:
+    lse = logaddexp, out = weights e^(lse_t - lse) times each out_t."""
+    lse_old = tl.load(lse_ptrs, mask=m_ok, other=float("-inf"))
+    out_old = tl.load(o_ptrs, mask=o_mask, other=0.0).to(tl.float32)
+    top = tl.maximum(lse_old, lse)
+    top = tl.where(top == float("-inf"), 0.0, top)
+    w_old = tl.exp(lse_old - top)
+    w_new = tl.exp(lse - top)
+    total = w_old + w_new
+    t_safe = tl.where(total == 0.0, 1.0, total)
+    merged = (out_old * w_old[:, None] + out * w_new[:, None]) / t_safe[:, None]
+    return merged, tl.where(total == 0.0, float("-inf"), top + tl.log(t_safe))
 '''
 
 KERNEL = Template('''
@@ -66,43 +94,46 @@ $predicate_body
 
 @triton.jit
 def ${name}(
-    Q, K, V, Out, Lse, KeyPad,
+    Q, K, V, Out, Lse, KeyPad, QIdx, KIdx,
     FullCounts, FullIndices, PartialCounts, PartialIndices, RowOrder, VisitStart,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
     stride_oz, stride_oh, stride_om, stride_od,
     stride_lz, stride_lh, stride_pz,
-    n_batch, n_heads, kv_group, n_q, n_k, n_tiles_q, full_width, partial_width,
+    n_batch, n_heads, kv_group, n_q, n_k, m_q, m_k, head_first, head_step,
+    n_tiles_q, full_width, partial_width,
     qk_scale$table_params,
     CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_N: tl.constexpr,
-    MERGED: tl.constexpr, HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MERGED: tl.constexpr, HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr,
+    GATHER_K: tl.constexpr, ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     slot = pid // (n_batch * n_heads)
     bh = pid % (n_batch * n_heads)
     z = (bh // n_heads).to(tl.int64)
-    h = bh % n_heads
+    h = head_first + head_step * (bh % n_heads)                  # the heads of one case
     kv_h = (h // kv_group).to(tl.int64)
     case = h % CASES
     tile_m = tl.load(RowOrder + slot)
     pad_row = KeyPad + z * stride_pz                             # this batch's key_padding row
 
-    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)            # [BLOCK_M] query rows
+    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)            # [BLOCK_M] (virtual) rows
+    rows, m_ok = _gathered(QIdx, offs_m, m_q, n_q, GATHER_Q)     # [BLOCK_M] query rows
     offs_n = tl.arange(0, BLOCK_N)                               # [BLOCK_N]
     offs_d = tl.arange(0, HEAD_DIM_PAD)                          # [HEAD_DIM_PAD]
-    q_pos = (offs_m + (n_k - n_q))[:, None]                      # [BLOCK_M, 1] absolute
+    q_pos = (rows + (n_k - n_q))[:, None]                        # [BLOCK_M, 1] absolute
     d_ok = offs_d < HEAD_DIM                                     # [HEAD_DIM_PAD]
 
     q_ptrs = Q + z * stride_qz + h.to(tl.int64) * stride_qh \\
-        + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=(offs_m[:, None] < n_q) & d_ok[None, :], other=0.0)  # [BLOCK_M, HEAD_DIM_PAD]
-    k_ptrs = K + z * stride_kz + kv_h * stride_kh \\
-        + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd   # [HEAD_DIM_PAD, BLOCK_N] tile 0
-    v_ptrs = V + z * stride_vz + kv_h * stride_vh \\
-        + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd   # [BLOCK_N, HEAD_DIM_PAD] tile 0
+        + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, HEAD_DIM_PAD]
+    k_base = K + z * stride_kz + kv_h * stride_kh + offs_d[:, None] * stride_kd  # [HEAD_DIM_PAD, 1]
+    v_base = V + z * stride_vz + kv_h * stride_vh + offs_d[None, :] * stride_vd  # [1, HEAD_DIM_PAD]
+    k_ptrs = k_base + offs_n[None, :] * stride_kn                # [HEAD_DIM_PAD, BLOCK_N] tile 0
+    v_ptrs = v_base + offs_n[:, None] * stride_vn                # [BLOCK_N, HEAD_DIM_PAD] tile 0
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)          # [BLOCK_M] running max (log2 units)
     l_i = tl.zeros([BLOCK_M], tl.float32)                        # [BLOCK_M] running sum
@@ -148,15 +179,21 @@ def ${name}(
             else:
                 tile_n = tl.load(full_row + j)
             start_n = (tile_n * BLOCK_N).to(tl.int64)
-            if HEAD_DIM == HEAD_DIM_PAD:
-                k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
-                v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
+            if GATHER_K:  # a FULL tile has no holes
+                cols = tl.load(KIdx + tile_n * BLOCK_N + offs_n)     # [BLOCK_N] key positions
+                k = tl.load(k_base + cols[None, :] * stride_kn, mask=d_ok[:, None], other=0.0)
+                v = tl.load(v_base + cols[:, None] * stride_vn, mask=d_ok[None, :], other=0.0)
             else:
-                k = tl.load(k_ptrs + start_n * stride_kn, mask=d_ok[:, None], other=0.0)
-                v = tl.load(v_ptrs + start_n * stride_vn, mask=d_ok[None, :], other=0.0)
+                cols = start_n + offs_n
+                if HEAD_DIM == HEAD_DIM_PAD:
+                    k = tl.load(k_ptrs + start_n * stride_kn)        # [HEAD_DIM_PAD, BLOCK_N]
+                    v = tl.load(v_ptrs + start_n * stride_vn)        # [BLOCK_N, HEAD_DIM_PAD]
+                else:
+                    k = tl.load(k_ptrs + start_n * stride_kn, mask=d_ok[:, None], other=0.0)
+                    v = tl.load(v_ptrs + start_n * stride_vn, mask=d_ok[None, :], other=0.0)
             qk = tl.dot(q, k, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
             if HAS_PAD:
-                qk = tl.where(_kept(pad_row, start_n + offs_n, n_k)[None, :], qk, float("-inf"))
+                qk = tl.where(_kept(pad_row, cols, n_k)[None, :], qk, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)        # [BLOCK_M]
             if HAS_PAD:
                 m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -177,9 +214,11 @@ def ${name}(
             else:
                 tile_n = tl.load(partial_row + j)
             start_n = (tile_n * BLOCK_N).to(tl.int64)
-            offs_kn = tile_n * BLOCK_N + offs_n                      # [BLOCK_N] key positions
-            k_ok = offs_kn < n_k                                     # [BLOCK_N]
-            if EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
+            offs_kn, k_ok = _gathered(KIdx, tile_n * BLOCK_N + offs_n, m_k, n_k, GATHER_K)  # [BLOCK_N] key positions
+            if GATHER_K:
+                k = tl.load(k_base + offs_kn[None, :] * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+                v = tl.load(v_base + offs_kn[:, None] * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+            elif EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
                 k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
                 v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
             else:
@@ -204,11 +243,15 @@ def ${name}(
     empty = l_i == 0.0                                           # [BLOCK_M] rows with no key
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]                                  # [BLOCK_M, HEAD_DIM_PAD]
-    o_ptrs = Out + z * stride_oz + h.to(tl.int64) * stride_oh \\
-        + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=(offs_m[:, None] < n_q) & d_ok[None, :])
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
-    tl.store(Lse + z * stride_lz + h.to(tl.int64) * stride_lh + offs_m, lse, mask=offs_m < n_q)
+    o_ptrs = Out + z * stride_oz + h.to(tl.int64) * stride_oh \\
+        + rows[:, None] * stride_om + offs_d[None, :] * stride_od
+    lse_ptrs = Lse + z * stride_lz + h.to(tl.int64) * stride_lh + rows
+    o_mask = m_ok[:, None] & d_ok[None, :]
+    if ACCUMULATE:  # a later term of a plan: merge with the terms before
+        out, lse = _merge_into(o_ptrs, lse_ptrs, out, lse, o_mask, m_ok)
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=o_mask)
+    tl.store(lse_ptrs, lse, mask=m_ok)
 ''')
 
 # The backward pass: a Delta kernel and two kernels sharing ``_allowed``. With P = exp(S - lse)
@@ -254,13 +297,13 @@ def _log2_lse(lse):
 BACKWARD = Template('''
 
 @triton.jit
-def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, pad_row, tiles, count, q_pos, case,
-              stride_kn, stride_vn, n_k, qk_scale$table_params,
+def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
+              tiles, count, q_pos, case, stride_kn, stride_vn, n_k, qk_scale$table_params,
               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
               PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, HAS_PAD: tl.constexpr,
-              DOT_PRECISION: tl.constexpr):
+              GATHER_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """dQ += dS K over ``count`` key tiles of a list (FULL: no predicate, PARTIAL: the
-    predicate and the bounds)."""
+    predicate and the bounds); ``GATHER_K``: key columns read through ``KIdx``."""
     offs_n = tl.arange(0, BLOCK_N)
     d_ok = tl.arange(0, HEAD_DIM_PAD) < HEAD_DIM
     first = tl.load(tiles)
@@ -270,17 +313,21 @@ def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, pad_row, tiles, count, q
         else:
             tile_n = tl.load(tiles + j)
         start_n = (tile_n * BLOCK_N).to(tl.int64)
-        offs_kn = tile_n * BLOCK_N + offs_n                      # [BLOCK_N] key positions
+        offs_kn, k_ok = _gathered(KIdx, tile_n * BLOCK_N + offs_n, m_k, n_k, GATHER_K)  # [BLOCK_N] key positions
         if PARTIAL:
-            load_ok = (offs_kn < n_k)[None, :] & d_ok[:, None]
+            load_ok = k_ok[None, :] & d_ok[:, None]
         else:
             load_ok = d_ok[:, None]
-        kt = tl.load(kt_ptrs + start_n * stride_kn, mask=load_ok, other=0.0)  # [HEAD_DIM_PAD, BLOCK_N]
-        vt = tl.load(vt_ptrs + start_n * stride_vn, mask=load_ok, other=0.0)
+        if GATHER_K:
+            kt = tl.load(kt_base + offs_kn[None, :] * stride_kn, mask=load_ok, other=0.0)
+            vt = tl.load(vt_base + offs_kn[None, :] * stride_vn, mask=load_ok, other=0.0)
+        else:
+            kt = tl.load(kt_ptrs + start_n * stride_kn, mask=load_ok, other=0.0)  # [HEAD_DIM_PAD, BLOCK_N]
+            vt = tl.load(vt_ptrs + start_n * stride_vn, mask=load_ok, other=0.0)
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION)        # [BLOCK_M, BLOCK_N]
         p = tl.math.exp2(qk * qk_scale - lse2[:, None])
         if PARTIAL:
-            allowed = _allowed(q_pos, offs_kn[None, :], case$table_args) & (offs_kn < n_k)[None, :]
+            allowed = _allowed(q_pos, offs_kn[None, :], case$table_args) & k_ok[None, :]
             if HAS_PAD:
                 allowed = allowed & _kept(pad_row, offs_kn, n_k)[None, :]
             p = tl.where(allowed, p, 0.0)
@@ -294,7 +341,7 @@ def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, pad_row, tiles, count, q
 
 @triton.jit
 def ${name}_dq(
-    Q, K, V, DO, Lse, Delta, DQ, KeyPad,
+    Q, K, V, DO, Lse, Delta, DQ, KeyPad, QIdx, KIdx,
     FullCounts, FullIndices, PartialCounts, PartialIndices, RowOrder,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
@@ -302,66 +349,74 @@ def ${name}_dq(
     stride_oz, stride_oh, stride_om, stride_od,
     stride_gz, stride_gh, stride_gm, stride_gd,
     stride_lz, stride_lh, stride_pz,
-    n_batch, n_heads, kv_group, n_q, n_k, n_tiles_q, full_width, partial_width,
+    n_batch, n_heads, kv_group, n_q, n_k, m_q, m_k, head_first, head_step,
+    n_tiles_q, full_width, partial_width,
     qk_scale, sm_scale$table_params,
     CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr,
-    HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, GATHER_K: tl.constexpr,
+    ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """dQ of one query tile: its key tiles, as in the forward pass."""
+    """dQ of one (virtual) query tile: its key tiles, as in the forward pass; ``ACCUMULATE``
+    adds to what earlier terms wrote."""
     pid = tl.program_id(0)
     slot = pid // (n_batch * n_heads)
     bh = pid % (n_batch * n_heads)
     z = (bh // n_heads).to(tl.int64)
-    h = bh % n_heads
+    h = head_first + head_step * (bh % n_heads)
     kv_h = (h // kv_group).to(tl.int64)
     case = h % CASES
     tile_m = tl.load(RowOrder + slot)
 
-    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)            # [BLOCK_M]
+    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)            # [BLOCK_M] (virtual) rows
+    rows, m_ok = _gathered(QIdx, offs_m, m_q, n_q, GATHER_Q)     # [BLOCK_M] query rows
     offs_n = tl.arange(0, BLOCK_N)                               # [BLOCK_N]
     offs_d = tl.arange(0, HEAD_DIM_PAD)                          # [HEAD_DIM_PAD]
-    q_pos = (offs_m + (n_k - n_q))[:, None]                      # [BLOCK_M, 1] absolute
-    m_ok = offs_m < n_q
+    q_pos = (rows + (n_k - n_q))[:, None]                        # [BLOCK_M, 1] absolute
     row_mask = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
-    q = tl.load(Q + z * stride_qz + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm
+    q = tl.load(Q + z * stride_qz + h.to(tl.int64) * stride_qh + rows[:, None] * stride_qm
                 + offs_d[None, :] * stride_qd, mask=row_mask, other=0.0)   # [BLOCK_M, HEAD_DIM_PAD]
-    do = tl.load(DO + z * stride_oz + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om
+    do = tl.load(DO + z * stride_oz + h.to(tl.int64) * stride_oh + rows[:, None] * stride_om
                  + offs_d[None, :] * stride_od, mask=row_mask, other=0.0)  # [BLOCK_M, HEAD_DIM_PAD]
-    stat = z * stride_lz + h.to(tl.int64) * stride_lh + offs_m
+    stat = z * stride_lz + h.to(tl.int64) * stride_lh + rows
     lse2 = _log2_lse(tl.load(Lse + stat, mask=m_ok, other=float("-inf")))  # [BLOCK_M]
     delta = tl.load(Delta + stat, mask=m_ok, other=0.0)          # [BLOCK_M]
-    kt_ptrs = K + z * stride_kz + kv_h * stride_kh \\
-        + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd   # [HEAD_DIM_PAD, BLOCK_N] tile 0
-    vt_ptrs = V + z * stride_vz + kv_h * stride_vh \\
-        + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd   # [HEAD_DIM_PAD, BLOCK_N] tile 0
+    kt_base = K + z * stride_kz + kv_h * stride_kh + offs_d[:, None] * stride_kd  # [HEAD_DIM_PAD, 1]
+    vt_base = V + z * stride_vz + kv_h * stride_vh + offs_d[:, None] * stride_vd
+    kt_ptrs = kt_base + offs_n[None, :] * stride_kn              # [HEAD_DIM_PAD, BLOCK_N] tile 0
+    vt_ptrs = vt_base + offs_n[None, :] * stride_vn              # [HEAD_DIM_PAD, BLOCK_N] tile 0
     pad_row = KeyPad + z * stride_pz
     dq = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
 
     row = case * n_tiles_q + tile_m
-    dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, pad_row, FullIndices + row * full_width,
-                   tl.load(FullCounts + row), q_pos, case, stride_kn, stride_vn, n_k,
-                   qk_scale$table_args, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, False, FULL_RANGE,
-                   HAS_PAD, DOT_PRECISION)
-    dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, pad_row,
-                   PartialIndices + row * partial_width, tl.load(PartialCounts + row), q_pos, case,
-                   stride_kn, stride_vn, n_k, qk_scale$table_args, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD,
-                   True, PARTIAL_RANGE, HAS_PAD, DOT_PRECISION)
+    dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
+                   FullIndices + row * full_width, tl.load(FullCounts + row), q_pos, case,
+                   stride_kn, stride_vn, n_k, qk_scale$table_args, BLOCK_N, HEAD_DIM,
+                   HEAD_DIM_PAD, False, FULL_RANGE, HAS_PAD, GATHER_K, DOT_PRECISION)
+    dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
+                   PartialIndices + row * partial_width, tl.load(PartialCounts + row), q_pos,
+                   case, stride_kn, stride_vn, n_k, qk_scale$table_args, BLOCK_N, HEAD_DIM,
+                   HEAD_DIM_PAD, True, PARTIAL_RANGE, HAS_PAD, GATHER_K, DOT_PRECISION)
     dq = dq * sm_scale
-    tl.store(DQ + z * stride_gz + h.to(tl.int64) * stride_gh + offs_m[:, None] * stride_gm
-             + offs_d[None, :] * stride_gd, dq.to(DQ.dtype.element_ty), mask=row_mask)
+    dq_ptrs = DQ + z * stride_gz + h.to(tl.int64) * stride_gh + rows[:, None] * stride_gm \\
+        + offs_d[None, :] * stride_gd
+    if ACCUMULATE:
+        dq += tl.load(dq_ptrs, mask=row_mask, other=0.0).to(tl.float32)
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=row_mask)
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_base, do_base, Lse, Delta, stat_base, tiles, count,
-                stride_qm, stride_om, n_q, n_k, qk_scale, case$table_params,
+def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta, stat_head,
+                tiles, count, stride_qm, stride_qd, stride_om, stride_od, n_q, n_k, qk_scale,
+                case$table_params,
                 BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
                 PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, EVEN_M: tl.constexpr,
-                HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """dV += P^T dO and dK += dS^T Q over ``count`` query tiles of a list."""
+                HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dV += P^T dO and dK += dS^T Q over ``count`` (virtual) query tiles of a list."""
     offs_m = tl.arange(0, BLOCK_M)
-    d_ok = tl.arange(0, HEAD_DIM_PAD) < HEAD_DIM
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    d_ok = offs_d < HEAD_DIM
     first = tl.load(tiles)
     for j in range(0, count):
         if IS_RANGE:
@@ -369,21 +424,22 @@ def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_base, do_base, Lse, Delta, stat_bas
         else:
             tile_m = tl.load(tiles + j)
         start_m = (tile_m * BLOCK_M).to(tl.int64)
-        if EVEN_M and HEAD_DIM == HEAD_DIM_PAD:
-            q = tl.load(q_base + start_m * stride_qm)            # [BLOCK_M, HEAD_DIM_PAD]
-            do = tl.load(do_base + start_m * stride_om)
-            lse = tl.load(Lse + stat_base + start_m)             # [BLOCK_M]
-            delta = tl.load(Delta + stat_base + start_m)
+        rows, m_ok = _gathered(QIdx, start_m + offs_m, m_q, n_q, GATHER_Q)  # [BLOCK_M] query rows
+        if EVEN_M and HEAD_DIM == HEAD_DIM_PAD and not GATHER_Q:
+            q = tl.load(q_head + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd)  # [BLOCK_M, HEAD_DIM_PAD]
+            do = tl.load(do_head + rows[:, None] * stride_om + offs_d[None, :] * stride_od)
+            lse = tl.load(Lse + stat_head + rows)                # [BLOCK_M]
+            delta = tl.load(Delta + stat_head + rows)
         else:
-            m_ok = start_m + offs_m < n_q
-            q = tl.load(q_base + start_m * stride_qm, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-            do = tl.load(do_base + start_m * stride_om, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-            lse = tl.load(Lse + stat_base + start_m, mask=m_ok, other=float("-inf"))
-            delta = tl.load(Delta + stat_base + start_m, mask=m_ok, other=0.0)
+            mask = m_ok[:, None] & d_ok[None, :]
+            q = tl.load(q_head + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=mask, other=0.0)
+            do = tl.load(do_head + rows[:, None] * stride_om + offs_d[None, :] * stride_od, mask=mask, other=0.0)
+            lse = tl.load(Lse + stat_head + rows, mask=m_ok, other=float("-inf"))
+            delta = tl.load(Delta + stat_head + rows, mask=m_ok, other=0.0)
         qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)   # [BLOCK_N, BLOCK_M]
         p_t = tl.math.exp2(qk_t * qk_scale - _log2_lse(lse)[None, :])
         if PARTIAL:
-            q_pos = (start_m + offs_m + (n_k - n_q))[None, :]             # [1, BLOCK_M]
+            q_pos = (rows + (n_k - n_q))[None, :]                       # [1, BLOCK_M]
             p_t = tl.where(_allowed(q_pos, k_pos, case$table_args) & keep, p_t, 0.0)
         elif HAS_PAD:
             p_t = tl.where(keep, p_t, 0.0)
@@ -396,7 +452,7 @@ def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_base, do_base, Lse, Delta, stat_bas
 
 @triton.jit
 def ${name}_dkdv(
-    Q, K, V, DO, Lse, Delta, DK, DV, KeyPad,
+    Q, K, V, DO, Lse, Delta, DK, DV, KeyPad, QIdx, KIdx,
     FullCounts, FullIndices, PartialCounts, PartialIndices, ColOrder,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
@@ -404,60 +460,67 @@ def ${name}_dkdv(
     stride_oz, stride_oh, stride_om, stride_od,
     stride_gz, stride_gh, stride_gn, stride_gd,
     stride_lz, stride_lh, stride_pz,
-    n_batch, n_kv_heads, kv_group, n_q, n_k, n_tiles_k, full_width, partial_width,
+    n_batch, n_kv_heads, kv_group, n_q, n_k, m_q, m_k, head_first, head_step, kv_first, kv_step,
+    n_tiles_k, full_width, partial_width,
     qk_scale, sm_scale$table_params,
     CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_M: tl.constexpr,
-    HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, GATHER_K: tl.constexpr,
+    ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """dK and dV of one key tile of one key/value head: the query tiles of the transposed
-    layout (``FullCounts``... are the ``*_q_*`` lists), for every query head of its group.
-    DK and DV share their strides."""
+    """dK and dV of one (virtual) key tile of one key/value head: the query tiles of the
+    transposed layout (``FullCounts``... are the ``*_q_*`` lists), for every query head of its
+    group that belongs to this case (h = head_first mod head_step). DK and DV share their
+    strides; ``ACCUMULATE`` adds to what earlier terms wrote."""
     pid = tl.program_id(0)
     slot = pid // (n_batch * n_kv_heads)
     bh = pid % (n_batch * n_kv_heads)
     z = (bh // n_kv_heads).to(tl.int64)
-    kv_h = bh % n_kv_heads
+    kv_h = kv_first + kv_step * (bh % n_kv_heads)
     tile_n = tl.load(ColOrder + slot)
 
-    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)            # [BLOCK_N] key positions
-    offs_m = tl.arange(0, BLOCK_M)                               # [BLOCK_M]
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)            # [BLOCK_N] (virtual) columns
+    cols, k_ok = _gathered(KIdx, offs_n, m_k, n_k, GATHER_K)     # [BLOCK_N] key positions
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    k_pos = offs_n[:, None]                                      # [BLOCK_N, 1] absolute
-    k_ok = offs_n < n_k
+    k_pos = cols[:, None]                                        # [BLOCK_N, 1] absolute
     key_mask = k_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
-    k = tl.load(K + z * stride_kz + kv_h.to(tl.int64) * stride_kh + offs_n[:, None] * stride_kn
+    k = tl.load(K + z * stride_kz + kv_h.to(tl.int64) * stride_kh + cols[:, None] * stride_kn
                 + offs_d[None, :] * stride_kd, mask=key_mask, other=0.0)    # [BLOCK_N, HEAD_DIM_PAD]
-    v = tl.load(V + z * stride_vz + kv_h.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vn
+    v = tl.load(V + z * stride_vz + kv_h.to(tl.int64) * stride_vh + cols[:, None] * stride_vn
                 + offs_d[None, :] * stride_vd, mask=key_mask, other=0.0)
     keep = k_ok[:, None]                                         # [BLOCK_N, 1]
     if HAS_PAD:
-        keep = keep & _kept(KeyPad + z * stride_pz, offs_n, n_k)[:, None]
+        keep = keep & _kept(KeyPad + z * stride_pz, cols, n_k)[:, None]
     dk = tl.zeros([BLOCK_N, HEAD_DIM_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM_PAD], tl.float32)
 
     for g in range(0, kv_group):
         h = (kv_h * kv_group + g).to(tl.int64)
-        case = h % CASES
-        q_base = Q + z * stride_qz + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-        do_base = DO + z * stride_oz + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
-        stat_base = z * stride_lz + h * stride_lh + offs_m
-        row = case * n_tiles_k + tile_n
-        dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_base, do_base, Lse, Delta, stat_base,
-                             FullIndices + row * full_width, tl.load(FullCounts + row),
-                             stride_qm, stride_om, n_q, n_k, qk_scale, case$table_args,
-                             BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, False, FULL_RANGE, EVEN_M, HAS_PAD,
-                             DOT_PRECISION)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_base, do_base, Lse, Delta, stat_base,
-                             PartialIndices + row * partial_width, tl.load(PartialCounts + row),
-                             stride_qm, stride_om, n_q, n_k, qk_scale, case$table_args,
-                             BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, True, PARTIAL_RANGE, EVEN_M, HAS_PAD,
-                             DOT_PRECISION)
+        if (h - head_first) % head_step == 0:
+            case = h % CASES
+            q_head = Q + z * stride_qz + h * stride_qh
+            do_head = DO + z * stride_oz + h * stride_oh
+            stat_head = z * stride_lz + h * stride_lh
+            row = case * n_tiles_k + tile_n
+            dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta,
+                                 stat_head, FullIndices + row * full_width, tl.load(FullCounts + row),
+                                 stride_qm, stride_qd, stride_om, stride_od, n_q, n_k, qk_scale,
+                                 case$table_args, BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, False,
+                                 FULL_RANGE, EVEN_M, HAS_PAD, GATHER_Q, DOT_PRECISION)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta,
+                                 stat_head, PartialIndices + row * partial_width,
+                                 tl.load(PartialCounts + row), stride_qm, stride_qd, stride_om,
+                                 stride_od, n_q, n_k, qk_scale, case$table_args, BLOCK_M,
+                                 HEAD_DIM, HEAD_DIM_PAD, True, PARTIAL_RANGE, EVEN_M, HAS_PAD,
+                                 GATHER_Q, DOT_PRECISION)
 
     dk = dk * sm_scale
-    out_off = z * stride_gz + kv_h.to(tl.int64) * stride_gh + offs_n[:, None] * stride_gn \\
+    out_off = z * stride_gz + kv_h.to(tl.int64) * stride_gh + cols[:, None] * stride_gn \\
         + offs_d[None, :] * stride_gd
+    if ACCUMULATE:
+        dk += tl.load(DK + out_off, mask=key_mask, other=0.0).to(tl.float32)
+        dv += tl.load(DV + out_off, mask=key_mask, other=0.0).to(tl.float32)
     tl.store(DK + out_off, dk.to(DK.dtype.element_ty), mask=key_mask)
     tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=key_mask)
 ''')

@@ -18,11 +18,12 @@ import warnings
 import torch
 
 from ..codegen.reference import REFERENCE_TILE, attention_tiled, attention_tiled_backward
-from ..codegen.render import TileConfig, render
+from ..codegen.render import TileConfig
 from ..codegen.space import backward_candidates, candidate_configs
 from ..layout.build import BlockLayout, lower
 from . import cache, launch, op
 from .launch import Plan
+from .lowering import MODES, cheapest, launch_plan
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIMS = (16, 256)
@@ -40,7 +41,8 @@ class SparseAttention:
 
     def __init__(self, pattern, block_m: int | None = None, block_n: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None,
-                 merged: bool = False, autotune: bool = True, verbose: bool = False):
+                 merged: bool = False, autotune: bool = True, verbose: bool = False,
+                 lowering: str = "auto"):
         if not hasattr(pattern, "at") or not hasattr(pattern, "hash"):
             raise TypeError(f"compile() needs a Pattern (from spattn_dsl.load(...).pattern(name)), "
                             f"got {type(pattern).__name__}")
@@ -52,6 +54,9 @@ class SparseAttention:
             for size in (self.forced.block_m, self.forced.block_n):
                 if size < 16 or size & (size - 1):
                     raise ValueError(f"tile sizes must be powers of two >= 16, got {size}")
+        if lowering not in MODES:
+            raise ValueError(f"lowering must be one of {', '.join(MODES)}, got {lowering!r}")
+        self.lowering = lowering
         self.autotune = autotune
         self.verbose = verbose
         self._plans: dict = {}
@@ -120,8 +125,10 @@ class SparseAttention:
                     from .autotune import tune_backward
                     plans = tune_backward(self, q, k, v, scale, dq_configs, dkdv_configs)
                 else:
-                    plans = (self._make_plan(n_q, n_k, dq_configs[0], q.device),
-                             self._make_plan(n_q, n_k, dkdv_configs[0], q.device))
+                    plans = tuple(self._make_plan(n_q, n_k, cheapest(self.pattern, n_q, n_k,
+                                                                     space, self.lowering),
+                                                  q.device)
+                                  for space in (dq_configs, dkdv_configs))
             self._plans[key] = plans
         return plans
 
@@ -131,17 +138,18 @@ class SparseAttention:
         return self.autotune and q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] >= TUNE_PAIRS
 
     def _make_plan(self, n_q, n_k, config, device) -> Plan:
-        rendered = render(self.pattern, n_k)
-        module = cache.import_source(rendered.key, rendered.source)
-        return Plan(module, self.layout(n_q, n_k, config), config, device)
+        """The launch plan at one tile config: per head case the terms the plan pass chose
+        (``lowering``: ``auto`` by cost, ``grid`` a single layout, ``terms`` every term)."""
+        return launch_plan(self.pattern, n_q, n_k, config, device, self.lowering)
 
     def _choose(self, q, k, v, scale) -> Plan:
         n_q, n_k, head_dim = q.shape[2], k.shape[2], q.shape[3]
         if self.forced is not None:
             return self._make_plan(n_q, n_k, self.forced, q.device)
         configs = candidate_configs(head_dim, n_q, n_k, interpreter=q.device.type == "cpu")
-        if len(configs) == 1 or not self._worth_tuning(q, k):
-            return self._make_plan(n_q, n_k, configs[0], q.device)
+        if len(configs) == 1 or not self._worth_tuning(q, k):  # tiles by the plan's cost
+            return self._make_plan(n_q, n_k, cheapest(self.pattern, n_q, n_k, configs,
+                                                      self.lowering), q.device)
         from .autotune import tune
         return tune(self, q, k, v, scale, configs)
 
@@ -151,7 +159,8 @@ def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
 
     Hints (all optional): ``block_m``, ``block_n``, ``num_warps``, ``num_stages``, ``merged``
     (fix the tile configuration; ``merged`` visits range layouts in one loop), ``autotune``
-    (default True), ``verbose`` (print tuning progress).
+    (default True), ``verbose`` (print tuning progress), ``lowering`` (``auto``: the plan of
+    terms the cost model picks; ``grid``: one block layout; ``terms``: every structured term).
     """
     return SparseAttention(pattern, **hints)
 

@@ -1,5 +1,10 @@
-"""Launch the generated kernels (forward, backward dQ and dK/dV) on a layout: the only place
-kernels are called."""
+"""Launch the generated kernels (forward, backward dQ and dK/dV) of a plan: the only place
+kernels are called.
+
+A ``Plan`` holds, per head case, the terms the plan pass chose (``layout.plan``), each with
+its own kernel, layout and gather vectors. Terms run one after another in a fixed order; a
+single term per case writes its outputs directly, several merge in fp32 (the forward by
+log-sum-exp, the gradients by addition) inside the kernels, so results are deterministic."""
 from __future__ import annotations
 
 import torch
@@ -22,28 +27,98 @@ def random_tables(module, n_k: int, device) -> list:
     return out
 
 
-class Plan:
-    """Everything one launch needs for a problem size: kernel module, tile config, the
-    layout's tensors on the device, its range flags, the random tables."""
+class TermLaunch:
+    """One term of a plan, ready to launch: its kernel module, tile config, layout tensors
+    on the device, gather vectors (None: the identity), range flags and random tables."""
 
-    def __init__(self, module, layout, config, device):
+    def __init__(self, module, layout, config, device, q_gather=None, k_gather=None,
+                 kind: str = "grid", n_k: int | None = None):
         self.module = module
         self.config = config
+        self.kind = kind
+        gathered = q_gather is not None or k_gather is not None
         self.full_range = layout.full_is_range
         self.partial_range = layout.partial_is_range
-        self.merged = config.merged and layout.visit_is_range
+        self.merged = config.merged and not gathered and layout.visit_is_range
         self.full_q_range = layout.full_q_is_range
         self.partial_q_range = layout.partial_q_is_range
         self.visit_start = layout.visit_start.to(device)
         self.col_order = layout.col_order.to(device)
         self.layout = layout.to(device)
-        self.tables = random_tables(module, layout.n_k, device)
+        self.q_gather = None if q_gather is None else q_gather.to(device)
+        self.k_gather = None if k_gather is None else k_gather.to(device)
+        self.m_q, self.m_k = layout.n_q, layout.n_k
+        self.tables = random_tables(module, layout.n_k if n_k is None else n_k, device)
+
+    @property
+    def covers_all_rows(self) -> bool:
+        """Every query row is one of its (virtual) rows."""
+        return self.q_gather is None or self.kind == "residue"
+
+    @property
+    def covers_all_keys(self) -> bool:
+        return self.k_gather is None or self.kind == "residue"
+
+
+class Plan:
+    """Everything the launches of one problem size need: per head case (head h uses case
+    h mod cases) the terms of its plan, launched one after another (later terms merge into
+    the result of earlier ones, in a fixed order: deterministic)."""
+
+    def __init__(self, cases: list, config):
+        self.cases = cases          # list (per head case) of lists of TermLaunch
+        self.config = config
+
+    @property
+    def module(self):
+        return self.cases[0][0].module
+
+    @property
+    def merged(self) -> bool:
+        return any(t.merged for terms in self.cases for t in terms)
+
+    @property
+    def layout(self):
+        """The first term's layout (a single-term plan's only one)."""
+        return self.cases[0][0].layout
+
+    def launches(self, heads: int):
+        """(term's index in its case, term, head_first, head_step, head count) for every
+        launch with heads."""
+        step = len(self.cases)
+        for c, terms in enumerate(self.cases):
+            count = len(range(c, heads, step))
+            if count == 0:
+                continue
+            for index, term in enumerate(terms):
+                yield index, term, c, step, count
+
+    def first_writes(self, keys: bool = False, kv_group: int = 1) -> bool:
+        """Whether the first term of every case covers all its outputs (rows, or keys) alone,
+        so that it may write them directly and later terms add to them."""
+        if keys and len(self.cases) > 1 and kv_group > 1:  # cases share key/value heads
+            return False
+        return all(terms[0].covers_all_keys if keys else terms[0].covers_all_rows
+                   for terms in self.cases)
+
+
+def _target(plan: Plan, target, keys: bool = False, kv_group: int = 1):
+    """(the tensor the launches write, whether each case's first term writes it directly):
+    the target itself for one term per case, else an fp32 buffer the terms merge into
+    (zeroed unless the first terms write everything)."""
+    first = plan.first_writes(keys, kv_group)
+    if first and all(len(terms) == 1 for terms in plan.cases):
+        return target, True
+    buffer = target if target.dtype == torch.float32 else torch.empty(
+        target.shape, device=target.device, dtype=torch.float32)
+    if not first:
+        buffer.zero_()
+    return buffer, first
 
 
 def forward(plan: Plan, q, k, v, scale: float, key_padding=None, out=None, lse=None):
     """(out ``[B, H, n_q, D]``, lse float32 ``[B, H, n_q]``) of one launch (into ``out`` and
     ``lse`` when given). ``key_padding``: None or ``[B, n_k]`` bool, False = a padding key."""
-    module, layout, config = plan.module, plan.layout, plan.config
     batch, heads, n_q, head_dim = q.shape
     n_k = k.shape[2]
     out = q.new_empty(q.shape) if out is None else out
@@ -51,20 +126,29 @@ def forward(plan: Plan, q, k, v, scale: float, key_padding=None, out=None, lse=N
         lse = torch.empty(batch, heads, n_q, device=q.device, dtype=torch.float32)
     if n_q == 0 or batch == 0 or heads == 0:
         return out, lse
+    work, first_writes = _target(plan, out)
+    if not first_writes:
+        lse.fill_(float("-inf"))
     pad, pad_stride = _padding(key_padding, lse)
-    n_tiles_q = layout.tiles[0]
-    module.FORWARD[(n_tiles_q * batch * heads,)](
-        q, k, v, out, lse, pad,
-        layout.full_counts, layout.full_indices, layout.partial_counts, layout.partial_indices,
-        layout.row_order, plan.visit_start,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), lse.stride(0), lse.stride(1),
-        pad_stride, batch, heads, heads // k.shape[1], n_q, n_k, n_tiles_q,
-        layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
-        scale * LOG2E, *_table_args(plan.tables),
-        MERGED=plan.merged, EVEN_N=n_k % config.block_n == 0,
-        FULL_RANGE=plan.full_range, PARTIAL_RANGE=plan.partial_range,
-        **_common(module, q, config, key_padding),
-    )
+    for index, term, first, step, count in plan.launches(heads):
+        layout, config = term.layout, term.config
+        n_tiles_q = layout.tiles[0]
+        term.module.FORWARD[(n_tiles_q * batch * count,)](
+            q, k, v, work, lse, pad, _index(term.q_gather, lse), _index(term.k_gather, lse),
+            layout.full_counts, layout.full_indices, layout.partial_counts,
+            layout.partial_indices, layout.row_order, term.visit_start,
+            *q.stride(), *k.stride(), *v.stride(), *work.stride(), lse.stride(0), lse.stride(1),
+            pad_stride, batch, count, heads // k.shape[1], n_q, n_k, term.m_q, term.m_k, first,
+            step, n_tiles_q, layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
+            scale * LOG2E, *_table_args(term.tables),
+            MERGED=term.merged, EVEN_N=term.k_gather is None and n_k % config.block_n == 0,
+            FULL_RANGE=term.full_range, PARTIAL_RANGE=term.partial_range,
+            GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
+            ACCUMULATE=index > 0 or not first_writes,
+            **_common(term.module, q, config, key_padding),
+        )
+    if work is not out:
+        out.copy_(work)
     return out, lse
 
 
@@ -72,7 +156,8 @@ def backward(dq_plan: Plan, dkdv_plan: Plan, grad_out, q, k, v, out, lse, scale:
              key_padding=None, grad_lse=None):
     """(dq, dk, dv) of the attention that ``forward`` computed (``out``, ``lse``): the dQ
     kernel over query tiles (``dq_plan``'s layout), the dK/dV kernel over key tiles of the
-    transposed layout (``dkdv_plan``'s). ``grad_lse`` (or None) is the gradient of ``lse``."""
+    transposed layout (``dkdv_plan``'s). ``grad_lse`` (or None) is the gradient of ``lse``.
+    Every term uses the final lse and Delta (P = exp(S - lse)): the terms' contributions add."""
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
     if min(*q.shape[:3], k.shape[2]) == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
@@ -99,48 +184,76 @@ def backward_delta(plan: Plan, grad_out, out, grad_lse=None):
 
 
 def backward_dq(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, dq):
-    """The dQ kernel: one program per (query tile, batch, head)."""
-    module, layout, config = plan.module, plan.layout, plan.config
+    """The dQ kernels: per term one program per (virtual query tile, batch, head)."""
     batch, heads, n_q, _ = q.shape
     kv_heads, n_k = k.shape[1], k.shape[2]
     pad, pad_stride = _padding(key_padding, lse)
-    n_tiles_q = layout.tiles[0]
-    module.BACKWARD_DQ[(n_tiles_q * batch * heads,)](
-        q, k, v, grad_out, lse, delta, dq, pad,
-        layout.full_counts, layout.full_indices, layout.partial_counts, layout.partial_indices,
-        layout.row_order, *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
-        *dq.stride(), lse.stride(0), lse.stride(1), pad_stride,
-        batch, heads, heads // kv_heads, n_q, n_k, n_tiles_q,
-        layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
-        scale * LOG2E, scale, *_table_args(plan.tables),
-        FULL_RANGE=plan.full_range, PARTIAL_RANGE=plan.partial_range,
-        **_common(module, q, config, key_padding),
-    )
+    work, first_writes = _target(plan, dq)
+    for index, term, first, step, count in plan.launches(heads):
+        layout, config = term.layout, term.config
+        n_tiles_q = layout.tiles[0]
+        term.module.BACKWARD_DQ[(n_tiles_q * batch * count,)](
+            q, k, v, grad_out, lse, delta, work, pad, _index(term.q_gather, lse),
+            _index(term.k_gather, lse),
+            layout.full_counts, layout.full_indices, layout.partial_counts, layout.partial_indices,
+            layout.row_order, *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
+            *work.stride(), lse.stride(0), lse.stride(1), pad_stride,
+            batch, count, heads // kv_heads, n_q, n_k, term.m_q, term.m_k, first, step, n_tiles_q,
+            layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
+            scale * LOG2E, scale, *_table_args(term.tables),
+            FULL_RANGE=term.full_range, PARTIAL_RANGE=term.partial_range,
+            GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
+            ACCUMULATE=index > 0 or not first_writes,
+            **_common(term.module, q, config, key_padding),
+        )
+    if work is not dq:
+        dq.copy_(work)
     return dq
 
 
 def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, dk, dv):
-    """The dK/dV kernel: one program per (key tile, batch, key/value head), over the query
-    tiles of the transposed layout and the query heads of its group."""
-    module, layout, config = plan.module, plan.layout, plan.config
+    """The dK/dV kernels: per term one program per (virtual key tile, batch, key/value
+    head), over the query tiles of the transposed layout and the query heads of its group
+    that belong to the term's head case."""
     batch, heads, n_q, _ = q.shape
     kv_heads, n_k = k.shape[1], k.shape[2]
+    kv_group = heads // kv_heads
     pad, pad_stride = _padding(key_padding, lse)
-    n_tiles_k = layout.tiles[1]
-    module.BACKWARD_DKDV[(n_tiles_k * batch * kv_heads,)](
-        q, k, v, grad_out, lse, delta, dk, dv, pad,
-        layout.full_q_counts, layout.full_q_indices, layout.partial_q_counts,
-        layout.partial_q_indices, plan.col_order,
-        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
-        *dk.stride(), lse.stride(0), lse.stride(1), pad_stride,
-        batch, kv_heads, heads // kv_heads, n_q, n_k, n_tiles_k,
-        layout.full_q_indices.shape[-1], layout.partial_q_indices.shape[-1],
-        scale * LOG2E, scale, *_table_args(plan.tables),
-        EVEN_M=n_q % config.block_m == 0,
-        FULL_RANGE=plan.full_q_range, PARTIAL_RANGE=plan.partial_q_range,
-        **_common(module, q, config, key_padding),
-    )
+    work_k, first_writes = _target(plan, dk, keys=True, kv_group=kv_group)
+    work_v, _ = _target(plan, dv, keys=True, kv_group=kv_group)
+    for index, term, first, step, count in plan.launches(heads):
+        layout, config = term.layout, term.config
+        n_tiles_k = layout.tiles[1]
+        if kv_group == 1:  # only this case's key/value heads
+            kv_first, kv_step, kv_count = first, step, count
+        else:
+            kv_first, kv_step, kv_count = 0, 1, kv_heads
+        term.module.BACKWARD_DKDV[(n_tiles_k * batch * kv_count,)](
+            q, k, v, grad_out, lse, delta, work_k, work_v, pad, _index(term.q_gather, lse),
+            _index(term.k_gather, lse),
+            layout.full_q_counts, layout.full_q_indices, layout.partial_q_counts,
+            layout.partial_q_indices, term.col_order,
+            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
+            *work_k.stride(), lse.stride(0), lse.stride(1), pad_stride,
+            batch, kv_count, kv_group, n_q, n_k, term.m_q, term.m_k, first, step, kv_first,
+            kv_step, n_tiles_k, layout.full_q_indices.shape[-1],
+            layout.partial_q_indices.shape[-1],
+            scale * LOG2E, scale, *_table_args(term.tables),
+            EVEN_M=term.q_gather is None and n_q % config.block_m == 0,
+            FULL_RANGE=term.full_q_range, PARTIAL_RANGE=term.partial_q_range,
+            GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
+            ACCUMULATE=index > 0 or not first_writes,
+            **_common(term.module, q, config, key_padding),
+        )
+    if work_k is not dk:
+        dk.copy_(work_k)
+        dv.copy_(work_v)
     return dk, dv
+
+
+def _index(gather, placeholder):
+    """A gather vector for the kernels' QIdx/KIdx arguments (a placeholder when None)."""
+    return placeholder if gather is None else gather
 
 
 def _common(module, q, config, key_padding) -> dict:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.nn.attention.flex_attention import create_mask
 
+from spattn_dsl.ir import nodes as N
 from spattn_dsl.runtime import compile
 from spattn_dsl.runtime.artifacts import write_artifacts
 from spattn_dsl.runtime.flex import block_mask, mask_mod
@@ -18,7 +19,8 @@ from ..layout.patterns import pattern
 def test_write_artifacts(tmp_path):
     p = pattern("bigbird")
     paths = write_artifacts(p, 1000, 64, "bf16", tmp_path / "out")
-    assert [Path(x).name for x in paths] == ["kernel.py", "layout.pt", "manifest.json"]
+    assert [Path(x).name for x in paths] == ["kernel.py", "layout.pt", "plan.json", "plan.pt",
+                                             "term_c0_0.py", "manifest.json"]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["text"] == p.text and manifest["hash"] == p.hash
     assert manifest["shapes"] == {"n_q": 1000, "n_k": 1000, "head_dim": 64, "dtype": "bf16"}
@@ -31,6 +33,39 @@ def test_write_artifacts(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.CASES == 1 and module.TABLES == [(3, 0, (16,))]
+
+
+def test_write_artifacts_plan_and_pair_counts(tmp_path):
+    """A structured pattern's plan: its terms, gathers and the pair counts over head cases."""
+    p = pattern(N.Heads((N.Union(N.Band(N.Num(40), N.Num(40)), N.Global(N.Num(2))),
+                         N.Intersect(N.Causal(), N.Stride(N.Num(50))))))
+    paths = write_artifacts(p, 3000, 64, "bf16", tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    allowed = sum(int(p.mask(3000, head=h).sum()) for h in range(2))
+    assert manifest["pairs_allowed"] == allowed
+    tiles = manifest["tiles"]
+    single = sum(case["full_tiles"] + case["partial_tiles"] for case in manifest["head_cases"])
+    assert allowed <= manifest["pairs_computed"] < single * tiles["block_m"] * tiles["block_n"] / 3
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    kinds = [[t["kind"] for t in case["terms"]] for case in plan["cases"]]
+    assert kinds[1] == ["residue"] and "columns" in kinds[0]
+    for case in plan["cases"]:
+        assert sum(t["pairs_allowed"] for t in case["terms"]) == int(
+            p.mask(3000, head=case["case"]).sum())
+    tensors = torch.load(tmp_path / "plan.pt", weights_only=True)
+    gather = tensors["case1.term0.k_gather"]
+    assert sorted(gather[gather >= 0].tolist()) == list(range(3000))  # a permutation
+    names = [Path(x).name for x in paths]
+    assert "term_c1_0.py" in names and "stride(50)" in (tmp_path / "term_c1_0.py").read_text()
+
+
+def test_show_plan_draws_terms(tmp_path):
+    from spattn_dsl.cli import main
+
+    source = tmp_path / "p.spattn"
+    source.write_text("pattern lf { band(40, 40) | global(first = 2) }\n")
+    assert main(["show", str(source), "--pattern", "lf", "--seq-len", "3000", "--plan",
+                 "--width", "20"]) == 0
 
 
 def test_write_artifacts_rejects_bad_values(tmp_path):
