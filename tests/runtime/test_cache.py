@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import spattn_dsl.runtime.attention as attention
+import spattn_dsl.runtime.lowering as lowering
 from spattn_dsl.codegen import attention_reference
 from spattn_dsl.codegen.render import render
 from spattn_dsl.runtime import cache, compile
@@ -24,7 +25,8 @@ from spattn_dsl.runtime.autotune import TUNING_FILE, known_configs
 from ..layout.patterns import pattern
 from .test_attention import inputs, rel_err
 
-TILES = dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
+# one token-grid layout per problem (the plan pass would store one per term)
+TILES = dict(block_m=16, block_n=16, num_warps=1, num_stages=1, lowering="grid")
 REPO = Path(__file__).parents[2]
 
 
@@ -32,7 +34,8 @@ def fresh_process(monkeypatch):
     """Forget everything this process cached in memory, as a new process would."""
     for module, name in ((cache, "_MODULES"), (cache, "_USABLE"), (cache, "_WARNED"),
                          (cache, "_MEMORY_LAYOUTS"), (cache, "_MEMORY_JSON"),
-                         (attention, "_LAYOUTS")):
+                         (attention, "_LAYOUTS"), (lowering, "_CASE_PLANS"),
+                         (lowering, "_GRID_LAYOUTS")):
         monkeypatch.setattr(module, name, type(getattr(module, name))())
 
 
@@ -172,9 +175,9 @@ def test_layout_of_another_problem_is_not_trusted(cache_dir, monkeypatch):
     # was used silently (relative error 0.67).
     assert run_attention("longformer") < 1e-5
     longformer = only(layout_files(cache_dir))
-    assert run_attention("heads") < 1e-5
-    heads = only([p for p in layout_files(cache_dir) if p != longformer])
-    heads.replace(longformer)
+    assert run_attention("window40") < 1e-5
+    window = only([p for p in layout_files(cache_dir) if p != longformer])
+    window.replace(longformer)
     fresh_process(monkeypatch)
     err, messages = cache_warnings(run_attention, "longformer")
     assert err < 1e-5
