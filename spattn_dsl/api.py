@@ -6,7 +6,7 @@ from pathlib import Path
 from .errors import PatternError
 from .frontend.parser import parse, parse_expr
 from .ir.program import Model, Pattern, Program
-from .ir.resolve import bind_body, check_body
+from .ir.resolve import bind_expr, check_body
 
 
 def loads(text: str, filename: str = "<string>") -> Program:
@@ -48,4 +48,4 @@ def pattern_from(spec) -> Pattern:
         return load(path).pattern(name)
     body = parse_expr(spec)
     check_body(body)
-    return Pattern(bind_body(body, {}, {}), spec)
+    return Pattern(bind_expr(body, {}), spec)
