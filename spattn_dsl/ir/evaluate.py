@@ -347,14 +347,25 @@ def head_count(expr) -> int:
     return m
 
 
-def select_head(expr, head: int):
-    """The expression head ``head`` sees: every ``heads`` block replaced by its chosen body."""
+def select_head(expr, head: int, memo: dict | None = None):
+    """The expression head ``head`` sees: every ``heads`` block replaced by its chosen body.
+
+    Shared sub-expressions stay shared, and a part without ``heads`` is returned as is."""
+    memo = {} if memo is None else memo
+    hit = memo.get(id(expr))
+    if hit is not None:
+        return hit[1]
     if isinstance(expr, N.Heads):
-        return select_head(expr.bodies[head % len(expr.bodies)], head)
-    kids = N.children(expr)
-    if not kids:
-        return expr
-    names = [f.name for f in dataclasses.fields(expr) if f.name != "span"]
-    if isinstance(expr, N.Blocks):
-        return N.Blocks(expr.size, select_head(expr.body, head), expr.span)
-    return dataclasses.replace(expr, **dict(zip(names, (select_head(c, head) for c in kids))))
+        result = select_head(expr.bodies[head % len(expr.bodies)], head, memo)
+    else:
+        kids = N.children(expr)
+        chosen = tuple(select_head(c, head, memo) for c in kids)
+        if all(a is b for a, b in zip(chosen, kids)):
+            result = expr
+        elif isinstance(expr, N.Blocks):
+            result = N.Blocks(expr.size, chosen[0], expr.span)
+        else:
+            names = [f.name for f in dataclasses.fields(expr) if f.name != "span"]
+            result = dataclasses.replace(expr, **dict(zip(names, chosen)))
+    memo[id(expr)] = (expr, result)
+    return result
