@@ -195,16 +195,23 @@ class Layers(Sequence):
 
 
 def _walk_runs(items):
-    """(pattern, count) of every Run, repeats unrolled, without recursion."""
-    stack = [iter(items)]
+    """(pattern, count) of every Run, repeats unrolled lazily, without recursion."""
+    stack = [[items, 0, 1]]  # (items, next index, repetitions left)
     while stack:
-        item = next(stack[-1], None)
-        if item is None:
-            stack.pop()
-        elif isinstance(item, Run):
+        top = stack[-1]
+        items, index, left = top
+        if index == len(items):
+            if left > 1:
+                top[1], top[2] = 0, left - 1
+            else:
+                stack.pop()
+            continue
+        top[1] += 1
+        item = items[index]
+        if isinstance(item, Run):
             yield item.pattern, item.count
         else:
-            stack.extend(iter(item.items) for _ in range(item.count))
+            stack.append([item.items, 0, item.count])
 
 
 def _runs_of(layers) -> tuple:

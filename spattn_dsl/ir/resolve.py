@@ -285,7 +285,7 @@ def _check_inline_depth(table, errors):
             own = max((d for _, d in _refs_all(table[name].body)), default=1)
             worst, culprit = own, None
             for ref, at in refs:
-                if at + depth[ref.name] > worst:
+                if at + depth[ref.name] > worst:  # a reference counts as one level
                     worst, culprit = at + depth[ref.name], ref
             depth[name] = worst
             inherited = any(r.name in too_deep for r, _ in refs)
