@@ -10,7 +10,8 @@ from .ir.resolve import bind_expr, check_body
 
 
 def loads(text: str, filename: str = "<string>") -> Program:
-    """Parse and check pattern-file text."""
+    """Parse and check pattern-file text. A file with errors raises one ``PatternError``
+    carrying all of them (``.errors``; ``str()`` shows each with its caret)."""
     return Program(parse(text, filename), filename)
 
 

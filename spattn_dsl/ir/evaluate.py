@@ -2,8 +2,12 @@
 
 ``instantiate(expr, n)`` evaluates every primitive argument with ``n`` = the key count of the
 grid it lives on (inside ``blocks(b)``, ``ceil(n / b)``), checks each primitive's constraints
-and returns the same tree with plain ``int`` fields. ``Compare`` keeps ``q`` and ``k``
-symbolic, with ``n`` and constants folded.
+and returns the same tree with plain ``int`` fields, each clamped to the grid where that
+changes nothing (``ir.limits``). ``Compare`` keeps ``q`` and ``k`` symbolic, with ``n`` and
+constants folded, in its canonical form (``canonical_compare``: q or k on the left; a
+comparison of constants is ``dense`` or ``none``), every sub-expression bounded within the
+integer range for all q, k of the grid. Arithmetic is exact Python integer arithmetic within
+``[-(2**63 - 1), 2**63 - 1]``; a value past it is a located ``PatternError``.
 """
 from __future__ import annotations
 

@@ -1,8 +1,14 @@
 """Name and parameter resolution, checks, and binding (declarations -> bound Patterns).
 
 ``check(decls)`` runs every static check of SPEC section 2 and returns the declarations by
-name; ``bind(name, args, decls)`` inlines pattern references with their arguments, turning
-primitive calls into primitive nodes. Every error is a located ``PatternError``.
+name, raising every error of the file at once; ``bind(name, args, decls)`` inlines pattern
+references with their arguments, turning primitive calls into primitive nodes. Every error is
+a located ``PatternError``.
+
+Binding is linear in the distinct sub-patterns: a pattern called twice with the same
+arguments is bound once and shared, and a result that would nest or expand past the limits
+of ``ir.limits`` is refused where it first does. Passes over declarations run without
+recursion; the rest recurse at most ``MAX_DEPTH`` deep.
 """
 from __future__ import annotations
 
