@@ -1,6 +1,7 @@
 """Long fuzz run of the language (the suite's tests/test_fuzz.py runs 2,000 of these inputs).
 
     python benchmarks/fuzz.py --inputs 20000 --seed 0 [--limit 5] [--memory-gb 3] [--show 20]
+                              [--analyze-every K]
 
 Each input goes through loads, binding, Pattern.mask, model expansion and analyze (n <= 64)
 under a per-input time limit (a hang) and a memory guard (an address-space limit, so a
@@ -47,19 +48,21 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=float, default=5.0, help="seconds per input")
     parser.add_argument("--memory-gb", type=float, default=3.0)
     parser.add_argument("--show", type=int, default=5, help="examples printed per failure kind")
-    parser.add_argument("--no-analyze", action="store_true")
+    parser.add_argument("--analyze-every", type=int, default=1,
+                        help="run analyze on every K-th input (0: never)")
     args = parser.parse_args(argv)
     _guard_memory(args.memory_gb)
     signal.signal(signal.SIGALRM, _alarm)
     rng = random.Random(args.seed)
     counts, examples, slowest = collections.Counter(), collections.defaultdict(list), []
     start = time.perf_counter()
-    for text in inputs(args.seed, args.inputs):
+    for index, text in enumerate(inputs(args.seed, args.inputs)):
         stage = [""]
+        analyse = args.analyze_every > 0 and index % args.analyze_every == 0
         began = time.perf_counter()
         signal.setitimer(signal.ITIMER_REAL, args.limit)
         try:
-            kind = run_stages(text, rng, analyse=not args.no_analyze, stage=stage)
+            kind = run_stages(text, rng, analyse=analyse, stage=stage)
         except Hang:
             kind = "hang"
         except MemoryError:
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
             examples[(kind, stage[0])].append((text, ""))
     total = time.perf_counter() - start
     print(f"{args.inputs} inputs, seed {args.seed}, {total:.0f} s, limit {args.limit} s/input, "
-          f"memory guard +{args.memory_gb} GiB")
+          f"memory guard +{args.memory_gb} GiB, analyze on every {args.analyze_every} input(s)")
     print("| outcome | stage | inputs |\n|---|---|---|")
     for (kind, stage), count in sorted(counts.items()):
         label = {"ok": "ok (every stage ran)", "error": "located PatternError"}.get(kind, kind)

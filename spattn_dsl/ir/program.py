@@ -250,6 +250,30 @@ class Program:
         expr, values = bind(name, params, self.declarations)
         return Pattern(expr, name, tuple(values.items()), decl.span)
 
+    def check(self, n: int | None = None) -> list:
+        """Every error binding would raise (SPEC section 6, ``spattn check``): each pattern whose
+        parameters all have defaults and each model is bound, and, given ``n``, instantiated at
+        that length. Returns the PatternErrors in source order (empty when all is well); raise
+        them together with ``PatternError.combine(errors)``."""
+        errors = []
+        for name, decl in self.patterns.items():
+            if all(p.default is not None for p in decl.params):
+                errors.extend(self._try(lambda: [self.pattern(name)], n))
+        for name in self.models:
+            errors.extend(self._try(lambda: self.model(name).distinct, n))
+        unique = {(e.filename, e.line, e.column, e.message): e for e in errors}
+        return sorted(unique.values(), key=lambda e: (e.line, e.column))
+
+    @staticmethod
+    def _try(patterns, n) -> list:
+        try:
+            for pattern in patterns():
+                if n is not None:
+                    pattern.at(n)
+        except PatternError as error:
+            return error.errors
+        return []
+
     def model(self, name: str) -> Model:
         """The model ``name`` with its schedule bound, run-length encoded (see ``Model``)."""
         decl = self.models.get(name)

@@ -87,3 +87,17 @@ def test_recursion_is_reported_with_other_errors():
     messages = [e.message for e in info.value.errors]
     assert any("recursive pattern" in m for m in messages)
     assert any("unknown pattern or primitive 'nope'" in m for m in messages)
+
+
+def test_program_check_binds_everything_and_returns_every_error():
+    program = loads("pattern a { window(0) }\n"
+                    "pattern b(w = n - 8) { window(w) }\n"
+                    "pattern c(t) { window(t) }\n"
+                    "pattern d { causal }\n"
+                    "model m { layers 2: a; layers 1: b }\n"
+                    "model ok { layers 3: d }", "f.spattn")
+    assert [(e.line, e.column) for e in program.check()] == [(1, 13)]  # a, once (m repeats it)
+    errors = program.check(n=8)
+    assert [(e.line, e.column) for e in errors] == [(1, 13), (2, 24)]
+    assert "w must be >= 1, got 0" in str(PatternError.combine(errors)).splitlines()[3]
+    assert loads("pattern d { causal }").check(4096) == []
