@@ -1,8 +1,10 @@
 """Text -> declarations (IR nodes with unresolved ``Ref``/``Param``). The only lark user.
 
 Syntax errors become ``PatternError`` with the offending token's location and a short list of
-what was expected there. Semantic checks live in ``ir.resolve``, not in the Transformer (an
-exception raised inside a Transformer loses its position).
+what was expected there. Semantic checks live in ``ir.resolve``; the tree -> IR pass only
+refuses what no later pass could hold: an integer literal past the integer range and an
+expression nested more than ``MAX_DEPTH`` deep (``ir.limits``). That pass walks the tree with
+an explicit stack, so no input makes it recurse.
 """
 from __future__ import annotations
 
