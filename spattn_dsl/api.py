@@ -6,11 +6,12 @@ from pathlib import Path
 from .errors import PatternError
 from .frontend.parser import parse, parse_expr
 from .ir.program import Model, Pattern, Program
-from .ir.resolve import bind_body, check_body
+from .ir.resolve import bind_expr, check_body
 
 
 def loads(text: str, filename: str = "<string>") -> Program:
-    """Parse and check pattern-file text."""
+    """Parse and check pattern-file text. A file with errors raises one ``PatternError``
+    carrying all of them (``.errors``; ``str()`` shows each with its caret)."""
     return Program(parse(text, filename), filename)
 
 
@@ -48,4 +49,4 @@ def pattern_from(spec) -> Pattern:
         return load(path).pattern(name)
     body = parse_expr(spec)
     check_body(body)
-    return Pattern(bind_body(body, {}, {}), spec)
+    return Pattern(bind_expr(body, {}), spec)

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Characters that end a line for str.splitlines() (or move the cursor) but not for the parser,
+# which, like lark, counts lines by "\n" only. Shown as a space so the caret stays aligned.
+_INVISIBLE = dict.fromkeys(map(ord, "\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"), " ")
+
 
 @dataclass(frozen=True)
 class Source:
@@ -12,7 +16,8 @@ class Source:
     text: str
 
     def line(self, number: int) -> str:
-        lines = self.text.splitlines()
+        """Line ``number`` (1-based) as the parser counts lines: split at "\\n" only."""
+        lines = self.text.split("\n")
         return lines[number - 1] if 1 <= number <= len(lines) else ""
 
 
@@ -32,7 +37,7 @@ class SourceSpan:
 
     def caret(self) -> str:
         """The source line and a caret under the span (a run of '^' on one line)."""
-        text = self.source.line(self.line)
+        text = self.source.line(self.line).translate(_INVISIBLE)
         width = 1
         if self.end_line == self.line and self.end_column and self.end_column > self.column:
             width = self.end_column - self.column
@@ -41,7 +46,14 @@ class SourceSpan:
 
 
 class PatternError(ValueError):
-    """A user error in a pattern: always located; ``str()`` starts ``file:line:col:``."""
+    """A user error in a pattern: always located.
+
+    ``str()`` is the full diagnostic, starting ``file:line:col: error:``, then the source line
+    and a caret. An error that gathers several (``PatternError.combine``, as loading a file
+    does) keeps them all in ``.errors`` (in source order); its own ``message``, ``filename``,
+    ``line``, ``column`` and ``span`` are the first one's, and ``str()`` shows every one.
+    A single error's ``.errors`` is ``[self]``.
+    """
 
     def __init__(self, message: str, span: SourceSpan | None = None, *,
                  filename: str = "<string>", line: int = 1, column: int = 1):
@@ -50,9 +62,28 @@ class PatternError(ValueError):
         self.filename = span.filename if span else filename
         self.line = span.line if span else line
         self.column = span.column if span else column
-        super().__init__(f"{self.filename}:{self.line}:{self.column}: {message}")
+        self.errors = [self]
+        super().__init__(message)
+
+    @classmethod
+    def combine(cls, errors: list) -> "PatternError":
+        """One error carrying ``errors`` (each a PatternError, possibly itself combined)."""
+        flat = [e for error in errors for e in error.errors]
+        if len(flat) == 1:
+            return flat[0]
+        first = flat[0]
+        combined = cls(first.message, first.span, filename=first.filename, line=first.line,
+                       column=first.column)
+        combined.errors = flat
+        return combined
 
     def render(self) -> str:
-        """The compiler-style diagnostic: location line, source line and caret."""
+        """Every diagnostic: location line, source line and caret (one block per error)."""
+        return "\n".join(e._render_one() for e in self.errors)
+
+    def _render_one(self) -> str:
         head = f"{self.filename}:{self.line}:{self.column}: error: {self.message}"
         return f"{head}\n{self.span.caret()}" if self.span else head
+
+    def __str__(self) -> str:
+        return self.render()

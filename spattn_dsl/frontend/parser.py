@@ -1,8 +1,10 @@
 """Text -> declarations (IR nodes with unresolved ``Ref``/``Param``). The only lark user.
 
 Syntax errors become ``PatternError`` with the offending token's location and a short list of
-what was expected there. Semantic checks live in ``ir.resolve``, not in the Transformer (an
-exception raised inside a Transformer loses its position).
+what was expected there. Semantic checks live in ``ir.resolve``; the tree -> IR pass only
+refuses what no later pass could hold: an integer literal past the integer range and an
+expression nested more than ``MAX_DEPTH`` deep (``ir.limits``). That pass walks the tree with
+an explicit stack, so no input makes it recurse.
 """
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ from functools import lru_cache
 from importlib import resources
 
 import lark
-from lark import Transformer, v_args
 
 from ..errors import PatternError, Source, SourceSpan
 from ..ir import nodes as N
+from ..ir.limits import INT_LIMIT, MAX_DEPTH, RANGE_TEXT
 
 # how terminals read in "expected ..." messages
 _TERMINALS = {
@@ -72,13 +74,44 @@ def _end_position(text: str) -> tuple[int, int]:
     return len(lines), len(lines[-1]) + 1
 
 
-@v_args(meta=True)
-class _ToIR(Transformer):
-    """Transformer methods named after grammar rules; every node gets its span."""
+# rules that nest an expression one level deeper (the rest only wrap)
+_NESTING = {"union", "difference", "intersect", "complement", "ref", "call", "blocks",
+            "compare", "binop", "neg", "num", "name", "func", "repeat_item"}
+
+
+class _ToIR:
+    """Parse tree -> IR. Methods are named after grammar rules; every node gets its span.
+
+    ``transform`` walks the tree with an explicit stack (no recursion, so any nesting the
+    parser accepts is safe) and refuses expressions nested more than ``MAX_DEPTH`` deep.
+    """
 
     def __init__(self, source: Source):
-        super().__init__()
         self.source = source
+
+    def transform(self, tree):
+        results = []  # (value, depth) of finished subtrees, in order
+        stack = [(tree, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if not isinstance(node, lark.Tree):
+                results.append((node, 0))
+                continue
+            if not expanded:
+                stack.append((node, True))
+                stack.extend((child, False) for child in reversed(node.children))
+                continue
+            count = len(node.children)
+            done = results[len(results) - count:] if count else []
+            del results[len(results) - count:]
+            depth = max((d for _, d in done), default=0) + (node.data in _NESTING)
+            value = getattr(self, node.data)(node.meta, [v for v, _ in done])
+            if depth > MAX_DEPTH:
+                span = getattr(value, "span", None) or self._span(node.meta)
+                raise PatternError(f"expression nested too deeply: more than {MAX_DEPTH} levels "
+                                   "(the documented limit)", span)
+            results.append((value, depth))
+        return results[0][0]
 
     def _span(self, where) -> SourceSpan:
         """Span of a token or of a rule's meta (both carry the same position fields)."""
@@ -164,7 +197,12 @@ class _ToIR(Transformer):
         return N.Neg(items[0], self._span(meta))
 
     def num(self, meta, items):
-        return N.Num(int(items[0]), self._span(items[0]))
+        (token,) = items
+        digits = str(token).lstrip("0") or "0"
+        if len(digits) > len(str(INT_LIMIT)) or int(digits) > INT_LIMIT:
+            raise PatternError(f"integer literal too large: integers must lie in {RANGE_TEXT}",
+                               self._span(token))
+        return N.Num(int(digits), self._span(token))
 
     def name(self, meta, items):
         (token,) = items

@@ -2,17 +2,21 @@
 
 ``instantiate(expr, n)`` evaluates every primitive argument with ``n`` = the key count of the
 grid it lives on (inside ``blocks(b)``, ``ceil(n / b)``), checks each primitive's constraints
-and returns the same tree with plain ``int`` fields. ``Compare`` keeps ``q`` and ``k``
-symbolic, with ``n`` and constants folded.
+and returns the same tree with plain ``int`` fields, each clamped to the grid where that
+changes nothing (``ir.limits``). ``Compare`` keeps ``q`` and ``k`` symbolic, with ``n`` and
+constants folded, in its canonical form (``canonical_compare``: q or k on the left; a
+comparison of constants is ``dense`` or ``none``), every sub-expression bounded within the
+integer range for all q, k of the grid. Arithmetic is exact Python integer arithmetic within
+``[-(2**63 - 1), 2**63 - 1]``; a value past it is a located ``PatternError``.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from functools import lru_cache
 
 from ..errors import PatternError
 from . import nodes as N
+from .limits import MAX_LENGTH, RANGE_TEXT, in_range
 
 # primitive -> ((field, minimum), ...): SPEC section 2's constraints
 CONSTRAINTS = {
@@ -37,7 +41,16 @@ def _floor_div(a: int, b: int, span) -> int:
 
 
 def eval_int(expr, n: int | None = None, env: dict | None = None) -> int:
-    """Evaluate an integer expression with ``n`` and parameters from ``env``."""
+    """Evaluate an integer expression with ``n`` and parameters from ``env``, exactly; a
+    result outside the documented range (``limits``) is refused where it arises."""
+    value = _eval_int(expr, n, env)
+    if not in_range(value):
+        raise PatternError(f"integer out of range: values must lie in {RANGE_TEXT}",
+                           getattr(expr, "span", None))
+    return value
+
+
+def _eval_int(expr, n, env) -> int:
     if isinstance(expr, int):
         return expr
     if isinstance(expr, N.Num):
@@ -129,26 +142,73 @@ def _check(node, values: dict):
                 raise PatternError(f"global: token positions must be >= 0, got {t}", node.span)
 
 
+def _clamp(node, values: dict, n: int) -> dict:
+    """The same mask on a grid of ``n`` keys with every parameter at most about ``n``.
+
+    Positions and their differences lie in ``(-n, n)``, so a width of ``n`` already means
+    "all", a period or chunk of ``n`` "only itself", and ``first = n`` "every token".
+    This keeps every later stage in small integers whatever the user wrote.
+    """
+    m = max(n, 1)
+    t = type(node)
+    wide = {N.Window: ("w",), N.Band: ("before", "after"), N.Dilated: ("w", "d"),
+            N.Stride: ("s",), N.Chunk: ("l",), N.Blocks: ("size",)}.get(t, ())
+    counts = {N.Global: ("first",), N.Sink: ("g",), N.Prefix: ("p",), N.Random: ("r",)}.get(t, ())
+    out = dict(values)
+    for name in wide:
+        out[name] = min(values[name], m)
+    for name in counts:
+        out[name] = min(values[name], n)
+    if t is N.GlobalTokens:
+        out["tokens"] = tuple(min(x, n) for x in values["tokens"])
+    if t is N.Summary and values["l"] > n:
+        # k < n <= l: allowed iff k >= l - c; say the same with l = n (or nothing at all)
+        rest = values["l"] - values["c"]
+        out["l"], out["c"] = (n, n - rest) if rest < n else (n + 1, 1)
+    return out
+
+
 def _spelling(node) -> str:
     from .printer import PRIMITIVE_NAMES
     return PRIMITIVE_NAMES.get(type(node), type(node).__name__.lower())
 
 
-@lru_cache(maxsize=4096)
 def instantiate(expr, n: int):
-    """The concrete expression at key length ``n`` (see module docstring)."""
+    """The concrete expression at key length ``n`` (see module docstring).
+
+    Not cached across calls: equal expressions from different files carry different spans,
+    and errors must point into their own file (``Pattern.at`` caches per Pattern). Within a
+    call, a shared sub-expression is instantiated once.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_LENGTH:
+        raise PatternError(f"the sequence length must be an integer in [0, 2**48], got {n!r}",
+                           getattr(expr, "span", None))
+    return _instantiate(expr, n, {})
+
+
+def _instantiate(expr, n: int, memo: dict):
+    key = (id(expr), n)
+    if key in memo:
+        return memo[key][1]
+    result = _instantiate_node(expr, n, memo)
+    memo[key] = (expr, result)  # keep expr alive so its id is not reused
+    return result
+
+
+def _instantiate_node(expr, n, memo):
     if isinstance(expr, N.Compare):
-        return N.Compare(expr.op, fold(expr.left, n), fold(expr.right, n), expr.span)
+        return _concrete_compare(expr, n)
     if isinstance(expr, N.Blocks):
         size = eval_int(expr.size, n)
         _check(expr, {"size": size})
-        return N.Blocks(size, instantiate(expr.body, -(-n // size)), expr.span)
+        size = _clamp(expr, {"size": size}, n)["size"]
+        return N.Blocks(size, _instantiate(expr.body, -(-n // size), memo), expr.span)
     if isinstance(expr, N.Heads):
-        return N.Heads(tuple(instantiate(b, n) for b in expr.bodies), expr.span)
+        return N.Heads(tuple(_instantiate(b, n, memo) for b in expr.bodies), expr.span)
     kids = N.children(expr)
     if kids:
         names = [f.name for f in dataclasses.fields(expr) if f.name != "span"]
-        return dataclasses.replace(expr, **dict(zip(names, (instantiate(c, n) for c in kids))))
+        return dataclasses.replace(expr, **dict(zip(names, (_instantiate(c, n, memo) for c in kids))))
     values = {}
     for f in dataclasses.fields(expr):
         if f.name == "span":
@@ -157,7 +217,129 @@ def instantiate(expr, n: int):
         values[f.name] = tuple(eval_int(v, n) for v in value) if isinstance(value, tuple) \
             else eval_int(value, n)
     _check(expr, values)
-    return dataclasses.replace(expr, **values)
+    return dataclasses.replace(expr, **_clamp(expr, values, n))
+
+
+# ---------------------------------------------------------------- where(...)
+_MIRROR = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+_HOLDS = {"<": int.__lt__, "<=": int.__le__, "==": int.__eq__, "!=": int.__ne__,
+          ">=": int.__ge__, ">": int.__gt__}
+
+
+def canonical_compare(node, n: int | None = None):
+    """The one canonical form of a comparison, which every later stage relies on: q or k
+    appears on the left (``5 <= q - k`` becomes ``q - k >= 5``), and a comparison of
+    constants becomes ``dense`` or ``none`` (once n is known, when it mentions n)."""
+    left_varies = mentions(node.left, {"q", "k"})
+    if not left_varies and mentions(node.right, {"q", "k"}):
+        return N.Compare(_MIRROR[node.op], node.right, node.left, node.span)
+    if left_varies:
+        return node
+    if n is None and (mentions(node.left, {"n"}) or mentions(node.right, {"n"})):
+        return node
+    holds = _HOLDS[node.op](eval_int(node.left, n), eval_int(node.right, n))
+    return N.Dense(node.span) if holds else N.Empty(node.span)
+
+
+def _concrete_compare(expr, n: int):
+    node = canonical_compare(N.Compare(expr.op, fold(expr.left, n), fold(expr.right, n),
+                                       expr.span), n)
+    if isinstance(node, N.Compare) and n > 0:
+        for side in (node.left, node.right):
+            where_range(side, (0, n - 1), n)
+    return node
+
+
+_ROOT_LIMIT = 2**62  # isqrt/log2 in where: exact in 64-bit integer code below this
+
+
+def where_range(expr, qk: tuple, n: int) -> tuple:
+    """Exact bounds (lo, hi) of an integer expression over q, k in ``qk``; refuses (located)
+    any sub-expression that can leave the integer range, a divisor that can be 0, and an
+    argument of isqrt/log2 that can be invalid, so every stage evaluates it exactly."""
+    if isinstance(expr, N.Num):
+        return expr.value, expr.value
+    if isinstance(expr, N.Var):
+        return qk
+    if isinstance(expr, N.Neg):
+        lo, hi = where_range(expr.operand, qk, n)
+        return -hi, -lo
+    if isinstance(expr, N.Call):
+        bounds = [where_range(a, qk, n) for a in expr.args]
+        if expr.func in ("min", "max"):
+            pick = min if expr.func == "min" else max
+            return pick(bounds[0][0], bounds[1][0]), pick(bounds[0][1], bounds[1][1])
+        lo, hi = bounds[0]
+        smallest = 0 if expr.func == "isqrt" else 1
+        if lo < smallest or hi > _ROOT_LIMIT:
+            raise PatternError(f"{expr.func}() inside where(...) needs an argument in "
+                               f"[{smallest}, 2**62] for every q, k in [0, {n}); it can be "
+                               f"{lo if lo < smallest else hi}", expr.span)
+        if expr.func == "isqrt":
+            return math.isqrt(lo), math.isqrt(hi)
+        return lo.bit_length() - 1, hi.bit_length() - 1
+    (alo, ahi), (blo, bhi) = where_range(expr.left, qk, n), where_range(expr.right, qk, n)
+    if expr.op == "+":
+        lo, hi = alo + blo, ahi + bhi
+    elif expr.op == "-":
+        lo, hi = alo - bhi, ahi - blo
+    elif expr.op == "*":
+        corners = (alo * blo, alo * bhi, ahi * blo, ahi * bhi)
+        lo, hi = min(corners), max(corners)
+    else:
+        if blo <= 0 <= bhi:
+            raise PatternError(f"the divisor of '{expr.op}' inside where(...) can be 0 for some "
+                               f"q, k in [0, {n})", expr.right.span or expr.span)
+        if expr.op == "%":
+            lo, hi = (0, bhi - 1) if blo > 0 else (blo + 1, 0)
+        else:  # floor division is monotone in each argument on this box: corners bound it
+            corners = (alo // blo, alo // bhi, ahi // blo, ahi // bhi)
+            lo, hi = min(corners), max(corners)
+    for value in (lo, hi):
+        if not in_range(value):
+            raise PatternError(f"where(...) arithmetic can reach {value} for q, k in [0, {n}), "
+                               f"past the supported range {RANGE_TEXT}", expr.span)
+    return lo, hi
+
+
+# ---------------------------------------------------------------- size of an expression
+def parts(node) -> list:
+    """The IR nodes directly inside a node: mask children, integer arguments, list items."""
+    out = []
+    for f in dataclasses.fields(node):
+        if f.name in ("span", "kwarg_spans"):
+            continue
+        value = getattr(node, f.name)
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if isinstance(item, tuple):  # a keyword argument (name, value)
+                item = item[1]
+            if dataclasses.is_dataclass(item):
+                out.append(item)
+    return out
+
+
+def measure(expr, memo: dict | None = None) -> tuple:
+    """(depth, size) of an expression as a tree, shared sub-expressions counted at every
+    use; computed without recursion in time linear in the distinct nodes (``memo`` maps
+    ``id`` -> (node, depth, size) and may be shared between calls on related expressions)."""
+    memo = {} if memo is None else memo
+    if not dataclasses.is_dataclass(expr):
+        return 0, 0
+    stack = [(expr, False)]
+    while stack:
+        node, ready = stack.pop()
+        if id(node) in memo:
+            continue
+        kids = parts(node)
+        if not ready:
+            stack.append((node, True))
+            stack.extend((kid, False) for kid in kids if id(kid) not in memo)
+            continue
+        depth = 1 + max((memo[id(k)][1] for k in kids), default=0)
+        size = 1 + sum(memo[id(k)][2] for k in kids)
+        memo[id(node)] = (node, depth, size)
+    return memo[id(expr)][1:]
 
 
 def head_count(expr) -> int:
@@ -169,14 +351,25 @@ def head_count(expr) -> int:
     return m
 
 
-def select_head(expr, head: int):
-    """The expression head ``head`` sees: every ``heads`` block replaced by its chosen body."""
+def select_head(expr, head: int, memo: dict | None = None):
+    """The expression head ``head`` sees: every ``heads`` block replaced by its chosen body.
+
+    Shared sub-expressions stay shared, and a part without ``heads`` is returned as is."""
+    memo = {} if memo is None else memo
+    hit = memo.get(id(expr))
+    if hit is not None:
+        return hit[1]
     if isinstance(expr, N.Heads):
-        return select_head(expr.bodies[head % len(expr.bodies)], head)
-    kids = N.children(expr)
-    if not kids:
-        return expr
-    names = [f.name for f in dataclasses.fields(expr) if f.name != "span"]
-    if isinstance(expr, N.Blocks):
-        return N.Blocks(expr.size, select_head(expr.body, head), expr.span)
-    return dataclasses.replace(expr, **dict(zip(names, (select_head(c, head) for c in kids))))
+        result = select_head(expr.bodies[head % len(expr.bodies)], head, memo)
+    else:
+        kids = N.children(expr)
+        chosen = tuple(select_head(c, head, memo) for c in kids)
+        if all(a is b for a, b in zip(chosen, kids)):
+            result = expr
+        elif isinstance(expr, N.Blocks):
+            result = N.Blocks(expr.size, chosen[0], expr.span)
+        else:
+            names = [f.name for f in dataclasses.fields(expr) if f.name != "span"]
+            result = dataclasses.replace(expr, **dict(zip(names, chosen)))
+    memo[id(expr)] = (expr, result)
+    return result

@@ -10,7 +10,9 @@ Three families:
 
 A *bound* mask expression has no ``Ref``/``Param``; its integer fields may still mention
 ``n``. A *concrete* one (``ir.instantiate``) has plain ``int`` fields everywhere except
-inside ``Compare``, whose sides mention only ``q`` and ``k``. Every later pass (reference
+inside ``Compare``, whose sides mention only ``q`` and ``k`` (and whose left side always
+mentions one of them). A bound or concrete expression may share sub-expressions (a pattern
+used twice is one object): passes that could revisit them memoise by ``id``. Every later pass (reference
 mask, layout, codegen, analysis) works on concrete expressions.
 """
 from __future__ import annotations

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import PatternError, SourceSpan
 from . import nodes as N
 from .evaluate import eval_int, head_count, instantiate
-from .resolve import bind, bind_layer, check
+from .limits import INT_LIMIT
 from .printer import text as expr_text
+from .resolve import _Session, bind, bind_layer, check
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class Pattern:
     name: str = field(default="<expr>", compare=False)
     params: tuple = field(default=(), compare=False)  # ((name, value), ...)
     span: SourceSpan | None = field(default=None, compare=False, repr=False)
+    _concrete: dict = field(default_factory=dict, init=False, compare=False, hash=False,
+                            repr=False)
 
     @property
     def text(self) -> str:
@@ -39,8 +43,17 @@ class Pattern:
         return head_count(self.expr)
 
     def at(self, n: int):
-        """The concrete expression at key length ``n``; raises PatternError on bad values."""
-        return instantiate(self.expr, n)
+        """The concrete expression at key length ``n``; raises PatternError on bad values.
+
+        Cached on this Pattern (not on the bare expression, so that equal patterns from two
+        files each keep their own spans)."""
+        concrete = self._concrete.get(n)
+        if concrete is None:
+            concrete = instantiate(self.expr, n)
+            if len(self._concrete) >= 8:
+                self._concrete.pop(next(iter(self._concrete)))
+            self._concrete[n] = concrete
+        return concrete
 
     def mask(self, n_q: int, n_k: int | None = None, head: int = 0, documents=None):
         """The exact ``[n_q, n_k]`` torch.bool mask (SPEC section 2), queries bottom-right.
@@ -63,18 +76,158 @@ class Pattern:
 
 
 @dataclass(frozen=True)
-class Model:
-    """A stack of layers, first layer first, each with its own bound pattern."""
+class Run:
+    """``count`` consecutive layers with one pattern."""
 
-    name: str
-    layers: tuple  # of Pattern
-    span: SourceSpan | None = field(default=None, compare=False, repr=False)
+    pattern: Pattern
+    count: int
+
+    @property
+    def depth(self) -> int:
+        return self.count
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """``items`` (Runs and Repeats, first layer first) repeated ``count`` times."""
+
+    count: int
+    items: tuple
+    depth: int = field(default=0, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "depth", self.count * sum(item.depth for item in self.items))
+
+
+class Model:
+    """A stack of layers, first layer first, each with its own bound pattern.
+
+    The schedule is kept run-length encoded (``schedule``: ``Run`` and ``Repeat`` items as
+    written), so a model of 10**9 layers is as small as one of a few. ``len(model)`` is the
+    layer count, ``model.layers`` a lazy sequence of one Pattern per layer (indexing is
+    cheap; iterating walks every layer), ``model.distinct`` the different patterns used and
+    ``model.runs()`` the layers as (pattern, count) runs.
+    """
+
+    def __init__(self, name: str, layers=(), span: SourceSpan | None = None, *,
+                 schedule: tuple | None = None):
+        self.name = name
+        self.span = span
+        self.schedule = tuple(schedule) if schedule is not None else _runs_of(layers)
+        self.depth = sum(item.depth for item in self.schedule)
+
+    @property
+    def layers(self) -> "Layers":
+        return Layers(self)
+
+    @property
+    def distinct(self) -> tuple:
+        """The different patterns of the stack, in order of first use."""
+        seen = {}
+        stack = list(reversed(self.schedule))
+        while stack:
+            item = stack.pop()
+            if isinstance(item, Run):
+                seen.setdefault(item.pattern, item.pattern)
+            else:
+                stack.extend(reversed(item.items))
+        return tuple(seen)
+
+    def runs(self):
+        """(pattern, count) for each run of equal consecutive layers, first layer first.
+        Lazy: a repeated schedule yields its runs once per repetition."""
+        pending = None
+        for pattern, count in _walk_runs(self.schedule):
+            if pending and pending[0] == pattern:
+                pending[1] += count
+                continue
+            if pending:
+                yield tuple(pending)
+            pending = [pattern, count]
+        if pending:
+            yield tuple(pending)
+
+    def layer(self, index: int) -> Pattern:
+        """The pattern of layer ``index`` (0-based; negative counts from the end)."""
+        if index < 0:
+            index += self.depth
+        if not 0 <= index < self.depth:
+            raise IndexError(f"layer {index} is outside model '{self.name}' ({self.depth} layers)")
+        items = self.schedule
+        while True:
+            for item in items:
+                if index < item.depth:
+                    break
+                index -= item.depth
+            if isinstance(item, Run):
+                return item.pattern
+            index %= item.depth // item.count
+            items = item.items
 
     def __len__(self) -> int:
-        return len(self.layers)
+        return self.depth
 
-    def __getitem__(self, index: int) -> Pattern:
+    def __getitem__(self, index):
         return self.layers[index]
+
+    def __eq__(self, other):
+        return isinstance(other, Model) and (self.name, self.schedule) == (other.name, other.schedule)
+
+    def __hash__(self):
+        return hash((self.name, self.schedule))
+
+    def __repr__(self):
+        return f"Model({self.name!r}, {self.depth} layers)"
+
+
+class Layers(Sequence):
+    """One Pattern per layer of a Model, computed on demand from its schedule."""
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    def __len__(self) -> int:
+        return self.model.depth
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return tuple(self.model.layer(i) for i in range(*index.indices(len(self))))
+        return self.model.layer(index)
+
+    def __iter__(self):
+        for pattern, count in _walk_runs(self.model.schedule):
+            for _ in range(count):
+                yield pattern
+
+
+def _walk_runs(items):
+    """(pattern, count) of every Run, repeats unrolled lazily, without recursion."""
+    stack = [[items, 0, 1]]  # (items, next index, repetitions left)
+    while stack:
+        top = stack[-1]
+        items, index, left = top
+        if index == len(items):
+            if left > 1:
+                top[1], top[2] = 0, left - 1
+            else:
+                stack.pop()
+            continue
+        top[1] += 1
+        item = items[index]
+        if isinstance(item, Run):
+            yield item.pattern, item.count
+        else:
+            stack.append([item.items, 0, item.count])
+
+
+def _runs_of(layers) -> tuple:
+    runs = []
+    for pattern in layers:
+        if runs and runs[-1].pattern == pattern:
+            runs[-1] = Run(pattern, runs[-1].count + 1)
+        else:
+            runs.append(Run(pattern, 1))
+    return tuple(runs)
 
 
 class Program:
@@ -103,30 +256,64 @@ class Program:
         expr, values = bind(name, params, self.declarations)
         return Pattern(expr, name, tuple(values.items()), decl.span)
 
+    def check(self, n: int | None = None) -> list:
+        """Every error binding would raise (SPEC section 6, ``spattn check``): each pattern whose
+        parameters all have defaults and each model is bound, and, given ``n``, instantiated at
+        that length. Returns the PatternErrors in source order (empty when all is well); raise
+        them together with ``PatternError.combine(errors)``."""
+        errors = []
+        for name, decl in self.patterns.items():
+            if all(p.default is not None for p in decl.params):
+                errors.extend(self._try(lambda: [self.pattern(name)], n))
+        for name in self.models:
+            errors.extend(self._try(lambda: self.model(name).distinct, n))
+        unique = {(e.filename, e.line, e.column, e.message): e for e in errors}
+        return sorted(unique.values(), key=lambda e: (e.line, e.column))
+
+    @staticmethod
+    def _try(patterns, n) -> list:
+        try:
+            for pattern in patterns():
+                if n is not None:
+                    pattern.at(n)
+        except PatternError as error:
+            return error.errors
+        return []
+
     def model(self, name: str) -> Model:
-        """The model ``name`` with its schedule expanded, one Pattern per layer."""
+        """The model ``name`` with its schedule bound, run-length encoded (see ``Model``)."""
         decl = self.models.get(name)
         if decl is None:
             raise PatternError(f"no model named '{name}'{_choices(self.models)}",
                                filename=self.filename)
-        layers = tuple(self._expand(decl.items))
-        if not layers:
+        schedule = self._schedule(decl.items, _Session())
+        depth = sum(item.depth for item in schedule)
+        if not depth:
             raise PatternError(f"model '{name}' has no layers", decl.span)
-        return Model(name, layers, decl.span)
+        if depth > INT_LIMIT:
+            raise PatternError(f"model '{name}' has {depth} layers, more than the documented "
+                               "limit of 2**63 - 1", decl.span)
+        return Model(name, span=decl.span, schedule=schedule)
 
-    def _expand(self, items):
+    def _schedule(self, items, session) -> tuple:
+        """Schedule items of a model body: each layer body bound once, however often used."""
+        out = []
         for item in items:
             count = eval_int(item.count)
             if count < 1:
                 raise PatternError(f"a layer count must be >= 1, got {count}", item.count.span)
             if isinstance(item, N.RepeatItem):
-                block = list(self._expand(item.items))
-                for _ in range(count):
-                    yield from block
+                inner = self._schedule(item.items, session)
+                if inner:
+                    out.append(Repeat(count, inner))
             else:
-                expr, values = bind_layer(item.body, self.declarations)
+                expr, values = bind_layer(item.body, self.declarations, session)
                 name = item.body.name if isinstance(item.body, N.Ref) else expr_text(expr)
-                yield from [Pattern(expr, name, tuple(values.items()), item.span)] * count
+                out.append(Run(Pattern(expr, name, tuple(values.items()), item.span), count))
+            if sum(x.depth for x in out) > INT_LIMIT:
+                raise PatternError("a model has at most 2**63 - 1 layers (the documented limit)",
+                                   item.count.span)
+        return tuple(out)
 
 
 def _choices(table: dict) -> str:

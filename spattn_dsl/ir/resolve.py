@@ -1,8 +1,14 @@
 """Name and parameter resolution, checks, and binding (declarations -> bound Patterns).
 
 ``check(decls)`` runs every static check of SPEC section 2 and returns the declarations by
-name; ``bind(name, args, decls)`` inlines pattern references with their arguments, turning
-primitive calls into primitive nodes. Every error is a located ``PatternError``.
+name, raising every error of the file at once; ``bind(name, args, decls)`` inlines pattern
+references with their arguments, turning primitive calls into primitive nodes. Every error is
+a located ``PatternError``.
+
+Binding is linear in the distinct sub-patterns: a pattern called twice with the same
+arguments is bound once and shared, and a result that would nest or expand past the limits
+of ``ir.limits`` is refused where it first does. Passes over declarations run without
+recursion; the rest recurse at most ``MAX_DEPTH`` deep.
 """
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ import dataclasses
 
 from ..errors import PatternError
 from . import nodes as N
-from .evaluate import eval_int, mentions
+from .evaluate import canonical_compare, eval_int, measure, mentions
+from .limits import MAX_DEPTH, MAX_NODES, RANGE_TEXT, in_range
 
 # primitive name -> (node class, argument names in order, default values)
 PRIMITIVES = {
@@ -34,89 +41,125 @@ RESERVED = {"n", "q", "k"}
 
 # ---------------------------------------------------------------- static checks
 def check(decls: list) -> dict:
-    """Check declarations; returns ``{name: decl}``. Raises the first error found."""
-    table = {}
+    """Check declarations; returns ``{name: decl}``.
+
+    Every error of the file is collected (in source order) and raised together as one
+    ``PatternError`` (``PatternError.combine``; its ``.errors`` lists them all).
+    """
+    errors, table = [], {}
     for decl in decls:
         if decl.name in table:
-            raise PatternError(f"'{decl.name}' is already declared at line {table[decl.name].span.line}",
-                               decl.span)
-        if decl.name in PRIMITIVES or decl.name in FUNCTIONS or decl.name in RESERVED:
-            raise PatternError(f"'{decl.name}' is a built-in name and cannot be redeclared", decl.span)
-        table[decl.name] = decl
+            errors.append(PatternError(f"'{decl.name}' is already declared at line "
+                                       f"{table[decl.name].span.line}", decl.span))
+        elif decl.name in PRIMITIVES or decl.name in FUNCTIONS or decl.name in RESERVED:
+            errors.append(PatternError(f"'{decl.name}' is a built-in name and cannot be redeclared",
+                                       decl.span))
+        else:
+            table[decl.name] = decl
     for decl in decls:
         if isinstance(decl, N.PatternDecl):
-            _check_pattern(decl, table)
+            _check_pattern(decl, table, errors)
         else:
-            _check_items(decl.items, table)
-    _check_recursion(table)
+            _check_items(decl.items, table, errors)
+    if not _check_recursion(table, errors):
+        _check_inline_depth(table, errors)
+    _raise_all(errors)
     return table
 
 
 def check_body(expr, table: dict | None = None):
     """Check a pattern body given on its own (pattern text with no declaration around it)."""
-    _check_mask(expr, set(), table or {}, in_body=True)
+    errors = []
+    _check_mask(expr, set(), table or {}, errors, in_body=True)
+    _raise_all(errors)
 
 
-def _check_pattern(decl, table):
+def _raise_all(errors):
+    if errors:
+        errors.sort(key=lambda e: (e.line, e.column))
+        raise PatternError.combine(errors)
+
+
+def _collect(errors, check, *args):
+    """Run one check; a PatternError it raises is recorded instead of stopping the pass."""
+    try:
+        return check(*args)
+    except PatternError as error:
+        errors.append(error)
+        return None
+
+
+def _check_pattern(decl, table, errors):
     seen = []
     for param in decl.params:
         if param.name in RESERVED or param.name in FUNCTIONS:
-            raise PatternError(f"'{param.name}' is reserved and cannot be a parameter name", param.span)
-        if param.name in seen:
-            raise PatternError(f"duplicate parameter '{param.name}'", param.span)
+            errors.append(PatternError(f"'{param.name}' is reserved and cannot be a parameter name",
+                                       param.span))
+        elif param.name in seen:
+            errors.append(PatternError(f"duplicate parameter '{param.name}'", param.span))
         if param.default is not None:
-            _check_int(param.default, set(seen), in_where=False)
+            _collect(errors, _check_int, param.default, set(seen), False)
         seen.append(param.name)
-    _check_mask(decl.body, set(seen), table, in_body=True)
+    _check_mask(decl.body, set(seen), table, errors, in_body=True)
 
 
-def _check_items(items, table):
+def _check_items(items, table, errors):
     for item in items:
-        _check_int(item.count, set(), in_where=False)
-        if mentions(item.count, {"n"}):
-            raise PatternError("a layer count cannot depend on n", item.count.span)
+        if _collect(errors, _check_int, item.count, set(), False) is None and \
+                mentions(item.count, {"n"}):
+            errors.append(PatternError("a layer count cannot depend on n", item.count.span))
         if isinstance(item, N.RepeatItem):
-            _check_items(item.items, table)
+            _check_items(item.items, table, errors)
         else:
-            _check_mask(item.body, set(), table, in_body=True)
+            _check_mask(item.body, set(), table, errors, in_body=True)
 
 
-def _check_mask(expr, params: set, table: dict, in_body: bool = False):
-    if isinstance(expr, N.Heads) and not in_body:
-        raise PatternError("'heads' must be a whole pattern body", expr.span)
-    if isinstance(expr, N.Ref):
-        _check_ref(expr, params, table)
-    elif isinstance(expr, N.Compare):
-        _check_int(expr.left, params, in_where=True)
-        _check_int(expr.right, params, in_where=True)
-    elif isinstance(expr, N.Blocks):
-        _check_int(expr.size, params, in_where=False)
-        _check_mask(expr.body, params, table)
-    else:
-        for child in N.children(expr):
-            _check_mask(child, params, table)
+def _check_mask(expr, params: set, table: dict, errors: list, in_body: bool = False):
+    for node, top in _mask_nodes(expr, in_body):
+        if isinstance(node, N.Heads) and not top:
+            errors.append(PatternError("'heads' must be a whole pattern body", node.span))
+        elif isinstance(node, N.Ref):
+            _check_ref(node, params, table, errors)
+        elif isinstance(node, N.Compare):
+            _collect(errors, _check_int, node.left, params, True)
+            _collect(errors, _check_int, node.right, params, True)
+        elif isinstance(node, N.Blocks):
+            _collect(errors, _check_int, node.size, params, False)
 
 
-def _check_ref(ref, params, table):
+def _mask_nodes(expr, in_body):
+    """(node, whether it is a whole body) for every mask node, parents first."""
+    stack = [(expr, in_body)]
+    while stack:
+        node, top = stack.pop()
+        yield node, top
+        stack.extend((child, False) for child in reversed(N.children(node)))
+
+
+def _check_ref(ref, params, table, errors):
+    before = len(errors)
     for value in ref.args:
-        _check_int(value, params, in_where=False)
+        _collect(errors, _check_int, value, params, False)
     for _, value in ref.kwargs:
-        _check_int(value, params, in_where=False)
+        _collect(errors, _check_int, value, params, False)
+    if len(errors) > before:
+        return
     if ref.name == "global":
-        return _global_args(ref)  # checks the form
+        _collect(errors, _global_args, ref)  # checks the form
+        return
     if ref.name in PRIMITIVES:
         _, names, defaults = PRIMITIVES[ref.name]
-        _match_args(ref, names, defaults, f"{ref.name}")
-        return None
+        _collect(errors, _match_args, ref, names, defaults, f"{ref.name}")
+        return
     decl = table.get(ref.name)
     if decl is None:
-        raise PatternError(f"unknown pattern or primitive '{ref.name}'", ref.span)
-    if isinstance(decl, N.ModelDecl):
-        raise PatternError(f"'{ref.name}' is a model, not a pattern", ref.span)
-    names = tuple(p.name for p in decl.params)
-    defaults = {p.name: p.default for p in decl.params if p.default is not None}
-    _match_args(ref, names, defaults, f"pattern '{ref.name}'")
-    return None
+        errors.append(PatternError(f"unknown pattern or primitive '{ref.name}'", ref.span))
+    elif isinstance(decl, N.ModelDecl):
+        errors.append(PatternError(f"'{ref.name}' is a model, not a pattern", ref.span))
+    else:
+        names = tuple(p.name for p in decl.params)
+        defaults = {p.name: p.default for p in decl.params if p.default is not None}
+        _collect(errors, _match_args, ref, names, defaults, f"pattern '{ref.name}'")
 
 
 def _match_args(ref, names, defaults, what) -> dict:
@@ -182,53 +225,136 @@ def _int_children(expr) -> tuple:
 
 
 def _refs(expr):
-    """Every pattern reference in a mask expression (or a default/argument is irrelevant)."""
-    for node in N.walk(expr):
-        if isinstance(node, N.Ref):
-            yield node
+    """Every pattern reference in a mask expression, with its nesting depth (1 = the body)."""
+    return ((node, depth) for node, depth in _refs_all(expr) if isinstance(node, N.Ref))
 
 
-def _check_recursion(table):
-    done, active = set(), []
+def _pattern_refs(table, name):
+    """(ref, depth) for each reference of pattern ``name`` to a declared pattern."""
+    return [(ref, depth) for ref, depth in _refs(table[name].body)
+            if isinstance(table.get(ref.name), N.PatternDecl)]
 
-    def visit(name):
-        if name in done:
-            return
-        active.append(name)
-        for ref in _refs(table[name].body):
-            if ref.name in active:
-                cycle = " -> ".join(active[active.index(ref.name):] + [ref.name])
-                raise PatternError(f"recursive pattern: {cycle}", ref.span)
-            if isinstance(table.get(ref.name), N.PatternDecl):
-                visit(ref.name)
-        active.pop()
-        done.add(name)
 
-    for name, decl in table.items():
-        if isinstance(decl, N.PatternDecl):
-            visit(name)
+def _check_recursion(table, errors) -> bool:
+    """Record each recursive cycle (an iterative depth-first search); True if any."""
+    state = {}  # name -> "active" | "done"
+    found = False
+    for root, decl in table.items():
+        if not isinstance(decl, N.PatternDecl) or root in state:
+            continue
+        path, stack = [], [(root, iter(_pattern_refs(table, root)))]
+        state[root] = "active"
+        path.append(root)
+        while stack:
+            name, refs = stack[-1]
+            ref = next(refs, None)
+            if ref is None:
+                stack.pop()
+                path.pop()
+                state[name] = "done"
+                continue
+            target = ref[0].name
+            if state.get(target) == "active":
+                cycle = " -> ".join(path[path.index(target):] + [target])
+                errors.append(PatternError(f"recursive pattern: {cycle}", ref[0].span))
+                found = True
+            elif target not in state:
+                state[target] = "active"
+                path.append(target)
+                stack.append((target, iter(_pattern_refs(table, target))))
+    return found
+
+
+def _check_inline_depth(table, errors):
+    """Refuse patterns that nest deeper than MAX_DEPTH once references are inlined.
+
+    A pattern's depth is its own nesting plus, at each reference, the referenced pattern's
+    depth. Only the innermost pattern that passes the limit is reported: those that use it
+    are too deep because of it. Computed bottom-up without recursion (the graph is acyclic).
+    """
+    depth, too_deep = {}, set()
+    for root, decl in table.items():
+        if not isinstance(decl, N.PatternDecl):
+            continue
+        stack = [root]
+        while stack:
+            name = stack[-1]
+            if name in depth:
+                stack.pop()
+                continue
+            refs = _pattern_refs(table, name)
+            pending = [r.name for r, _ in refs if r.name not in depth]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            own = max((d for _, d in _refs_all(table[name].body)), default=1)
+            worst, culprit = own, None
+            for ref, at in refs:
+                if at + depth[ref.name] > worst:  # a reference counts as one level
+                    worst, culprit = at + depth[ref.name], ref
+            depth[name] = worst
+            inherited = any(r.name in too_deep for r, _ in refs)
+            if worst > MAX_DEPTH:
+                too_deep.add(name)
+                if not inherited:
+                    errors.append(PatternError(
+                        f"pattern '{name}' nests more than {MAX_DEPTH} levels deep once its "
+                        "references are inlined (the documented limit)",
+                        culprit.span if culprit else table[name].span))
+
+
+def _refs_all(expr):
+    """(node, depth) for every mask node."""
+    stack = [(expr, 1)]
+    while stack:
+        node, depth = stack.pop()
+        yield node, depth
+        stack.extend((child, depth + 1) for child in N.children(node))
 
 
 # ---------------------------------------------------------------- binding
-def bind_params(decl, given: dict, env: dict) -> dict:
+class _Session:
+    """State of one binding: calls already bound (a pattern used twice with the same
+    arguments is bound once and shared) and the measured size of every node built."""
+
+    def __init__(self):
+        self.calls = {}
+        self.sizes = {}
+
+    def measure(self, expr, span, what: str):
+        """Refuse an expression nested deeper than MAX_DEPTH or larger than MAX_NODES."""
+        depth, size = measure(expr, self.sizes)
+        if depth > MAX_DEPTH:
+            raise PatternError(f"{what} nests more than {MAX_DEPTH} levels deep once references "
+                               "and parameters are inlined (the documented limit)", span)
+        if size > MAX_NODES:
+            raise PatternError(f"{what} expands to {size} nodes once references and parameters "
+                               f"are inlined, more than the documented limit of {MAX_NODES}", span)
+
+
+def bind_params(decl, given: dict, env: dict, session: _Session | None = None) -> dict:
     """Parameter values of ``decl`` as integer expressions (constants folded where n is absent).
 
     ``given`` maps names to caller expressions, already substituted in the caller's scope.
     Defaults are evaluated in order and may use earlier parameters and n.
     """
+    session = session or _Session()
     values = {}
     for param in decl.params:
         expr = given.get(param.name)
         if expr is None:
             expr = substitute(param.default, values)
-        values[param.name] = _fold(expr)
+        values[param.name] = _fold(expr, session)
     return values
 
 
-def _fold(expr):
+def _fold(expr, session: _Session, where: bool = False):
+    """Fold an integer expression to a number unless it mentions n (or, in where, q or k)."""
     if isinstance(expr, int):
         return N.Num(expr)
-    if mentions(expr, {"n"}) or isinstance(expr, N.Num):
+    session.measure(expr, expr.span, "this value")
+    if isinstance(expr, N.Num) or mentions(expr, {"n", "q", "k"} if where else {"n"}):
         return expr
     return N.Num(eval_int(expr), expr.span)
 
@@ -246,29 +372,39 @@ def substitute(expr, env: dict):
     return expr
 
 
-def bind_body(expr, env: dict, table: dict):
+def bind_expr(expr, table: dict, what: str = "this pattern", span=None, env: dict | None = None,
+              session: _Session | None = None):
+    """A whole mask expression bound (parameters substituted, references inlined), refused
+    when it nests or expands past the documented limits."""
+    session = session or _Session()
+    bound = bind_body(expr, env or {}, table, session)
+    session.measure(bound, span or getattr(expr, "span", None), what)
+    return bound
+
+
+def bind_body(expr, env: dict, table: dict, session: _Session | None = None):
     """A mask expression with parameters substituted and references inlined."""
+    session = session or _Session()
     if isinstance(expr, N.Ref):
-        return _bind_ref(expr, env, table)
+        return _bind_ref(expr, env, table, session)
     if isinstance(expr, N.Compare):
-        return N.Compare(expr.op, _fold_where(substitute(expr.left, env)),
-                         _fold_where(substitute(expr.right, env)), expr.span)
+        return canonical_compare(N.Compare(
+            expr.op, _fold(substitute(expr.left, env), session, where=True),
+            _fold(substitute(expr.right, env), session, where=True), expr.span))
     if isinstance(expr, N.Blocks):
-        return N.Blocks(_fold(substitute(expr.size, env)), bind_body(expr.body, env, table), expr.span)
+        return N.Blocks(_fold(substitute(expr.size, env), session),
+                        bind_body(expr.body, env, table, session), expr.span)
     if isinstance(expr, N.Heads):
-        return N.Heads(tuple(bind_body(b, env, table) for b in expr.bodies), expr.span)
+        return N.Heads(tuple(bind_body(b, env, table, session) for b in expr.bodies), expr.span)
     kids = N.children(expr)
     names = [f.name for f in dataclasses.fields(expr) if f.name != "span"]
-    return dataclasses.replace(expr, **dict(zip(names, (bind_body(c, env, table) for c in kids))))
+    return dataclasses.replace(
+        expr, **dict(zip(names, (bind_body(c, env, table, session) for c in kids))))
 
 
-def _fold_where(expr):
-    return expr if mentions(expr, {"n", "q", "k"}) else _fold(expr)
-
-
-def _bind_ref(ref, env, table):
-    args = tuple(_fold(substitute(a, env)) for a in ref.args)
-    kwargs = tuple((key, _fold(substitute(v, env))) for key, v in ref.kwargs)
+def _bind_ref(ref, env, table, session):
+    args = tuple(_fold(substitute(a, env), session) for a in ref.args)
+    kwargs = tuple((key, _fold(substitute(v, env), session)) for key, v in ref.kwargs)
     call = N.Ref(ref.name, args, kwargs, ref.span, ref.kwarg_spans)
     if ref.name == "global":
         first = _global_args(call)
@@ -280,27 +416,36 @@ def _bind_ref(ref, env, table):
         node = cls(**values, span=ref.span)
         _check_now(node)
         return node
-    return _bind_call(call, table)[0]
+    expr = _bind_call(call, table, session)[0]
+    session.measure(expr, ref.span, f"pattern '{ref.name}'")
+    return expr
 
 
-def _bind_call(call, table):
+def _bind_call(call, table, session):
     """A call of a declared pattern (arguments already substituted): (expression, values)."""
-    decl = table[call.name]
-    names = tuple(p.name for p in decl.params)
-    defaults = {p.name: p.default for p in decl.params if p.default is not None}
-    given = _match_args(call, names, defaults, f"pattern '{call.name}'")
-    values = bind_params(decl, given, {})
-    return bind_body(decl.body, values, table), values
+    key = (call.name, call.args, call.kwargs)
+    if key not in session.calls:
+        decl = table[call.name]
+        names = tuple(p.name for p in decl.params)
+        defaults = {p.name: p.default for p in decl.params if p.default is not None}
+        given = _match_args(call, names, defaults, f"pattern '{call.name}'")
+        values = bind_params(decl, given, {}, session)
+        session.calls[key] = (bind_body(decl.body, values, table, session), values)
+    return session.calls[key]
 
 
-def bind_layer(body, table):
+def bind_layer(body, table, session: _Session | None = None):
     """A model layer's body -> (expression, parameter values); values are kept when the layer
     calls a declared pattern, so analysis formulas can speak of its parameters by name."""
+    session = session or _Session()
     if isinstance(body, N.Ref) and isinstance(table.get(body.name), N.PatternDecl):
-        call = N.Ref(body.name, tuple(_fold(a) for a in body.args),
-                     tuple((key, _fold(v)) for key, v in body.kwargs), body.span, body.kwarg_spans)
-        return _bind_call(call, table)
-    return bind_body(body, {}, table), {}
+        call = N.Ref(body.name, tuple(_fold(a, session) for a in body.args),
+                     tuple((key, _fold(v, session)) for key, v in body.kwargs), body.span,
+                     body.kwarg_spans)
+        expr, values = _bind_call(call, table, session)
+        session.measure(expr, body.span, f"pattern '{body.name}'")
+        return expr, values
+    return bind_expr(body, table, "this layer", session=session), {}
 
 
 def _check_now(node):
@@ -323,9 +468,13 @@ def bind(name: str, params: dict, table: dict, span=None):
         if isinstance(value, bool) or not isinstance(value, int):
             raise PatternError(f"pattern '{name}': parameter '{key}' must be an integer, got {value!r}",
                                decl.span)
+        if not in_range(value):
+            raise PatternError(f"pattern '{name}': parameter '{key}' must lie in {RANGE_TEXT}",
+                               decl.span)
         given[key] = N.Num(value)
     missing = [p.name for p in decl.params if p.default is None and p.name not in given]
     if missing:
         raise PatternError(f"pattern '{name}' needs a value for '{missing[0]}'", decl.span)
-    values = bind_params(decl, given, {})
-    return bind_body(decl.body, values, table), values
+    session = _Session()
+    values = bind_params(decl, given, {}, session)
+    return bind_expr(decl.body, table, f"pattern '{name}'", decl.span, values, session), values

@@ -22,12 +22,12 @@ from ..ir import nodes as N
 from ..semantics.random import random_keys
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
-_INF = 1 << 30  # beyond any position; tile bounds are int32 (positions < 2**30)
+_INF = 1 << 60  # beyond any position or clamped parameter (both <= 2**48); int64 bounds
 
 
 def classify(expr, q_lo, q_hi, k_lo, k_hi, n: int):
     """(state int8 [T_q, T_k], unsure bool [T_q, T_k] or None) for a concrete expression."""
-    q_lo, q_hi, k_lo, k_hi = (t.to(torch.int32) for t in (q_lo, q_hi, k_lo, k_hi))
+    q_lo, q_hi, k_lo, k_hi = (t.to(torch.int64) for t in (q_lo, q_hi, k_lo, k_hi))
     rule = _RULES.get(type(expr))
     if rule is None:
         raise TypeError(f"no tile classifier for {type(expr).__name__} (select a head first)")

@@ -20,8 +20,21 @@ def mask(expr, n_q: int, n_k: int, head: int = 0) -> torch.Tensor:
     return evaluate(select_head(expr, head), q, n_k).expand(n_q, n_k).contiguous()
 
 
-def evaluate(expr, q: torch.Tensor, n_k: int) -> torch.Tensor:
-    """Mask of rows at absolute positions ``q`` (1-D) over keys ``0..n_k-1``, broadcastable."""
+def evaluate(expr, q: torch.Tensor, n_k: int, memo: dict | None = None) -> torch.Tensor:
+    """Mask of rows at absolute positions ``q`` (1-D) over keys ``0..n_k-1``, broadcastable.
+
+    ``memo`` (id -> (node, mask)) evaluates a sub-expression shared by several parents (a
+    pattern used twice) once, for these rows."""
+    memo = {} if memo is None else memo
+    hit = memo.get(id(expr))
+    if hit is not None:
+        return hit[1]
+    result = _evaluate(expr, q, n_k, memo)
+    memo[id(expr)] = (expr, result)
+    return result
+
+
+def _evaluate(expr, q, n_k, memo) -> torch.Tensor:
     qc = q[:, None]
     k = torch.arange(n_k, dtype=torch.int64)[None, :]
     t = type(expr)
@@ -59,13 +72,13 @@ def evaluate(expr, q: torch.Tensor, n_k: int) -> torch.Tensor:
     if t is N.Compare:
         return _compare(expr, qc, k)
     if t is N.Union:
-        return evaluate(expr.left, q, n_k) | evaluate(expr.right, q, n_k)
+        return evaluate(expr.left, q, n_k, memo) | evaluate(expr.right, q, n_k, memo)
     if t is N.Intersect:
-        return evaluate(expr.left, q, n_k) & evaluate(expr.right, q, n_k)
+        return evaluate(expr.left, q, n_k, memo) & evaluate(expr.right, q, n_k, memo)
     if t is N.Difference:
-        return evaluate(expr.left, q, n_k) & ~evaluate(expr.right, q, n_k)
+        return evaluate(expr.left, q, n_k, memo) & ~evaluate(expr.right, q, n_k, memo)
     if t is N.Complement:
-        return ~evaluate(expr.operand, q, n_k)
+        return ~evaluate(expr.operand, q, n_k, memo)
     if t is N.Blocks:
         return _blocks(expr, q, n_k)
     if t is N.Heads:
