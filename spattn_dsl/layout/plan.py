@@ -37,12 +37,18 @@ from .classify import EMPTY, FULL, PARTIAL, classify
 from .pairs import allowed
 
 TILES_PER_CHECK = 256
-# Assumed costs, in pairs of one head (no GPU measurement behind them yet): a launch costs
-# about 5 us, while a (batch 2 x 16 heads, head_dim 128) problem multiplies ~18K pairs of a
-# head per microsecond on an H100; smaller tiles run fewer pairs per second.
+# Costs in pairs of one head: a (batch 2 x 16 heads, head_dim 128) problem multiplies ~18K
+# pairs of a head per microsecond on an H100/H200, a launch costs about 5 us, and smaller tiles
+# run fewer pairs per second. Calibrated on an H200 (benchmarks/RESULTS.md, issue 13): a term
+# after the first re-reads and rewrites the fp32 output rows it touches (~150 pairs' worth per
+# row), a multi-term plan copies its fp32 result out once more, and a term whose longest row
+# is long is bound by that one program (~8 pairs' worth per pair of its longest row), which the
+# grid kernel hides by starting its heaviest rows first among all the others.
 LAUNCH_COST = 1 << 17
 TILE_COST = {(128, 128): 1.0, (128, 64): 1.0, (64, 128): 1.0, (64, 64): 1.1}
 SMALL_TILE_COST = 1.3
+MERGE_COST_PER_ROW = 150
+CRITICAL_PATH_COST = 8
 MAX_SPECIAL = 4  # more structured disjuncts than this: greedy, not every subset
 
 
@@ -71,9 +77,23 @@ class Term:
     def pairs_computed(self) -> int:
         return self.visited_tiles * self.block_m * self.block_n
 
+    @property
+    def longest_row_pairs(self) -> int:
+        """Pairs computed by the busiest query tile (one program's serial work)."""
+        counts = self.layout.full_counts + self.layout.partial_counts
+        return int(counts.max()) * self.block_m * self.block_n if counts.numel() else 0
+
+    @property
+    def rows(self) -> int:
+        """Query rows the term writes (holes excluded)."""
+        if self.q_gather is None:
+            return self.layout.n_q
+        return int((self.q_gather >= 0).sum())
+
     def cost(self) -> float:
         per_pair = TILE_COST.get((self.block_m, self.block_n), SMALL_TILE_COST)
-        return self.pairs_computed * per_pair + LAUNCH_COST
+        work = max(self.pairs_computed, CRITICAL_PATH_COST * self.longest_row_pairs)
+        return work * per_pair + LAUNCH_COST
 
     def describe(self) -> dict:
         from ..ir.printer import text
@@ -97,7 +117,11 @@ class CasePlan:
         return sum(t.pairs_computed for t in self.terms)
 
     def cost(self) -> float:
-        return sum(t.cost() for t in self.terms)
+        total = sum(t.cost() for t in self.terms)
+        if len(self.terms) > 1:  # merged in fp32: later terms read and rewrite their rows
+            touched = sum(t.rows for t in self.terms[1:]) + self.terms[0].rows
+            total += MERGE_COST_PER_ROW * touched
+        return total
 
 
 # ------------------------------------------------------------------ decomposition

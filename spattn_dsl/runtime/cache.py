@@ -35,9 +35,12 @@ class CacheWarning(UserWarning):
 _WARNED: set = set()
 
 
-def warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
+def warn_once(message: str, kind: str | None = None) -> None:
+    """Warn about ``message`` once per process; with ``kind``, once for every entry of that
+    kind (a cache from an older version holds many stale layouts: one line says it)."""
+    key = kind or message
+    if key not in _WARNED:
+        _WARNED.add(key)
         warnings.warn(message, CacheWarning, stacklevel=3)
 
 
@@ -210,7 +213,8 @@ def load_layout(name: str):
         problem = f"unreadable ({_reason(error)})"
     if problem is None:
         return stored["tensors"]
-    warn_once(f"spattn: cached layout {str(path)!r} is {problem}; rebuilding it")
+    warn_once(f"spattn: cached layout {str(path)!r} is {problem}; rebuilding it (and any other "
+              "such layout, silently)", kind="layout")
     return None
 
 
