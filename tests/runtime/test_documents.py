@@ -161,3 +161,30 @@ def test_documents_bad_ids_are_value_errors(documents, match):
     with pytest.raises(ValueError, match=match) as error:
         attn(q, k, v, documents=documents)
     assert "documents" in str(error.value)
+
+
+def test_documents_under_torch_compile_without_recompiling():
+    """The ids are a tensor input of the op: one graph (fullgraph) serves new boundaries, and
+    forward and gradients equal eager."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    attn = compile(PATTERNS.pattern("swa"), **TILES)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda q, k, v, d: attn(q, k, v, documents=d), backend=counter,
+                             fullgraph=True)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        documents = ragged_ids(1, 45, gen).to(DEVICE)
+        q, k, v = (t.requires_grad_(True) for t in inputs(1, 1, 45, 45, 16))
+        out = compiled(q, k, v, documents)
+        out.square().sum().backward()
+        grads = [t.grad.clone() for t in (q, k, v)]
+        for t in (q, k, v):
+            t.grad = None
+        eager = attn(q, k, v, documents=documents)
+        eager.square().sum().backward()
+        assert rel_err(out, eager) < 1e-6
+        for got, t in zip(grads, (q, k, v)):
+            assert rel_err(got, t.grad) < 1e-6
+    assert counter.frame_count == 1
