@@ -1,4 +1,4 @@
-"""``compile(pattern, **hints)`` -> ``attn(q, k, v, scale=None)``.
+"""``compile(pattern, **hints)`` -> ``attn(q, k, v, scale=None, key_padding=None, documents=None)``.
 
 Shapes come from the tensors at call time. For each problem size the runtime builds (and
 caches, in memory and on disk) the block layout and the generated kernels, picks a tile
@@ -170,9 +170,7 @@ class SparseAttention:
                 name: getattr(lists, name)[:, case].contiguous() for name in _CASE_LISTS},
                 row_order=lists.row_order.contiguous())
             term = TermLaunch(self._document_module(case, n_k), layout, config, q.device)
-            term.col_order = lists.col_order.contiguous()
-            term.full_range = term.partial_range = False  # the range flags span the batch
-            term.full_q_range = term.partial_q_range = False
+            term.col_order = lists.col_order.contiguous()  # per batch row (TermLaunch sums rows)
             term.doc_start = doc_start
             cases.append([term])
         return Plan(cases, config)
@@ -244,7 +242,9 @@ class SparseAttention:
 
 
 def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
-    """Compile a pattern into ``attn(q, k, v, scale=None) -> out`` on ``[B, H, n, D]`` tensors.
+    """Compile a pattern into ``attn(q, k, v, scale=None, key_padding=None, documents=None)
+    -> out`` on ``[B, H, n, D]`` tensors (``documents``: packed sequences, see the module
+    docstring).
 
     Hints (all optional): ``block_m``, ``block_n``, ``num_warps``, ``num_stages``, ``merged``
     (fix the tile configuration; ``merged`` visits range layouts in one loop), ``autotune``
