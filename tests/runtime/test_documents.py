@@ -188,3 +188,18 @@ def test_documents_under_torch_compile_without_recompiling():
         for got, t in zip(grads, (q, k, v)):
             assert rel_err(got, t.grad) < 1e-6
     assert counter.frame_count == 1
+
+
+def test_decorator_passes_documents_on():
+    from spattn_dsl import sparse_attention
+
+    @sparse_attention("causal & window(6)", **TILES)
+    def attention(q, k, v):
+        """replaced by spattn"""
+
+    pattern = loads("pattern p { causal & window(6) }").pattern("p")
+    q, k, v = inputs(2, 1, 33, 33, 16)
+    documents = ragged_ids(2, 33, torch.Generator().manual_seed(2))
+    out = attention(q, k, v, documents=documents.to(DEVICE))
+    ref = oracle(pattern, *(t.cpu().double() for t in (q, k, v)), documents)
+    assert rel_err(out, ref) < 1e-4
