@@ -108,7 +108,8 @@ def train(args) -> list[float]:
                 args.batch, args.seq_len, args.motif, args.vocab, generator))
             loss = model(input_ids=ids, position_ids=positions, labels=labels).loss
         else:
-            ids = motif_batch(args.batch, args.seq_len, args.motif, args.vocab, generator).to(device)
+            ids = motif_batch(args.batch, args.seq_len, args.motif, args.vocab, generator)
+            ids = ids.to(device)
             loss = model(input_ids=ids, labels=ids).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
