@@ -16,7 +16,7 @@ PARTIAL tiles the predicate on document-relative positions plus the same-documen
 generated code is the same for every set of boundaries. Tiles are the forced ones, else the
 space's first choice (no autotuning under documents). Patterns whose predicate needs a
 document's length (``n``) or draws per document (``random``) run the exact dense reference
-per batch row instead (fp32, memory ``n_q x n_k`` per head), with a one-time warning.
+of each document alone instead (fp32, one document at a time), with a one-time warning.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from ..codegen.render import render_term
 from ..ir.evaluate import head_count, select_head
 from ..layout.build import BlockLayout, lower
 from ..layout.documents import DocumentRules, document_layout
-from ..semantics.documents import check_documents
+from ..semantics.documents import check_documents, document_runs
 from . import cache, launch, op
 from .launch import Plan, TermLaunch
 from .lowering import MODES, cheapest, launch_plan
@@ -149,7 +149,8 @@ class SparseAttention:
             _WARNED.add(("documents", self.pattern.hash))
             warnings.warn(f"spattn: with documents, {', '.join(unknown)} depends on each "
                           "document's length or draws per document, which the kernels do not "
-                          "take yet; using the dense reference attention (exact, slow)",
+                          "take yet; using the dense reference attention per document "
+                          "(exact, slow)",
                           stacklevel=4)
         return bool(unknown)
 
@@ -376,10 +377,15 @@ def _reference_layout(pattern, n_q: int, n_k: int) -> BlockLayout:
 def reference_forward(pattern, q, k, v, key_padding, scale, documents=None):
     """The CPU path's (out, lse): fp32 attention over the pattern's block layout, one query
     tile at a time (memory grows with the allowed pairs, not n_q x n_k). With documents: the
-    dense reference under each batch row's document mask."""
+    dense reference of each document alone (memory grows with the longest document)."""
     if documents is not None:
-        out, lse = attention_reference(pattern, q, k, v, scale, torch.float32, key_padding,
-                                       documents)
+        out = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+        lse = torch.full(q.shape[:3], float("-inf"), device=q.device, dtype=torch.float32)
+        for b, rows, keys in _document_pieces(documents, q.shape[2]):
+            pad = None if key_padding is None else key_padding[b:b + 1, keys]
+            out[b:b + 1, :, rows], lse[b:b + 1, :, rows] = attention_reference(
+                pattern, q[b:b + 1, :, rows], k[b:b + 1, :, keys], v[b:b + 1, :, keys], scale,
+                torch.float32, pad)
         return out.to(q.dtype).contiguous(), lse.contiguous()
     layout = _reference_layout(pattern, q.shape[2], k.shape[2])
     out, lse = attention_tiled(pattern, q, k, v, scale, torch.float32, key_padding, layout)
@@ -388,12 +394,35 @@ def reference_forward(pattern, q, k, v, key_padding, scale, documents=None):
 
 def reference_backward(pattern, grad_out, grad_lse, q, k, v, key_padding, scale, documents=None):
     """The CPU path's (dq, dk, dv): the closed-form softmax gradient, tile by tile (with
-    documents: dense, under each batch row's document mask)."""
+    documents: dense, document by document)."""
     if documents is not None:
-        grads = attention_reference_backward(pattern, grad_out, q, k, v, scale, torch.float32,
-                                             key_padding, grad_lse, documents)
+        grads = tuple(torch.zeros(t.shape, device=t.device, dtype=torch.float32)
+                      for t in (q, k, v))
+        for b, rows, keys in _document_pieces(documents, q.shape[2]):
+            pad = None if key_padding is None else key_padding[b:b + 1, keys]
+            g_lse = None if grad_lse is None else grad_lse[b:b + 1, :, rows]
+            dq, dk, dv = attention_reference_backward(
+                pattern, grad_out[b:b + 1, :, rows], q[b:b + 1, :, rows], k[b:b + 1, :, keys],
+                v[b:b + 1, :, keys], scale, torch.float32, pad, g_lse)
+            grads[0][b:b + 1, :, rows] = dq
+            grads[1][b:b + 1, :, keys] = dk
+            grads[2][b:b + 1, :, keys] = dv
         return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
     layout = _reference_layout(pattern, q.shape[2], k.shape[2])
     grads = attention_tiled_backward(pattern, grad_out, q, k, v, scale, torch.float32,
                                      key_padding, grad_lse, layout)
     return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
+
+
+def _document_pieces(documents, n_q: int):
+    """(batch row, query rows, key positions) as slices, for every document that holds
+    queries: each document is its own sequence, its queries bottom-right aligned in it."""
+    n_k = documents.shape[1]
+    offset = n_k - n_q
+    for b, row in enumerate(documents.cpu()):
+        starts, lengths = document_runs(row)
+        for start, length in zip(starts.tolist(), lengths.tolist()):
+            first = max(start, offset)
+            if first < start + length:
+                end = start + length
+                yield b, slice(first - offset, end - offset), slice(start, end)

@@ -95,6 +95,7 @@ def test_documents_n_and_random_patterns_use_the_reference(name):
     attention_module._WARNED.discard(("documents", PATTERNS.pattern(name).hash))
     with pytest.warns(UserWarning, match="dense reference"):
         check(PATTERNS.pattern(name), heads=1)
+    check(PATTERNS.pattern(name), heads=2, kv_heads=1, n_q=29, n_k=90, key_padding=True)
 
 
 def test_documents_cpu_reference_without_interpreter(monkeypatch):
@@ -103,6 +104,7 @@ def test_documents_cpu_reference_without_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(attention_module, "_WARNED", {"cpu"})
     check(PATTERNS.pattern("blocky"))
+    check(PATTERNS.pattern("two_heads"), heads=4, kv_heads=2, n_q=37, n_k=101, key_padding=True)
 
 
 def test_documents_new_boundaries_reuse_the_kernels(monkeypatch):
