@@ -7,6 +7,11 @@ log(vocab) = the loss of guessing.
 
     python examples/train_tiny_llama.py                    # CPU: under a minute
     python examples/train_tiny_llama.py --pattern "causal & window(16)" --steps 100
+    python examples/train_tiny_llama.py --packed           # packed rows: several documents each
+
+``--packed`` packs documents of random lengths into each row, as DataCollatorWithFlattening
+does (position ids restart at 0 in each document, the first label of each is -100): the
+pattern then applies to every document on its own (spattn's ``documents``).
 
 On a CUDA GPU it runs spattn's generated Triton kernels forward and backward; on a CPU it uses
 the reference attention (or the kernels under the Triton interpreter if TRITON_INTERPRET=1).
@@ -37,6 +42,8 @@ def parse_args(argv=None):
     parser.add_argument("--vocab", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--packed", action="store_true",
+                        help="pack documents of random lengths into each row")
     return parser.parse_args(argv)
 
 
@@ -53,6 +60,26 @@ def motif_batch(batch: int, seq_len: int, motif: int, vocab: int, generator) -> 
     """Sequences that repeat a random motif: tokens after the first copy are predictable."""
     motifs = torch.randint(0, vocab, (batch, motif), generator=generator)
     return motifs.repeat(1, math.ceil(seq_len / motif))[:, :seq_len]
+
+
+def packed_batch(batch: int, seq_len: int, motif: int, vocab: int, generator):
+    """Rows packing motif documents of random lengths (2 to 4 motifs, the last one cut):
+    (input_ids, position_ids restarting at 0 in each document, labels with -100 at each
+    document's first token, so that no token is predicted across documents)."""
+    ids, positions, labels = [], [], []
+    for _ in range(batch):
+        lengths = []
+        while sum(lengths) < seq_len:
+            lengths.append(int(torch.randint(2 * motif, 4 * motif + 1, (1,), generator=generator)))
+        lengths[-1] -= sum(lengths) - seq_len
+        docs = [motif_batch(1, n, motif, vocab, generator)[0] for n in lengths]
+        row = torch.cat(docs)
+        label = row.clone()
+        label[torch.cumsum(torch.tensor([0] + lengths[:-1]), 0)] = -100
+        ids.append(row)
+        positions.append(torch.cat([torch.arange(n) for n in lengths]))
+        labels.append(label)
+    return torch.stack(ids), torch.stack(positions), torch.stack(labels)
 
 
 def attention_path(device: str) -> str:
@@ -72,11 +99,18 @@ def train(args) -> list[float]:
     generator = torch.Generator().manual_seed(args.seed)
     print(f"pattern: {args.pattern}   attention: {attention_path(device)}   "
           f"parameters: {sum(p.numel() for p in model.parameters()):,}")
-    print(f"loss of guessing: log({args.vocab}) = {math.log(args.vocab):.3f}")
+    print(f"loss of guessing: log({args.vocab}) = {math.log(args.vocab):.3f}"
+          + ("   rows: packed documents" if args.packed else ""))
     losses, start = [], time.perf_counter()
     for step in range(1, args.steps + 1):
-        ids = motif_batch(args.batch, args.seq_len, args.motif, args.vocab, generator).to(device)
-        loss = model(input_ids=ids, labels=ids).loss
+        if args.packed:
+            ids, positions, labels = (t.to(device) for t in packed_batch(
+                args.batch, args.seq_len, args.motif, args.vocab, generator))
+            loss = model(input_ids=ids, position_ids=positions, labels=labels).loss
+        else:
+            ids = motif_batch(args.batch, args.seq_len, args.motif, args.vocab, generator)
+            ids = ids.to(device)
+            loss = model(input_ids=ids, labels=ids).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -93,8 +93,14 @@ def _add_report(commands):
                        help="analyse this pattern stacked on itself (default: the file's only "
                        "pattern or model)")
     which.add_argument("--model", metavar="NAME", help="analyse this model's layer schedule")
-    report.add_argument("--seq-len", type=_positive, required=True, metavar="N",
-                        help=f"sequence length, at most {REPORT_MAX_SEQ_LEN}")
+    size = report.add_mutually_exclusive_group(required=True)
+    size.add_argument("--seq-len", type=_positive, metavar="N",
+                      help=f"sequence length, at most {REPORT_MAX_SEQ_LEN}")
+    size.add_argument("--documents", type=_lengths, metavar="L1,L2,...",
+                      help="packed documents of these lengths: one report per distinct length "
+                      "(each document is its own sequence)")
+    report.add_argument("--documents-longest", action="store_true",
+                        help="with --documents: report only the longest document")
     report.add_argument("--layers", type=_positive, default=None, metavar="L",
                         help="layers to analyse (default: a model's depth; for a pattern, "
                         f"until the diameter settles); at most {REPORT_MAX_LAYERS}")
@@ -129,6 +135,14 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _lengths(text: str) -> list:
+    try:
+        return [_positive(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive lengths, "
+                                         f"got {text!r}") from None
 
 
 def _natural(text: str) -> int:
@@ -373,24 +387,35 @@ def cmd_show(args) -> int:
 
 
 def cmd_report(args) -> int:
-    _check_at_most(args, "--seq-len", args.seq_len, REPORT_MAX_SEQ_LEN,
-                   " (the analysis needs memory in proportion to it)")
+    if args.documents is None:
+        if args.documents_longest:
+            raise _usage(args, "argument --documents-longest: needs --documents L1,L2,...")
+        _check_at_most(args, "--seq-len", args.seq_len, REPORT_MAX_SEQ_LEN,
+                       " (the analysis needs memory in proportion to it)")
+    else:
+        _check_at_most(args, "--documents", max(args.documents), REPORT_MAX_SEQ_LEN,
+                       " (the analysis needs memory in proportion to a document's length)")
     if args.layers is not None:
         _check_at_most(args, "--layers", args.layers, REPORT_MAX_LAYERS)
     output = Path(args.output) if args.output else None
     if output is not None:
         _check_output_file(args, output)
     fmt = _report_format(args)
+    if args.documents is not None and fmt == "html":
+        raise _usage(args, "argument --documents: reports of documents come as text, "
+                     "markdown or json, not html")
 
     from .analysis import AnalysisError, analyze, render
     from .api import load
 
     target = _report_target(load(args.file), args)
     try:
-        report = analyze(target, args.seq_len, layers=args.layers)
+        if args.documents is None:
+            text = render(analyze(target, args.seq_len, layers=args.layers), fmt=fmt)
+        else:
+            text = _document_reports(target, args, fmt)
     except AnalysisError as error:
         raise _usage(args, str(error)) from None
-    text = render(report, fmt=fmt)
     if output is None:
         print(text)
         return 0
@@ -400,6 +425,27 @@ def cmd_report(args) -> int:
         raise _write_error(args, output, error) from None
     print(f"wrote {output}")
     return 0
+
+
+def _document_reports(target, args, fmt: str) -> str:
+    """The reports of each distinct document length (or the longest), saying which."""
+    import json
+
+    from .analysis import render
+    from .analysis.documents import analyze_documents
+
+    reports = analyze_documents(target, args.documents, args.layers,
+                                longest=args.documents_longest)
+    if fmt == "json":
+        return json.dumps(reports.to_dict(), indent=2)
+    heading = "## " if fmt in ("markdown", "md") else "== "
+    parts = [f"Documents: {reports.describe()}."]
+    for n, report in reports.items():
+        count = reports.counts[n]
+        plural = "" if count == 1 else "s"
+        parts.append(f"{heading}document length {n} ({count} document{plural})\n\n"
+                     + render(report, fmt=fmt))
+    return "\n\n".join(parts)
 
 
 def cmd_compile(args) -> int:

@@ -44,20 +44,23 @@ def sparse_attention(pattern_or_path, **compile_hints):
     ``pattern_or_path``: a Pattern or Model, ``"file.spattn:name"`` (a pattern or a model), or
     pattern text such as ``"causal & window(256)"``. Tensors are ``[batch, heads, seq, dim]``.
     The function may be a module's method (``forward(self, q, k, v)``): for a Model, the layer is
-    ``self.layer_idx``, or pass ``layer_idx=`` in the call. A ``scale=`` keyword is honoured;
-    other arguments of the original function are accepted and ignored. With fewer key/value heads
+    ``self.layer_idx``, or pass ``layer_idx=`` in the call. ``scale=``, ``key_padding=`` and
+    ``documents=`` keywords are honoured (see ``compile``); other arguments of the original
+    function are accepted and ignored. With fewer key/value heads
     than query heads (grouped-query attention), keys and values are shared across query groups.
     """
     layers = LayerPatterns(pattern_or_path, **compile_hints)
 
     def decorate(function):
         @functools.wraps(function)
-        def run(*args, layer_idx=None, scale=None, **_ignored):
+        def run(*args, layer_idx=None, scale=None, key_padding=None, documents=None,
+                **_ignored):
             owner = args[0] if isinstance(args[0], torch.nn.Module) else None
             q, k, v = args[1:4] if owner is not None else args[:3]
             if layer_idx is None and owner is not None:
                 layer_idx = getattr(owner, "layer_idx", None)
-            return layers.attention(layer_idx)(q, k, v, scale=scale)
+            return layers.attention(layer_idx)(q, k, v, scale=scale, key_padding=key_padding,
+                                               documents=documents)
 
         run.spattn = layers
         return run

@@ -70,7 +70,7 @@ def spattn_attention_forward(layers: LayerPatterns, module, query, key, value, a
             "spattn received packed rows (position_ids restart within a row, as "
             "DataCollatorWithFlattening makes them), but this attention does not take "
             "documents=, so it would attend across documents: pad the batch instead of "
-            "flattening it, or use a spattn version whose kernels take documents")
+            "flattening it, or give the attention a documents= parameter")
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -79,13 +79,16 @@ def test_unpacked_rows_padding_and_decoding_are_not_documents():
 
 
 def test_takes_documents_reads_the_signature():
-    assert not hf.takes_documents(SparseAttention(pattern_from("causal")))
+    assert hf.takes_documents(SparseAttention(pattern_from("causal")))
+    assert not hf.takes_documents(lambda q, k, v, scale=None, key_padding=None: q)
     assert hf.takes_documents(lambda q, k, v, scale=None, key_padding=None, documents=None: q)
     assert hf.takes_documents(lambda q, k, v, *, documents: q)
     assert not hf.takes_documents(lambda q, k, v, **kwargs: q)  # could drop the ids silently
 
 
-def test_packed_rows_are_refused_without_documents_support():
+def test_packed_rows_are_refused_without_documents_support(monkeypatch):
+    monkeypatch.setattr(LayerPatterns, "attention",
+                        lambda self, layer: lambda q, k, v, scale=None, key_padding=None: q)
     model = llama()
     model.set_attn_implementation(hf.register("spattn_test_packed_refused", "causal"))
     input_ids, position_ids = flattened([6, 9, 4])
@@ -131,3 +134,23 @@ def test_packed_rows_reach_documents_and_equal_each_document_alone(monkeypatch):
                 start += n
     want = torch.stack([ids_of(ls) for ls in lengths])
     assert len(calls) == SIZES["num_hidden_layers"] and all(torch.equal(c, want) for c in calls)
+
+
+@pytest.mark.parametrize("text", ["causal", "causal & window(5)"])
+def test_packed_rows_through_the_kernels_equal_each_document_alone(text):
+    """The spattn kernels themselves (no stand-in): logits of packed rows equal each document
+    run alone under the same pattern."""
+    model = llama()
+    model.set_attn_implementation(hf.register(f"spattn_test_packed_kernels_{len(text)}", text))
+    lengths = [[5, 1, 12, 7], [13, 12]]
+    rows = [flattened(ls, seed=i) for i, ls in enumerate(lengths)]
+    input_ids = torch.cat([r[0] for r in rows])
+    position_ids = torch.cat([r[1] for r in rows])
+    with torch.no_grad():
+        packed = model(input_ids, position_ids=position_ids, use_cache=False).logits
+        for b, ls in enumerate(lengths):
+            start = 0
+            for n in ls:
+                alone = model(input_ids[b:b + 1, start:start + n], use_cache=False).logits
+                assert torch.allclose(packed[b:b + 1, start:start + n], alone, atol=1e-4)
+                start += n

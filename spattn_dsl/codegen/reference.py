@@ -19,35 +19,43 @@ from ..layout.pairs import allowed
 REFERENCE_TILE = 128  # query and key tile of the tiled reference
 
 
-def reference_masks(pattern, n_q: int, n_k: int, heads: int, key_padding=None, device="cpu"):
-    """bool ``[1 or B, H, n_q, n_k]``: each head's ``pattern.mask``, and the real keys of
-    ``key_padding`` (``[B, n_k]``, False = padding) when given."""
-    masks = torch.stack([pattern.mask(n_q, n_k, head=h) for h in range(heads)]).to(device)[None]
+def reference_masks(pattern, n_q: int, n_k: int, heads: int, key_padding=None, device="cpu",
+                    documents=None):
+    """bool ``[1 or B, H, n_q, n_k]``: each head's ``pattern.mask`` (per batch row under its
+    ``documents`` ids ``[B, n_k]`` when given), and the real keys of ``key_padding``
+    (``[B, n_k]``, False = padding) when given."""
+    if documents is None:
+        masks = torch.stack([pattern.mask(n_q, n_k, head=h) for h in range(heads)])[None]
+    else:
+        masks = torch.stack([torch.stack([pattern.mask(n_q, n_k, head=h, documents=row)
+                                          for h in range(heads)]) for row in documents.cpu()])
+    masks = masks.to(device)
     if key_padding is not None:
         masks = masks & key_padding.to(device=device, dtype=torch.bool)[:, None, None, :]
     return masks
 
 
 def attention_reference(pattern, q, k, v, scale: float | None = None, dtype=torch.float64,
-                        key_padding=None):
+                        key_padding=None, documents=None):
     """``softmax(q k^T * scale, masked) v`` per head, rows with no allowed key -> 0.
 
     ``q`` ``[B, H, n_q, D]``, ``k``/``v`` ``[B, H_kv, n_k, D]`` (H a multiple of H_kv); head h uses
     the mask ``pattern.mask(n_q, n_k, head=h)``. Returns ``(out [B, H, n_q, D], lse [B, H, n_q])``
-    in ``dtype``.
+    in ``dtype``. ``documents``: None or ``[B, n_k]`` ids (``Pattern.mask``'s, per batch row).
     """
-    masks, scores, vd = _scores(pattern, q, k, v, scale, dtype, key_padding)
+    masks, scores, vd = _scores(pattern, q, k, v, scale, dtype, key_padding, documents)
     lse = torch.logsumexp(scores, dim=-1)
     probs = _probs(scores, lse, masks)
     return masked_matmul(probs, masks, vd), lse
 
 
 def attention_reference_backward(pattern, grad_out, q, k, v, scale: float | None = None,
-                                 dtype=torch.float32, key_padding=None, grad_lse=None):
+                                 dtype=torch.float32, key_padding=None, grad_lse=None,
+                                 documents=None):
     """(dq, dk, dv) of ``attention_reference`` by the closed-form softmax gradient, without
     autograd (so it runs inside a custom op's backward), in ``dtype``; ``grad_lse`` is the
     gradient of its lse (or None)."""
-    masks, scores, vd = _scores(pattern, q, k, v, scale, dtype, key_padding)
+    masks, scores, vd = _scores(pattern, q, k, v, scale, dtype, key_padding, documents)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     group = q.shape[1] // k.shape[1]
     probs = _probs(scores, torch.logsumexp(scores, dim=-1), masks)
@@ -68,13 +76,13 @@ def attention_reference_backward(pattern, grad_out, q, k, v, scale: float | None
     return dq, per_kv_head(dk), per_kv_head(dv)
 
 
-def _scores(pattern, q, k, v, scale, dtype, key_padding):
+def _scores(pattern, q, k, v, scale, dtype, key_padding, documents=None):
     n_q, n_k = q.shape[2], k.shape[2]
     heads, group = q.shape[1], q.shape[1] // k.shape[1]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qd, kd, vd = (t.to(dtype) for t in (q, k, v))
     kd, vd = kd.repeat_interleave(group, 1), vd.repeat_interleave(group, 1)
-    masks = reference_masks(pattern, n_q, n_k, heads, key_padding, q.device)
+    masks = reference_masks(pattern, n_q, n_k, heads, key_padding, q.device, documents)
     scores = torch.einsum("bhqd,bhkd->bhqk", qd, kd) * scale
     return masks, scores.masked_fill(~masks, float("-inf")), vd
 

@@ -58,6 +58,12 @@ def _kept(pad_row, offs_kn, n_k):
 
 
 @triton.jit
+def _doc_start(doc_row, pos, n_k, other):
+    """The start of each position's document (``documents``); ``other`` outside ``[0, n_k)``."""
+    return tl.load(doc_row + pos, mask=(pos >= 0) & (pos < n_k), other=other)
+
+
+@triton.jit
 def _gathered(Idx, offs, size, n, GATHER: tl.constexpr):
     """(positions, valid) of a tile of virtual indices: read through the gather vector
     ``Idx`` (-1 = a hole; holes read position 0, masked by ``valid``), or the indices
@@ -94,13 +100,13 @@ $predicate_body
 
 @triton.jit
 def ${name}(
-    Q, K, V, Out, Lse, KeyPad, QIdx, KIdx,
+    Q, K, V, Out, Lse, KeyPad, QIdx, KIdx, DocStart,
     FullCounts, FullIndices, PartialCounts, PartialIndices, RowOrder, VisitStart,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
     stride_oz, stride_oh, stride_om, stride_od,
-    stride_lz, stride_lh, stride_pz,
+    stride_lz, stride_lh, stride_pz, stride_sz,
     n_batch, n_heads, kv_group, n_q, n_k, m_q, m_k, head_first, head_step,
     n_tiles_q, full_width, partial_width,
     qk_scale$table_params,
@@ -109,6 +115,7 @@ def ${name}(
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_N: tl.constexpr,
     MERGED: tl.constexpr, HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr,
     GATHER_K: tl.constexpr, ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOCUMENTS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     slot = pid // (n_batch * n_heads)
@@ -117,7 +124,11 @@ def ${name}(
     h = head_first + head_step * (bh % n_heads)                  # the heads of one case
     kv_h = (h // kv_group).to(tl.int64)
     case = h % CASES
-    tile_m = tl.load(RowOrder + slot)
+    if DOCUMENTS:  # per-call lists, one set per batch row
+        layout_row = z * n_tiles_q
+    else:
+        layout_row = 0
+    tile_m = tl.load(RowOrder + layout_row + slot)
     pad_row = KeyPad + z * stride_pz                             # this batch's key_padding row
 
     offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)            # [BLOCK_M] (virtual) rows
@@ -126,6 +137,11 @@ def ${name}(
     offs_d = tl.arange(0, HEAD_DIM_PAD)                          # [HEAD_DIM_PAD]
     q_pos = (rows + (n_k - n_q))[:, None]                        # [BLOCK_M, 1] absolute
     d_ok = offs_d < HEAD_DIM                                     # [HEAD_DIM_PAD]
+    doc_row = DocStart + z * stride_sz
+    if DOCUMENTS:
+        q_start = _doc_start(doc_row, q_pos, n_k, -1)            # [BLOCK_M, 1] its document's start
+    else:
+        q_start = q_pos * 0
 
     q_ptrs = Q + z * stride_qz + h.to(tl.int64) * stride_qh \\
         + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd
@@ -139,7 +155,7 @@ def ${name}(
     l_i = tl.zeros([BLOCK_M], tl.float32)                        # [BLOCK_M] running sum
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)          # [BLOCK_M, HEAD_DIM_PAD]
 
-    row = case * n_tiles_q + tile_m
+    row = layout_row + case * n_tiles_q + tile_m
     if MERGED:
         n_full = tl.load(FullCounts + row)
         first_full = tl.load(FullIndices + row * full_width)
@@ -225,7 +241,11 @@ def ${name}(
                 k = tl.load(k_ptrs + start_n * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
                 v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
             k_pos = offs_kn[None, :]                                 # [1, BLOCK_N] absolute
-            allowed = _allowed(q_pos, k_pos, case$table_args)        # [BLOCK_M, BLOCK_N] or a side
+            if DOCUMENTS:  # the pattern on document-relative positions, same document only
+                allowed = _allowed(q_pos - q_start, k_pos - q_start, case$table_args) \\
+                    & (_doc_start(doc_row, k_pos, n_k, -2) == q_start)
+            else:
+                allowed = _allowed(q_pos, k_pos, case$table_args)    # [BLOCK_M, BLOCK_N] or a side
             if not EVEN_N:
                 allowed = allowed & k_ok[None, :]
             if HAS_PAD:
@@ -298,10 +318,11 @@ BACKWARD = Template('''
 
 @triton.jit
 def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
-              tiles, count, q_pos, case, stride_kn, stride_vn, n_k, qk_scale$table_params,
+              tiles, count, q_pos, case, stride_kn, stride_vn, n_k, qk_scale, doc_row,
+              q_start$table_params,
               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
               PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, HAS_PAD: tl.constexpr,
-              GATHER_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+              GATHER_K: tl.constexpr, DOT_PRECISION: tl.constexpr, DOCUMENTS: tl.constexpr):
     """dQ += dS K over ``count`` key tiles of a list (FULL: no predicate, PARTIAL: the
     predicate and the bounds); ``GATHER_K``: key columns read through ``KIdx``."""
     offs_n = tl.arange(0, BLOCK_N)
@@ -327,7 +348,12 @@ def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, 
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION)        # [BLOCK_M, BLOCK_N]
         p = tl.math.exp2(qk * qk_scale - lse2[:, None])
         if PARTIAL:
-            allowed = _allowed(q_pos, offs_kn[None, :], case$table_args) & k_ok[None, :]
+            if DOCUMENTS:
+                k_pos = offs_kn[None, :]                         # [1, BLOCK_N]
+                allowed = _allowed(q_pos - q_start, k_pos - q_start, case$table_args) \\
+                    & (_doc_start(doc_row, k_pos, n_k, -2) == q_start) & k_ok[None, :]
+            else:
+                allowed = _allowed(q_pos, offs_kn[None, :], case$table_args) & k_ok[None, :]
             if HAS_PAD:
                 allowed = allowed & _kept(pad_row, offs_kn, n_k)[None, :]
             p = tl.where(allowed, p, 0.0)
@@ -341,14 +367,14 @@ def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, 
 
 @triton.jit
 def ${name}_dq(
-    Q, K, V, DO, Lse, Delta, DQ, KeyPad, QIdx, KIdx,
+    Q, K, V, DO, Lse, Delta, DQ, KeyPad, QIdx, KIdx, DocStart,
     FullCounts, FullIndices, PartialCounts, PartialIndices, RowOrder,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
     stride_oz, stride_oh, stride_om, stride_od,
     stride_gz, stride_gh, stride_gm, stride_gd,
-    stride_lz, stride_lh, stride_pz,
+    stride_lz, stride_lh, stride_pz, stride_sz,
     n_batch, n_heads, kv_group, n_q, n_k, m_q, m_k, head_first, head_step,
     n_tiles_q, full_width, partial_width,
     qk_scale, sm_scale$table_params,
@@ -356,7 +382,7 @@ def ${name}_dq(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr,
     HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, GATHER_K: tl.constexpr,
-    ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOCUMENTS: tl.constexpr,
 ):
     """dQ of one (virtual) query tile: its key tiles, as in the forward pass; ``ACCUMULATE``
     adds to what earlier terms wrote."""
@@ -367,13 +393,22 @@ def ${name}_dq(
     h = head_first + head_step * (bh % n_heads)
     kv_h = (h // kv_group).to(tl.int64)
     case = h % CASES
-    tile_m = tl.load(RowOrder + slot)
+    if DOCUMENTS:  # per-call lists, one set per batch row
+        layout_row = z * n_tiles_q
+    else:
+        layout_row = 0
+    tile_m = tl.load(RowOrder + layout_row + slot)
 
     offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)            # [BLOCK_M] (virtual) rows
     rows, m_ok = _gathered(QIdx, offs_m, m_q, n_q, GATHER_Q)     # [BLOCK_M] query rows
     offs_n = tl.arange(0, BLOCK_N)                               # [BLOCK_N]
     offs_d = tl.arange(0, HEAD_DIM_PAD)                          # [HEAD_DIM_PAD]
     q_pos = (rows + (n_k - n_q))[:, None]                        # [BLOCK_M, 1] absolute
+    doc_row = DocStart + z * stride_sz
+    if DOCUMENTS:
+        q_start = _doc_start(doc_row, q_pos, n_k, -1)            # [BLOCK_M, 1] its document's start
+    else:
+        q_start = q_pos * 0
     row_mask = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     q = tl.load(Q + z * stride_qz + h.to(tl.int64) * stride_qh + rows[:, None] * stride_qm
                 + offs_d[None, :] * stride_qd, mask=row_mask, other=0.0)   # [BLOCK_M, HEAD_DIM_PAD]
@@ -389,15 +424,17 @@ def ${name}_dq(
     pad_row = KeyPad + z * stride_pz
     dq = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
 
-    row = case * n_tiles_q + tile_m
+    row = layout_row + case * n_tiles_q + tile_m
     dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
                    FullIndices + row * full_width, tl.load(FullCounts + row), q_pos, case,
-                   stride_kn, stride_vn, n_k, qk_scale$table_args, BLOCK_N, HEAD_DIM,
-                   HEAD_DIM_PAD, False, FULL_RANGE, HAS_PAD, GATHER_K, DOT_PRECISION)
+                   stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start$table_args, BLOCK_N,
+                   HEAD_DIM, HEAD_DIM_PAD, False, FULL_RANGE, HAS_PAD, GATHER_K, DOT_PRECISION,
+                   DOCUMENTS)
     dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
                    PartialIndices + row * partial_width, tl.load(PartialCounts + row), q_pos,
-                   case, stride_kn, stride_vn, n_k, qk_scale$table_args, BLOCK_N, HEAD_DIM,
-                   HEAD_DIM_PAD, True, PARTIAL_RANGE, HAS_PAD, GATHER_K, DOT_PRECISION)
+                   case, stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start$table_args,
+                   BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, True, PARTIAL_RANGE, HAS_PAD, GATHER_K,
+                   DOT_PRECISION, DOCUMENTS)
     dq = dq * sm_scale
     dq_ptrs = DQ + z * stride_gz + h.to(tl.int64) * stride_gh + rows[:, None] * stride_gm \\
         + offs_d[None, :] * stride_gd
@@ -409,10 +446,11 @@ def ${name}_dq(
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta, stat_head,
                 tiles, count, stride_qm, stride_qd, stride_om, stride_od, n_q, n_k, qk_scale,
-                case$table_params,
+                case, doc_row, k_start$table_params,
                 BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
                 PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, EVEN_M: tl.constexpr,
-                HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                DOCUMENTS: tl.constexpr):
     """dV += P^T dO and dK += dS^T Q over ``count`` (virtual) query tiles of a list."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -440,7 +478,13 @@ def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delt
         p_t = tl.math.exp2(qk_t * qk_scale - _log2_lse(lse)[None, :])
         if PARTIAL:
             q_pos = (rows + (n_k - n_q))[None, :]                       # [1, BLOCK_M]
-            p_t = tl.where(_allowed(q_pos, k_pos, case$table_args) & keep, p_t, 0.0)
+            if DOCUMENTS:  # document-relative positions, same document only
+                q_start = _doc_start(doc_row, q_pos, n_k, -1)            # [1, BLOCK_M]
+                allowed = _allowed(q_pos - q_start, k_pos - q_start, case$table_args) \\
+                    & (k_start == q_start)
+            else:
+                allowed = _allowed(q_pos, k_pos, case$table_args)
+            p_t = tl.where(allowed & keep, p_t, 0.0)
         elif HAS_PAD:
             p_t = tl.where(keep, p_t, 0.0)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
@@ -452,14 +496,14 @@ def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delt
 
 @triton.jit
 def ${name}_dkdv(
-    Q, K, V, DO, Lse, Delta, DK, DV, KeyPad, QIdx, KIdx,
+    Q, K, V, DO, Lse, Delta, DK, DV, KeyPad, QIdx, KIdx, DocStart,
     FullCounts, FullIndices, PartialCounts, PartialIndices, ColOrder,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
     stride_oz, stride_oh, stride_om, stride_od,
     stride_gz, stride_gh, stride_gn, stride_gd,
-    stride_lz, stride_lh, stride_pz,
+    stride_lz, stride_lh, stride_pz, stride_sz,
     n_batch, n_kv_heads, kv_group, n_q, n_k, m_q, m_k, head_first, head_step, kv_first, kv_step,
     n_tiles_k, full_width, partial_width,
     qk_scale, sm_scale$table_params,
@@ -467,7 +511,7 @@ def ${name}_dkdv(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_M: tl.constexpr,
     HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, GATHER_K: tl.constexpr,
-    ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOCUMENTS: tl.constexpr,
 ):
     """dK and dV of one (virtual) key tile of one key/value head: the query tiles of the
     transposed layout (``FullCounts``... are the ``*_q_*`` lists), for every query head of its
@@ -478,12 +522,21 @@ def ${name}_dkdv(
     bh = pid % (n_batch * n_kv_heads)
     z = (bh // n_kv_heads).to(tl.int64)
     kv_h = kv_first + kv_step * (bh % n_kv_heads)
-    tile_n = tl.load(ColOrder + slot)
+    if DOCUMENTS:  # per-call lists, one set per batch row
+        layout_row = z * n_tiles_k
+    else:
+        layout_row = 0
+    tile_n = tl.load(ColOrder + layout_row + slot)
 
     offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)            # [BLOCK_N] (virtual) columns
     cols, k_ok = _gathered(KIdx, offs_n, m_k, n_k, GATHER_K)     # [BLOCK_N] key positions
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     k_pos = cols[:, None]                                        # [BLOCK_N, 1] absolute
+    doc_row = DocStart + z * stride_sz
+    if DOCUMENTS:
+        k_start = _doc_start(doc_row, k_pos, n_k, -2)            # [BLOCK_N, 1] its document's start
+    else:
+        k_start = k_pos * 0
     key_mask = k_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     k = tl.load(K + z * stride_kz + kv_h.to(tl.int64) * stride_kh + cols[:, None] * stride_kn
                 + offs_d[None, :] * stride_kd, mask=key_mask, other=0.0)    # [BLOCK_N, HEAD_DIM_PAD]
@@ -502,18 +555,20 @@ def ${name}_dkdv(
             q_head = Q + z * stride_qz + h * stride_qh
             do_head = DO + z * stride_oz + h * stride_oh
             stat_head = z * stride_lz + h * stride_lh
-            row = case * n_tiles_k + tile_n
+            row = layout_row + case * n_tiles_k + tile_n
             dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta,
                                  stat_head, FullIndices + row * full_width, tl.load(FullCounts + row),
                                  stride_qm, stride_qd, stride_om, stride_od, n_q, n_k, qk_scale,
-                                 case$table_args, BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, False,
-                                 FULL_RANGE, EVEN_M, HAS_PAD, GATHER_Q, DOT_PRECISION)
+                                 case, doc_row, k_start$table_args, BLOCK_M, HEAD_DIM,
+                                 HEAD_DIM_PAD, False, FULL_RANGE, EVEN_M, HAS_PAD, GATHER_Q,
+                                 DOT_PRECISION, DOCUMENTS)
             dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta,
                                  stat_head, PartialIndices + row * partial_width,
                                  tl.load(PartialCounts + row), stride_qm, stride_qd, stride_om,
-                                 stride_od, n_q, n_k, qk_scale, case$table_args, BLOCK_M,
-                                 HEAD_DIM, HEAD_DIM_PAD, True, PARTIAL_RANGE, EVEN_M, HAS_PAD,
-                                 GATHER_Q, DOT_PRECISION)
+                                 stride_od, n_q, n_k, qk_scale, case, doc_row,
+                                 k_start$table_args, BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, True,
+                                 PARTIAL_RANGE, EVEN_M, HAS_PAD, GATHER_Q, DOT_PRECISION,
+                                 DOCUMENTS)
 
     dk = dk * sm_scale
     out_off = z * stride_gz + kv_h.to(tl.int64) * stride_gh + cols[:, None] * stride_gn \\

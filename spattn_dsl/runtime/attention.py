@@ -1,4 +1,4 @@
-"""``compile(pattern, **hints)`` -> ``attn(q, k, v, scale=None)``.
+"""``compile(pattern, **hints)`` -> ``attn(q, k, v, scale=None, key_padding=None, documents=None)``.
 
 Shapes come from the tensors at call time. For each problem size the runtime builds (and
 caches, in memory and on disk) the block layout and the generated kernels, picks a tile
@@ -7,6 +7,16 @@ op ``torch.ops.spattn.attention`` (``runtime.op``), whose backward runs the gene
 dK/dV kernels. On a CPU the kernel runs
 under the Triton interpreter when ``TRITON_INTERPRET=1`` (in fp32), and otherwise the tiled
 reference runs, with a one-time warning.
+
+Documents (packed sequences, SPEC section 7): ``documents=`` an integer ``[batch, n_k]`` id
+tensor. Each call builds its tile layout from the ids on the tensors' device
+(``layout.documents``, never cached: boundaries change every batch) and launches the
+token-grid kernel of each head case with ``DOCUMENTS`` set: per-batch tile lists, and on
+PARTIAL tiles the predicate on document-relative positions plus the same-document test. The
+generated code is the same for every set of boundaries. Tiles are the forced ones, else the
+space's first choice (no autotuning under documents). Patterns whose predicate needs a
+document's length (``n``) or draws per document (``random``) run the exact dense reference
+of each document alone instead (fp32, one document at a time), with a one-time warning.
 """
 from __future__ import annotations
 
@@ -20,9 +30,14 @@ import torch
 from ..codegen.reference import REFERENCE_TILE, attention_tiled, attention_tiled_backward
 from ..codegen.render import TileConfig
 from ..codegen.space import backward_candidates, candidate_configs
+from ..codegen.reference import attention_reference, attention_reference_backward
+from ..codegen.render import render_term
+from ..ir.evaluate import head_count, select_head
 from ..layout.build import BlockLayout, lower
+from ..layout.documents import DocumentRules, document_layout
+from ..semantics.documents import check_documents, document_runs
 from . import cache, launch, op
-from .launch import Plan
+from .launch import Plan, TermLaunch
 from .lowering import MODES, cheapest, launch_plan
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -37,7 +52,7 @@ def interpreting() -> bool:
 
 class SparseAttention:
     """The compiled attention of one pattern; call it as
-    ``attn(q, k, v, scale=None, key_padding=None)``."""
+    ``attn(q, k, v, scale=None, key_padding=None, documents=None)``."""
 
     def __init__(self, pattern, block_m: int | None = None, block_n: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None,
@@ -60,45 +75,118 @@ class SparseAttention:
         self.autotune = autotune
         self.verbose = verbose
         self._plans: dict = {}
+        self._document_rules = None
+        self._document_modules: dict = {}
         self.op_id = op.register(self)
 
     # ------------------------------------------------------------------ public
-    def __call__(self, q, k, v, scale: float | None = None, key_padding=None):
-        return self.forward(q, k, v, scale, key_padding)[0]
+    def __call__(self, q, k, v, scale: float | None = None, key_padding=None, documents=None):
+        return self.forward(q, k, v, scale, key_padding, documents)[0]
 
-    def forward(self, q, k, v, scale: float | None = None, key_padding=None):
+    def forward(self, q, k, v, scale: float | None = None, key_padding=None, documents=None):
         """(out, lse): the attention output and the natural-log log-sum-exp per row (fp32),
         both differentiable. ``key_padding``: None or bool ``[batch, n_k]``, False marking
-        padding keys that no query may attend to."""
+        padding keys that no query may attend to. ``documents``: None or integer
+        ``[batch, n_k]`` non-decreasing document ids (packed sequences: every document is its
+        own sequence)."""
         scale = check_inputs(q, k, v, scale)
         key_padding = check_padding(key_padding, q, k)
-        return torch.ops.spattn.attention(q, k, v, key_padding, scale, self.op_id)
+        if documents is None:
+            return torch.ops.spattn.attention(q, k, v, key_padding, scale, self.op_id)
+        documents = check_document_ids(documents, q, k)
+        return torch.ops.spattn.attention(q, k, v, key_padding, scale, self.op_id, documents)
 
     def layout(self, n_q: int, n_k: int, config: TileConfig) -> BlockLayout:
         return layout_for(self.pattern, n_q, n_k, config)
 
     # ------------------------------------------------------------- op bodies
-    def run_forward(self, q, k, v, key_padding, scale):
-        """The custom op's forward: the kernel, or the reference on a CPU without the interpreter."""
-        if _use_reference(q):
-            return reference_forward(self.pattern, q, k, v, key_padding, scale)
+    def run_forward(self, q, k, v, key_padding, scale, documents=None):
+        """The custom op's forward: the kernel, or the reference on a CPU without the interpreter
+        (or, with documents, for patterns the document kernels cannot take)."""
+        if _use_reference(q) or self._documents_by_reference(documents):
+            return reference_forward(self.pattern, q, k, v, key_padding, scale, documents)
         if q.device.type == "cpu" and q.dtype != torch.float32:  # the interpreter's dot is fp32
-            out, lse = self.run_forward(q.float(), k.float(), v.float(), key_padding, scale)
+            out, lse = self.run_forward(q.float(), k.float(), v.float(), key_padding, scale,
+                                        documents)
             return out.to(q.dtype), lse
-        return launch.forward(self.plan(q, k, v, scale), q, k, v, scale, key_padding)
+        if documents is not None:
+            plan = self.document_plan(q, k, documents)
+        else:
+            plan = self.plan(q, k, v, scale)
+        return launch.forward(plan, q, k, v, scale, key_padding)
 
-    def run_backward(self, grad_out, grad_lse, q, k, v, out, lse, key_padding, scale):
+    def run_backward(self, grad_out, grad_lse, q, k, v, out, lse, key_padding, scale,
+                     documents=None):
         """The custom op's backward: (dq, dk, dv)."""
-        if _use_reference(q):
-            return reference_backward(self.pattern, grad_out, grad_lse, q, k, v, key_padding, scale)
+        if _use_reference(q) or self._documents_by_reference(documents):
+            return reference_backward(self.pattern, grad_out, grad_lse, q, k, v, key_padding, scale,
+                                      documents)
         if q.device.type == "cpu" and q.dtype != torch.float32:
             grads = self.run_backward(*(t.float() if t is not None and t.is_floating_point() else t
                                         for t in (grad_out, grad_lse, q, k, v, out, lse)),
-                                      key_padding, scale)
+                                      key_padding, scale, documents)
             return tuple(g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
-        dq_plan, dkdv_plan = self.backward_plans(q, k, v, scale)
+        if documents is not None:
+            dq_plan = dkdv_plan = self.document_plan(q, k, documents)
+        else:
+            dq_plan, dkdv_plan = self.backward_plans(q, k, v, scale)
         return launch.backward(dq_plan, dkdv_plan, grad_out, q, k, v, out, lse, scale,
                                key_padding, grad_lse)
+
+    # -------------------------------------------------------------- documents
+    def document_rules(self) -> DocumentRules:
+        if self._document_rules is None:
+            self._document_rules = DocumentRules(self.pattern)
+        return self._document_rules
+
+    def _documents_by_reference(self, documents) -> bool:
+        """With documents, a pattern that needs ``n`` or ``random`` per document runs the
+        exact reference (warned about once per pattern)."""
+        if documents is None:
+            return False
+        unknown = self.document_rules().unknown
+        if unknown and ("documents", self.pattern.hash) not in _WARNED:
+            _WARNED.add(("documents", self.pattern.hash))
+            warnings.warn(f"spattn: with documents, {', '.join(unknown)} depends on each "
+                          "document's length or draws per document, which the kernels do not "
+                          "take yet; using the dense reference attention per document "
+                          "(exact, slow)",
+                          stacklevel=4)
+        return bool(unknown)
+
+    def document_plan(self, q, k, documents) -> Plan:
+        """A Plan for one call with documents: this call's tile layout, built from the ids on
+        their device, and each head case's token-grid kernel (rendered once per pattern)."""
+        n_q, n_k = q.shape[2], k.shape[2]
+        config = self.forced or candidate_configs(q.shape[3], n_q, n_k,
+                                                  interpreter=q.device.type == "cpu")[0]
+        config = TileConfig(config.block_m, config.block_n, config.num_warps,
+                            config.num_stages)  # one loop per list: never merged
+        lists = document_layout(self.document_rules(), documents, n_q, config.block_m,
+                                config.block_n)
+        doc_start = lists.doc_start.contiguous()
+        cases = []
+        for case in range(lists.cases):
+            layout = BlockLayout(n_q, n_k, config.block_m, config.block_n, **{
+                name: getattr(lists, name)[:, case].contiguous() for name in _CASE_LISTS},
+                row_order=lists.row_order.contiguous())
+            term = TermLaunch(self._document_module(case, n_k), layout, config, q.device)
+            term.col_order = lists.col_order.contiguous()  # per batch row (TermLaunch sums rows)
+            term.doc_start = doc_start
+            cases.append([term])
+        return Plan(cases, config)
+
+    def _document_module(self, case: int, n_k: int):
+        """The token-grid kernel of one head case (the pattern does not mention ``n``, so one
+        module serves every length and every set of boundaries)."""
+        module = self._document_modules.get(case)
+        if module is None:
+            concrete = self.pattern.at(n_k)
+            assert head_count(concrete) == self.document_rules().cases
+            rendered = render_term(self.pattern, select_head(concrete, case), n_k)
+            module = cache.import_source(rendered.key, rendered.source)
+            self._document_modules[case] = module
+        return module
 
     # ------------------------------------------------------------------ plans
     def plan(self, q, k, v, scale) -> Plan:
@@ -155,7 +243,9 @@ class SparseAttention:
 
 
 def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
-    """Compile a pattern into ``attn(q, k, v, scale=None) -> out`` on ``[B, H, n, D]`` tensors.
+    """Compile a pattern into ``attn(q, k, v, scale=None, key_padding=None, documents=None)
+    -> out`` on ``[B, H, n, D]`` tensors (``documents``: packed sequences, see the module
+    docstring).
 
     Hints (all optional): ``block_m``, ``block_n``, ``num_warps``, ``num_stages``, ``merged``
     (fix the tile configuration; ``merged`` visits range layouts in one loop), ``autotune``
@@ -166,6 +256,9 @@ def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
 
 
 _LAYOUTS: dict = {}
+# the per-case tensors of a DocumentLayout (``[batch, cases, ...]``), sliced per head case
+_CASE_LISTS = ("states", "full_counts", "full_indices", "partial_counts", "partial_indices",
+               "full_q_counts", "full_q_indices", "partial_q_counts", "partial_q_indices")
 
 
 def layout_for(pattern, n_q: int, n_k: int, config: TileConfig) -> BlockLayout:
@@ -231,6 +324,20 @@ def check_scale(scale) -> float:
     return value
 
 
+def check_document_ids(documents, q, k):
+    """``documents`` as a contiguous int64 ``[batch, n_k]`` tensor on q's device (ValueError
+    naming ``documents`` otherwise). Under ``torch.compile`` only shape and dtype are checked
+    here; the op checks the ids themselves when it runs."""
+    shape = (k.shape[0], k.shape[2])
+    if torch.compiler.is_compiling():
+        if not isinstance(documents, torch.Tensor) or tuple(documents.shape) != shape or \
+                documents.dtype == torch.bool or documents.is_floating_point():
+            raise ValueError(f"documents must be an integer tensor [batch, n_k] = {list(shape)}")
+        return documents.to(device=q.device, dtype=torch.int64).contiguous()
+    ids = check_documents(documents, shape[1], batch=shape[0])
+    return ids.to(q.device).contiguous()
+
+
 def check_padding(key_padding, q, k):
     """None, or ``key_padding`` as a contiguous bool ``[batch, n_k]`` tensor on q's device."""
     if key_padding is None:
@@ -267,17 +374,55 @@ def _reference_layout(pattern, n_q: int, n_k: int) -> BlockLayout:
     return layout_for(pattern, n_q, n_k, TileConfig(REFERENCE_TILE, REFERENCE_TILE, 4, 1))
 
 
-def reference_forward(pattern, q, k, v, key_padding, scale):
+def reference_forward(pattern, q, k, v, key_padding, scale, documents=None):
     """The CPU path's (out, lse): fp32 attention over the pattern's block layout, one query
-    tile at a time (memory grows with the allowed pairs, not n_q x n_k)."""
+    tile at a time (memory grows with the allowed pairs, not n_q x n_k). With documents: the
+    dense reference of each document alone (memory grows with the longest document)."""
+    if documents is not None:
+        out = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+        lse = torch.full(q.shape[:3], float("-inf"), device=q.device, dtype=torch.float32)
+        for b, rows, keys in _document_pieces(documents, q.shape[2]):
+            pad = None if key_padding is None else key_padding[b:b + 1, keys]
+            out[b:b + 1, :, rows], lse[b:b + 1, :, rows] = attention_reference(
+                pattern, q[b:b + 1, :, rows], k[b:b + 1, :, keys], v[b:b + 1, :, keys], scale,
+                torch.float32, pad)
+        return out.to(q.dtype).contiguous(), lse.contiguous()
     layout = _reference_layout(pattern, q.shape[2], k.shape[2])
     out, lse = attention_tiled(pattern, q, k, v, scale, torch.float32, key_padding, layout)
     return out.to(q.dtype).contiguous(), lse.contiguous()  # the strides the fake promises
 
 
-def reference_backward(pattern, grad_out, grad_lse, q, k, v, key_padding, scale):
-    """The CPU path's (dq, dk, dv): the closed-form softmax gradient, tile by tile."""
+def reference_backward(pattern, grad_out, grad_lse, q, k, v, key_padding, scale, documents=None):
+    """The CPU path's (dq, dk, dv): the closed-form softmax gradient, tile by tile (with
+    documents: dense, document by document)."""
+    if documents is not None:
+        grads = tuple(torch.zeros(t.shape, device=t.device, dtype=torch.float32)
+                      for t in (q, k, v))
+        for b, rows, keys in _document_pieces(documents, q.shape[2]):
+            pad = None if key_padding is None else key_padding[b:b + 1, keys]
+            g_lse = None if grad_lse is None else grad_lse[b:b + 1, :, rows]
+            dq, dk, dv = attention_reference_backward(
+                pattern, grad_out[b:b + 1, :, rows], q[b:b + 1, :, rows], k[b:b + 1, :, keys],
+                v[b:b + 1, :, keys], scale, torch.float32, pad, g_lse)
+            grads[0][b:b + 1, :, rows] = dq
+            grads[1][b:b + 1, :, keys] = dk
+            grads[2][b:b + 1, :, keys] = dv
+        return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
     layout = _reference_layout(pattern, q.shape[2], k.shape[2])
     grads = attention_tiled_backward(pattern, grad_out, q, k, v, scale, torch.float32,
                                      key_padding, grad_lse, layout)
     return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
+
+
+def _document_pieces(documents, n_q: int):
+    """(batch row, query rows, key positions) as slices, for every document that holds
+    queries: each document is its own sequence, its queries bottom-right aligned in it."""
+    n_k = documents.shape[1]
+    offset = n_k - n_q
+    for b, row in enumerate(documents.cpu()):
+        starts, lengths = document_runs(row)
+        for start, length in zip(starts.tolist(), lengths.tolist()):
+            first = max(start, offset)
+            if first < start + length:
+                end = start + length
+                yield b, slice(first - offset, end - offset), slice(start, end)

@@ -31,6 +31,8 @@ class TermLaunch:
     """One term of a plan, ready to launch: its kernel module, tile config, layout tensors
     on the device, gather vectors (None: the identity), range flags and random tables."""
 
+    doc_start = None  # documents: int32 [B, n_k] document starts (DocumentTerm)
+
     def __init__(self, module, layout, config, device, q_gather=None, k_gather=None,
                  kind: str = "grid", n_k: int | None = None):
         self.module = module
@@ -135,16 +137,17 @@ def forward(plan: Plan, q, k, v, scale: float, key_padding=None, out=None, lse=N
         n_tiles_q = layout.tiles[0]
         term.module.FORWARD[(n_tiles_q * batch * count,)](
             q, k, v, work, lse, pad, _index(term.q_gather, lse), _index(term.k_gather, lse),
-            layout.full_counts, layout.full_indices, layout.partial_counts,
-            layout.partial_indices, layout.row_order, term.visit_start,
+            _index(term.doc_start, lse), layout.full_counts, layout.full_indices,
+            layout.partial_counts, layout.partial_indices, layout.row_order, term.visit_start,
             *q.stride(), *k.stride(), *v.stride(), *work.stride(), lse.stride(0), lse.stride(1),
-            pad_stride, batch, count, heads // k.shape[1], n_q, n_k, term.m_q, term.m_k, first,
-            step, n_tiles_q, layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
+            pad_stride, _doc_stride(term), batch, count, heads // k.shape[1], n_q, n_k, term.m_q,
+            term.m_k, first, step, n_tiles_q, layout.full_indices.shape[-1],
+            layout.partial_indices.shape[-1],
             scale * LOG2E, *_table_args(term.tables),
             MERGED=term.merged, EVEN_N=term.k_gather is None and n_k % config.block_n == 0,
             FULL_RANGE=term.full_range, PARTIAL_RANGE=term.partial_range,
             GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
-            ACCUMULATE=index > 0 or not first_writes,
+            ACCUMULATE=index > 0 or not first_writes, DOCUMENTS=term.doc_start is not None,
             **_common(term.module, q, config, key_padding),
         )
     if work is not out:
@@ -194,16 +197,16 @@ def backward_dq(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, d
         n_tiles_q = layout.tiles[0]
         term.module.BACKWARD_DQ[(n_tiles_q * batch * count,)](
             q, k, v, grad_out, lse, delta, work, pad, _index(term.q_gather, lse),
-            _index(term.k_gather, lse),
+            _index(term.k_gather, lse), _index(term.doc_start, lse),
             layout.full_counts, layout.full_indices, layout.partial_counts, layout.partial_indices,
             layout.row_order, *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
-            *work.stride(), lse.stride(0), lse.stride(1), pad_stride,
+            *work.stride(), lse.stride(0), lse.stride(1), pad_stride, _doc_stride(term),
             batch, count, heads // kv_heads, n_q, n_k, term.m_q, term.m_k, first, step, n_tiles_q,
             layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
             scale * LOG2E, scale, *_table_args(term.tables),
             FULL_RANGE=term.full_range, PARTIAL_RANGE=term.partial_range,
             GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
-            ACCUMULATE=index > 0 or not first_writes,
+            ACCUMULATE=index > 0 or not first_writes, DOCUMENTS=term.doc_start is not None,
             **_common(term.module, q, config, key_padding),
         )
     if work is not dq:
@@ -230,11 +233,11 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
             kv_first, kv_step, kv_count = 0, 1, kv_heads
         term.module.BACKWARD_DKDV[(n_tiles_k * batch * kv_count,)](
             q, k, v, grad_out, lse, delta, work_k, work_v, pad, _index(term.q_gather, lse),
-            _index(term.k_gather, lse),
+            _index(term.k_gather, lse), _index(term.doc_start, lse),
             layout.full_q_counts, layout.full_q_indices, layout.partial_q_counts,
             layout.partial_q_indices, term.col_order,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
-            *work_k.stride(), lse.stride(0), lse.stride(1), pad_stride,
+            *work_k.stride(), lse.stride(0), lse.stride(1), pad_stride, _doc_stride(term),
             batch, kv_count, kv_group, n_q, n_k, term.m_q, term.m_k, first, step, kv_first,
             kv_step, n_tiles_k, layout.full_q_indices.shape[-1],
             layout.partial_q_indices.shape[-1],
@@ -242,7 +245,7 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
             EVEN_M=term.q_gather is None and n_q % config.block_m == 0,
             FULL_RANGE=term.full_q_range, PARTIAL_RANGE=term.partial_q_range,
             GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
-            ACCUMULATE=index > 0 or not first_writes,
+            ACCUMULATE=index > 0 or not first_writes, DOCUMENTS=term.doc_start is not None,
             **_common(term.module, q, config, key_padding),
         )
     if work_k is not dk:
@@ -254,6 +257,11 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
 def _index(gather, placeholder):
     """A gather vector for the kernels' QIdx/KIdx arguments (a placeholder when None)."""
     return placeholder if gather is None else gather
+
+
+def _doc_stride(term) -> int:
+    """The batch stride of a term's per-position document starts (0 without documents)."""
+    return 0 if term.doc_start is None else term.doc_start.stride(0)
 
 
 def _common(module, q, config, key_padding) -> dict:

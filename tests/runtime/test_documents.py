@@ -1,0 +1,207 @@
+"""``attn(q, k, v, documents=ids)``: packed sequences through the generated kernels (forward,
+dQ, dK/dV) against float64 softmax attention under ``Pattern.mask(..., documents=)``.
+
+Without a GPU the kernels run under the Triton interpreter (fp32, small shapes); inputs,
+output gradients and document boundaries are fresh random draws, on ragged lengths."""
+import pytest
+import torch
+
+from spattn_dsl import loads
+from spattn_dsl.runtime import attention as attention_module
+from spattn_dsl.runtime import compile
+
+from .test_attention import DEVICE, inputs, rel_err
+
+PATTERNS = loads("""
+pattern causal_only { causal }
+pattern swa(w = 9) { causal & window(w) }
+pattern blocky { causal & blocks(8) { band(1, 0) | global(first = 1) } }
+pattern two_heads { heads { causal & window(5); causal & (chunk(6) | sink(2)) } }
+pattern longformer { band(3, 3) | global(first = 1) }
+pattern drawn { causal & (window(3) | random(2, seed = 1)) }
+pattern by_length { causal & where(k >= q - n // 4) }
+""")
+TILES = dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
+
+
+def ragged_ids(batch: int, n_k: int, gen) -> torch.Tensor:
+    """int64 ``[batch, n_k]`` non-decreasing ids: each row cut into documents of random,
+    ragged lengths (1, 7, 13, 20, ... first, then random), ids neither from 0 nor consecutive."""
+    rows = []
+    for b in range(batch):
+        lengths = [1, 7, 13, 20] if b == 0 else []
+        while sum(lengths) < n_k:
+            lengths.append(int(torch.randint(1, 40, (1,), generator=gen)))
+        ids = torch.repeat_interleave(torch.arange(len(lengths)) * 3 + 5, torch.tensor(lengths))
+        rows.append(ids[:n_k])
+    return torch.stack(rows)
+
+
+def oracle(pattern, q, k, v, documents, key_padding=None):
+    """float64 softmax attention under each row's document mask (rows with no key give 0),
+    differentiable by autograd: the test's oracle."""
+    batch, heads, n_q, _ = q.shape
+    n_k, group = k.shape[2], q.shape[1] // k.shape[1]
+    masks = torch.stack([torch.stack([pattern.mask(n_q, n_k, head=h, documents=row)
+                                      for h in range(heads)]) for row in documents.cpu()])
+    if key_padding is not None:
+        masks = masks & key_padding.cpu()[:, None, None, :]
+    kd, vd = (t.repeat_interleave(group, 1) for t in (k, v))
+    scores = (q @ kd.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~masks, float("-inf"))
+    probs = torch.softmax(scores, -1).nan_to_num(0.0)
+    return probs @ vd
+
+
+def check(pattern, batch=2, heads=2, kv_heads=None, n_q=70, n_k=70, key_padding=False,
+          tol=1e-4):
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    attn = compile(pattern, **TILES)
+    q, k, v = inputs(batch, heads, n_q, n_k, 16, kv_heads=kv_heads)
+    documents = ragged_ids(batch, n_k, gen)
+    pad = None
+    if key_padding:
+        pad = torch.rand(batch, n_k, generator=gen) > 0.2
+    qs, ks, vs = (t.clone().requires_grad_(True) for t in (q, k, v))
+    out = attn(qs, ks, vs, key_padding=None if pad is None else pad.to(DEVICE),
+               documents=documents.to(DEVICE))
+    grad_out = torch.randn(out.shape, generator=gen).to(DEVICE)
+    out.backward(grad_out)
+    qd, kd, vd = (t.detach().cpu().double().requires_grad_(True) for t in (q, k, v))
+    ref = oracle(pattern, qd, kd, vd, documents, pad)
+    ref.backward(grad_out.cpu().double())
+    for name, got, want in (("out", out, ref), ("dq", qs.grad, qd.grad), ("dk", ks.grad, kd.grad),
+                            ("dv", vs.grad, vd.grad)):
+        assert rel_err(got, want) < tol, name
+
+
+@pytest.mark.parametrize("name", ["causal_only", "swa", "blocky", "two_heads", "longformer"])
+def test_documents_forward_and_gradients_match_float64(name):
+    check(PATTERNS.pattern(name))
+
+
+def test_documents_gqa_padding_and_fewer_queries():
+    """Grouped-query heads, padding keys and decoding-like n_q < n_k, all at once."""
+    check(PATTERNS.pattern("two_heads"), heads=4, kv_heads=2, n_q=37, n_k=101, key_padding=True)
+
+
+def test_documents_one_query_row():
+    check(PATTERNS.pattern("swa"), batch=2, heads=1, n_q=1, n_k=50)
+
+
+@pytest.mark.parametrize("name", ["drawn", "by_length"])
+def test_documents_n_and_random_patterns_use_the_reference(name):
+    """Patterns that need each document's length or draws run the dense reference (warned)."""
+    attention_module._WARNED.discard(("documents", PATTERNS.pattern(name).hash))
+    with pytest.warns(UserWarning, match="dense reference"):
+        check(PATTERNS.pattern(name), heads=1)
+    check(PATTERNS.pattern(name), heads=2, kv_heads=1, n_q=29, n_k=90, key_padding=True)
+
+
+def test_documents_cpu_reference_without_interpreter(monkeypatch):
+    if DEVICE != "cpu":
+        pytest.skip("the reference path is the CPU's")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(attention_module, "_WARNED", {"cpu"})
+    check(PATTERNS.pattern("blocky"))
+    check(PATTERNS.pattern("two_heads"), heads=4, kv_heads=2, n_q=37, n_k=101, key_padding=True)
+
+
+def test_documents_new_boundaries_reuse_the_kernels(monkeypatch):
+    """Two calls with different boundaries render the kernels once and launch the same module;
+    the layout follows the ids of each call."""
+    renders = []
+    real = attention_module.render_term
+    monkeypatch.setattr(attention_module, "render_term",
+                        lambda *a, **kw: renders.append(a) or real(*a, **kw))
+    pattern = PATTERNS.pattern("two_heads")
+    attn = compile(pattern, **TILES)
+    q, k, v = inputs(1, 2, 48, 48, 16)
+    gen = torch.Generator().manual_seed(3)
+    plans = []
+    for _ in range(2):
+        documents = ragged_ids(1, 48, gen)
+        out = attn(q, k, v, documents=documents.to(DEVICE))
+        ref = oracle(pattern, *(t.cpu().double() for t in (q, k, v)), documents)
+        assert rel_err(out, ref) < 1e-4
+        plans.append(attn.document_plan(q, k, documents.to(DEVICE)))
+    assert len(renders) == 2  # one per head case, on the first call only
+    assert [t.module for terms in plans[0].cases for t in terms] == \
+        [t.module for terms in plans[1].cases for t in terms]
+
+
+def test_documents_none_is_todays_path():
+    """documents=None launches the plan of the document-free path, not the document kernels."""
+    pattern = PATTERNS.pattern("swa")
+    attn = compile(pattern, **TILES)
+    q, k, v = inputs(1, 1, 40, 40, 16)
+    out = attn(q, k, v)
+    assert attn._document_modules == {}  # no document kernel was rendered
+    whole = torch.zeros(1, 40, dtype=torch.int64, device=DEVICE)
+    assert rel_err(attn(q, k, v, documents=whole), out) < 1e-5
+    assert len(attn._document_modules) == 1
+
+
+def test_documents_opcheck():
+    attn = compile(PATTERNS.pattern("swa"), **TILES)
+    q, k, v = (t.requires_grad_(True) for t in inputs(1, 1, 20, 30, 16))
+    documents = torch.tensor([[0] * 12 + [4] * 18], device=DEVICE)
+    torch.library.opcheck(torch.ops.spattn.attention.default,
+                          (q, k, v, None, 0.25, attn.op_id, documents),
+                          test_utils=("test_schema", "test_autograd_registration",
+                                      "test_faketensor"))
+
+
+@pytest.mark.parametrize("documents,match", [
+    (torch.tensor([[0, 1, 1, 0] + [1] * 28]), "decrease"),
+    (torch.zeros(1, 31, dtype=torch.int64), "shape"),
+    (torch.zeros(1, 32), "integer"),
+])
+def test_documents_bad_ids_are_value_errors(documents, match):
+    attn = compile(PATTERNS.pattern("swa"), **TILES)
+    q, k, v = inputs(1, 1, 32, 32, 16)
+    with pytest.raises(ValueError, match=match) as error:
+        attn(q, k, v, documents=documents)
+    assert "documents" in str(error.value)
+
+
+def test_documents_under_torch_compile_without_recompiling():
+    """The ids are a tensor input of the op: one graph (fullgraph) serves new boundaries, and
+    forward and gradients equal eager."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    attn = compile(PATTERNS.pattern("swa"), **TILES)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda q, k, v, d: attn(q, k, v, documents=d), backend=counter,
+                             fullgraph=True)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        documents = ragged_ids(1, 45, gen).to(DEVICE)
+        q, k, v = (t.requires_grad_(True) for t in inputs(1, 1, 45, 45, 16))
+        out = compiled(q, k, v, documents)
+        out.square().sum().backward()
+        grads = [t.grad.clone() for t in (q, k, v)]
+        for t in (q, k, v):
+            t.grad = None
+        eager = attn(q, k, v, documents=documents)
+        eager.square().sum().backward()
+        assert rel_err(out, eager) < 1e-6
+        for got, t in zip(grads, (q, k, v)):
+            assert rel_err(got, t.grad) < 1e-6
+    assert counter.frame_count == 1
+
+
+def test_decorator_passes_documents_on():
+    from spattn_dsl import sparse_attention
+
+    @sparse_attention("causal & window(6)", **TILES)
+    def attention(q, k, v):
+        """replaced by spattn"""
+
+    pattern = loads("pattern p { causal & window(6) }").pattern("p")
+    q, k, v = inputs(2, 1, 33, 33, 16)
+    documents = ragged_ids(2, 33, torch.Generator().manual_seed(2))
+    out = attention(q, k, v, documents=documents.to(DEVICE))
+    ref = oracle(pattern, *(t.cpu().double() for t in (q, k, v)), documents)
+    assert rel_err(out, ref) < 1e-4
