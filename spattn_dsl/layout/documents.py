@@ -38,10 +38,13 @@ import torch
 
 from ..ir import nodes as N
 from ..ir.evaluate import eval_int, head_count, instantiate, select_head
+from ..errors import PatternError
 from ..ir.printer import text as expr_text
 from ..semantics.documents import check_documents, document_bounds
 from .build import BlockLayout, _lists, resolve, tile_bounds
 from .classify import EMPTY, FULL, PARTIAL, classify
+
+RULES_LENGTH = 1 << 30  # the longest sequence the kernels take (int32 tile bounds)
 
 
 PAIRS_PER_CHECK = 1 << 24  # unsure tiles are settled this many query-key pairs at a time
@@ -93,7 +96,13 @@ def _decidable(expr) -> bool:
 def _prepare(expr):
     """A rule tree over a head-selected bound expression (see ``DocumentRules``)."""
     if _decidable(expr):
-        return _Exact(instantiate(expr, 1))  # n is unused by what is decidable
+        # n is unused by what is decidable, but parameters are clamped to the length they are
+        # bound at (window(9) at n = 1 is window(1)): bind at the longest length kernels take;
+        # where(...) arithmetic that could overflow there is left to the exact predicate
+        try:
+            return _Exact(instantiate(expr, RULES_LENGTH))
+        except PatternError:
+            return _Unknown(expr_text(expr))
     if isinstance(expr, (N.Union, N.Intersect, N.Difference)):
         return (type(expr), _prepare(expr.left), _prepare(expr.right))
     if isinstance(expr, N.Complement):
@@ -115,7 +124,7 @@ def _unknowns(tree):
 def _state(tree, q_lo, q_hi, k_lo, k_hi):
     """int8 class of each rectangle (bounds: int64 ``[M, 1]``, document-relative)."""
     if isinstance(tree, _Exact):
-        return classify(tree.concrete, q_lo, q_hi, k_lo, k_hi, 1)[0]
+        return classify(tree.concrete, q_lo, q_hi, k_lo, k_hi, RULES_LENGTH)[0]
     if isinstance(tree, _Unknown):
         return torch.full_like(q_lo, PARTIAL, dtype=torch.int8)
     kind = tree[0]
@@ -288,7 +297,7 @@ def _sub_state(tree, bounds, block_m=None, block_n=None):
     pair predicate, as the document-free layout does."""
     if not isinstance(tree, _Exact):
         return _state(tree, *bounds).reshape(-1).to(torch.int8)
-    state, unsure = classify(tree.concrete, *bounds, 1)
+    state, unsure = classify(tree.concrete, *bounds, RULES_LENGTH)
     state = state.reshape(-1).to(torch.int8)
     if unsure is not None and block_m is not None:
         pick = unsure.reshape(-1).nonzero().squeeze(1)
@@ -296,7 +305,8 @@ def _sub_state(tree, bounds, block_m=None, block_n=None):
             state = state.clone()
             q_lo, q_hi, k_lo, k_hi = (x.reshape(-1)[pick].long() for x in bounds)
             per_check = max(1, PAIRS_PER_CHECK // (block_m * block_n))  # bounds memory only
-            state[pick] = resolve(tree.concrete, q_lo, q_hi, k_lo, k_hi, block_m, block_n, 1,
+            state[pick] = resolve(tree.concrete, q_lo, q_hi, k_lo, k_hi, block_m, block_n,
+                                  RULES_LENGTH,
                                   per_check)
     return state
 
