@@ -155,3 +155,69 @@ class GridEngine:
         keys = np.arange(q + 1 if self.causal else self.n)
         inside = e[q // self.b].numpy()[keys // self.b] | (keys == q)
         return q, int(keys[np.argmin(inside)])
+
+
+# ---------------------------------------------------------------- residue classes
+class ResidueEngine:
+    """Patterns whose every allowed offset q - k is a multiple of ``s`` (dilations, strides,
+    their unions with each other and with ``causal``): tokens split into the s classes
+    ``r, r + s, r + 2s, ...``, and inside a class the pattern is an interval pattern in the
+    class index. The classes are laid end to end (class r first holds ``ceil((n - r) / s)``
+    tokens) and one ``SpanEngine`` runs over that permuted order, exact at any length."""
+
+    def __init__(self, n: int, s: int, causal: bool):
+        self.n, self.s, self.causal = n, s, causal
+        self.sizes = np.array([-(-(n - r) // s) for r in range(s)], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        q = np.arange(n, dtype=np.int64)
+        self.place = self.starts[q % s] + q // s  # token -> permuted index
+        self.inner = SpanEngine(n, causal=False)
+
+    def class_rows(self, offsets_low: int, offsets_high: int) -> Rows:
+        """The permuted rows of a relation allowing class offsets (q - k) / s in
+        [offsets_low, offsets_high] (an interval holding 0)."""
+        p = np.arange(self.n, dtype=np.int64)
+        r = np.searchsorted(self.starts, p, side="right") - 1
+        first, last = self.starts[r], self.starts[r] + self.sizes[r] - 1
+        lo = np.maximum(p - offsets_high, first)
+        hi = np.minimum(p - offsets_low, last)
+        return Rows(np.zeros_like(p), lo, hi)
+
+    def identity(self):
+        return self.inner.identity()
+
+    def relation(self, rows: Rows):
+        return self.inner.relation(rows)
+
+    def compose(self, outer, inner):
+        return self.inner.compose(outer, inner)
+
+    def same(self, x, y) -> bool:
+        return self.inner.same(x, y)
+
+    def has(self, state, q: int, k: int) -> bool:
+        return (q - k) % self.s == 0 and self.inner.has(state, int(self.place[q]),
+                                                       int(self.place[k]))
+
+    def rows(self, state) -> RowFigures:
+        q = np.arange(self.n, dtype=np.int64)
+        p = self.place
+        r = q % self.s
+        lo, hi = state.lo[p], state.hi[p]
+        size = hi - lo + 1
+        low = r + self.s * (lo - self.starts[r])
+        high = r + self.s * (hi - self.starts[r])
+        full = size == (q + 1 if self.causal else self.n)
+        return RowFigures(size, low, high, full)
+
+    def missing(self, state):
+        full = self.rows(state).full
+        short = np.flatnonzero(~full)
+        if not len(short):
+            return None
+        q = int(short[0])
+        keys = np.arange(q + 1 if self.causal else self.n)
+        p = self.place[keys]
+        inside = ((q - keys) % self.s == 0) & (p >= state.lo[self.place[q]]) \
+            & (p <= state.hi[self.place[q]])
+        return q, int(keys[np.argmin(inside)])

@@ -101,23 +101,29 @@ def test_no_closed_form_for_random():
 
 def test_random_at_large_n_is_reported_as_a_bound():
     pattern = loads("pattern p { causal & (window(64) | random(2, seed = 1)) }").pattern("p")
-    report = analyze(pattern, 8192)
+    n = 32768  # beyond sources.ALL_SOURCES_MAX: random keys are left out
+    report = analyze(pattern, n)
     assert not report.exact and "diameter" in report.bounds
-    window_only = analyze(loads("pattern p { causal & window(64) }").pattern("p"), 8192)
+    assert report.method.startswith("bound")
+    window_only = analyze(loads("pattern p { causal & window(64) }").pattern("p"), n)
     assert report.diameter == window_only.diameter  # the bound: random edges left out
     assert report.density > window_only.density  # densities stay exact
 
 
 def test_random_at_small_n_is_exact():
     pattern = loads("pattern p { causal & (window(8) | random(2, seed = 1)) }").pattern("p")
-    report = analyze(pattern, 256)
-    assert report.exact and report.method == "tokens"
+    for n in (256, 4096):  # every token a source, as bits
+        report = analyze(pattern, n)
+        assert report.exact and report.method == "token sources"
 
 
-def test_no_fast_method_is_a_clear_error():
-    pattern = loads("pattern p { causal & stride(128) }").pattern("p")
-    with pytest.raises(AnalysisError, match="stride"):
-        analyze(pattern, 65536)
+def test_where_mixing_q_and_k_is_a_labelled_bound():
+    pattern = loads("pattern p { causal & (window(16) | where(q % 7 == k % 5)) }").pattern("p")
+    report = analyze(pattern, 40000)
+    assert not report.exact and report.method.startswith("bound")
+    assert {"diameter", "density"} <= set(report.bounds)
+    window_only = analyze(loads("pattern p { causal & window(16) }").pattern("p"), 40000)
+    assert report.diameter == window_only.diameter
 
 
 def test_methods_agree_on_a_block_pattern():
