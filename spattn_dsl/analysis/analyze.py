@@ -140,12 +140,14 @@ class Choice:
 
 
 METHODS = ("intervals", "blocks", "residues", "periodic", "sources", "tokens")
+FORCED = ("block sources",)  # only when asked for: the sparse grid at any block count
 
 
 def _choose(distinct, n: int, method: str) -> Choice:
     """The first method that fits (see the module docstring); AnalysisError if none."""
-    if method != "auto" and method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: use auto or one of {', '.join(METHODS)}")
+    if method != "auto" and method not in METHODS + FORCED:
+        raise ValueError(f"unknown method {method!r}: use auto or one of "
+                         f"{', '.join(METHODS + FORCED)}")
     concrete = {p: p.at(n) for p in distinct}
     order = METHODS + ("bound",) if method == "auto" else (method,)
     tried = []
@@ -168,13 +170,13 @@ def _try_intervals(concrete, n, explicit, drop_random=False):
     return Choice("intervals", masks, lambda causal: SpanEngine(n, causal))
 
 
-def _try_blocks(concrete, n, explicit):
+def _try_blocks(concrete, n, explicit, sparse=False):
     sizes = {block_size(e) for e in concrete.values()}
     if len(sizes) != 1 or None in sizes:
         raise NotRepresentable("not every head of every layer is blocks(b) of one size b")
     b = sizes.pop()
     blocks = -(-n // b)
-    if blocks <= GRID_MAX:
+    if blocks <= GRID_MAX and not sparse:
         masks = {p: layer_mask(e, n, "blocks") for p, e in concrete.items()}
         return Choice(f"blocks({b})", masks, lambda causal: GridEngine(n, b, causal))
     if blocks > S.ALL_SOURCES_MAX:
@@ -190,10 +192,8 @@ def _token_terms(concrete, n, lenient=False):
 def _try_residues(concrete, n, explicit):
     masks = _token_terms(concrete, n)
     s, spans = residue_spans([m.terms for m in masks.values()], n)
-    engine = ResidueEngine(n, s, causal=False)
-    rows = {p: engine.class_rows(*spans[i]) for i, p in enumerate(masks)}
-    for p, mask in masks.items():
-        mask.relation_rows = rows[p]
+    for mask, span in zip(masks.values(), spans):
+        mask.relation_rows = span
     return Choice(f"residues mod {s}", masks, lambda causal: ResidueEngine(n, s, causal))
 
 
@@ -247,7 +247,8 @@ def _try_bound(concrete, n, explicit):
 
 _TRY = {"intervals": _try_intervals, "blocks": _try_blocks, "residues": _try_residues,
         "periodic": _try_periodic, "sources": _try_sources, "tokens": _try_tokens,
-        "bound": _try_bound}
+        "bound": _try_bound,
+        "block sources": lambda concrete, n, explicit: _try_blocks(concrete, n, explicit, True)}
 
 
 def _relation(engine, mask):
@@ -264,7 +265,7 @@ def _relation(engine, mask):
 def _step_limit(engine, relations, n):
     """How many more layers a stepping engine may run (a budget of word operations)."""
     words = getattr(engine, "words", 1)
-    pieces = max(1.0, sum(len(term.pieces()) + 1 for rel in relations for term in rel)
+    pieces = max(1.0, sum(len(term.cover()) + 1 for rel in relations for term in rel)
                  / len(relations))
     return max(64, int(STEP_LIMIT_WORK // (n * words * pieces * 8)))
 

@@ -13,6 +13,8 @@ import numpy as np
 
 from .terms import Piece, Term
 
+SHIFTS_MAX = 4
+
 
 def apply(terms: list, state: np.ndarray) -> np.ndarray:
     out = state.copy()
@@ -34,7 +36,7 @@ def image(term: Term, state: np.ndarray) -> np.ndarray:
         out = _gather(source, term.keys())
     else:
         out = np.zeros_like(state)
-        for piece in term.pieces():
+        for piece in term.cover():
             out |= _chunked(source, piece, term.chunk)
     if term.qmask is not None:
         out *= term.qmask[:, None].astype(out.dtype)
@@ -74,13 +76,14 @@ def shifted_or(values: np.ndarray, piece: Piece) -> np.ndarray:
     out = np.zeros_like(values)
     if lo > hi:
         return out
-    if lo == hi:  # one offset: a shift
-        if hi >= 0:
-            out[hi:] = values[:length - hi]
-        else:
-            out[:length + hi] = values[-hi:]
-        return out
     width = (hi - lo) // step + 1
+    if width <= SHIFTS_MAX:  # a few offsets: one shift each
+        for d in range(lo, hi + 1, step):
+            if d >= 0:
+                out[d:] |= values[:length - d]
+            else:
+                out[:length + d] |= values[-d:]
+        return out
     # out[x] = OR_{t < width} values[x - hi + step t]: a forward window along x's class
     before = max(hi, 0)
     before += (-before) % step

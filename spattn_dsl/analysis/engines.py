@@ -161,54 +161,57 @@ class GridEngine:
 class ResidueEngine:
     """Patterns whose every allowed offset q - k is a multiple of ``s`` (dilations, strides,
     their unions with each other and with ``causal``): tokens split into the s classes
-    ``r, r + s, r + 2s, ...``, and inside a class the pattern is an interval pattern in the
-    class index. The classes are laid end to end (class r first holds ``ceil((n - r) / s)``
-    tokens) and one ``SpanEngine`` runs over that permuted order, exact at any length."""
+    ``r, r + s, r + 2s, ...``, and inside a class the pattern is an interval pattern on the
+    class index. Classes of one length are the same graph, so one ``SpanEngine`` per distinct
+    class length (at most two) does all of them, exact at any length. A relation is given as
+    the interval ``[low, high]`` of class offsets ``(q - k) / s`` it allows (holding 0)."""
 
     def __init__(self, n: int, s: int, causal: bool):
         self.n, self.s, self.causal = n, s, causal
         self.sizes = np.array([-(-(n - r) // s) for r in range(s)], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
-        q = np.arange(n, dtype=np.int64)
-        self.place = self.starts[q % s] + q // s  # token -> permuted index
-        self.inner = SpanEngine(n, causal=False)
-
-    def class_rows(self, offsets_low: int, offsets_high: int) -> Rows:
-        """The permuted rows of a relation allowing class offsets (q - k) / s in
-        [offsets_low, offsets_high] (an interval holding 0)."""
-        p = np.arange(self.n, dtype=np.int64)
-        r = np.searchsorted(self.starts, p, side="right") - 1
-        first, last = self.starts[r], self.starts[r] + self.sizes[r] - 1
-        lo = np.maximum(p - offsets_high, first)
-        hi = np.minimum(p - offsets_low, last)
-        return Rows(np.zeros_like(p), lo, hi)
+        self.lengths = sorted({int(m) for m in self.sizes if m > 0})
+        self.inner = {m: SpanEngine(m, causal=False) for m in self.lengths}
 
     def identity(self):
-        return self.inner.identity()
+        return {m: e.identity() for m, e in self.inner.items()}
 
-    def relation(self, rows: Rows):
-        return self.inner.relation(rows)
+    def relation(self, span):
+        low, high = span
+        out = {}
+        for m, engine in self.inner.items():
+            i = np.arange(m, dtype=np.int64)
+            rows = Rows(np.zeros_like(i), np.maximum(i - high, 0), np.minimum(i - low, m - 1))
+            out[m] = engine.relation(rows)
+        return out
 
     def compose(self, outer, inner):
-        return self.inner.compose(outer, inner)
+        return {m: e.compose(outer[m], inner[m]) for m, e in self.inner.items()}
 
     def same(self, x, y) -> bool:
-        return self.inner.same(x, y)
+        return all(e.same(x[m], y[m]) for m, e in self.inner.items())
 
     def has(self, state, q: int, k: int) -> bool:
-        return (q - k) % self.s == 0 and self.inner.has(state, int(self.place[q]),
-                                                       int(self.place[k]))
+        m = int(self.sizes[q % self.s])
+        return (q - k) % self.s == 0 and self.inner[m].has(state[m], q // self.s, k // self.s)
+
+    def _spans(self, state, tokens):
+        """Each token's class-index interval [lo, hi] (no prefix in these relations)."""
+        lo = np.empty(len(tokens), dtype=np.int64)
+        hi = np.empty(len(tokens), dtype=np.int64)
+        length = self.sizes[tokens % self.s]
+        for m in self.lengths:
+            pick = length == m
+            i = tokens[pick] // self.s
+            lo[pick], hi[pick] = state[m].lo[i], state[m].hi[i]
+        return lo, hi
 
     def rows(self, state) -> RowFigures:
         q = np.arange(self.n, dtype=np.int64)
-        p = self.place
+        lo, hi = self._spans(state, q)
         r = q % self.s
-        lo, hi = state.lo[p], state.hi[p]
         size = hi - lo + 1
-        low = r + self.s * (lo - self.starts[r])
-        high = r + self.s * (hi - self.starts[r])
         full = size == (q + 1 if self.causal else self.n)
-        return RowFigures(size, low, high, full)
+        return RowFigures(size, r + self.s * lo, r + self.s * hi, full)
 
     def missing(self, state):
         full = self.rows(state).full
@@ -217,7 +220,7 @@ class ResidueEngine:
             return None
         q = int(short[0])
         keys = np.arange(q + 1 if self.causal else self.n)
-        p = self.place[keys]
-        inside = ((q - keys) % self.s == 0) & (p >= state.lo[self.place[q]]) \
-            & (p <= state.hi[self.place[q]])
+        lo, hi = self._spans(state, np.array([q]))
+        i = keys // self.s
+        inside = ((q - keys) % self.s == 0) & (i >= lo[0]) & (i <= hi[0])
         return q, int(keys[np.argmin(inside)])

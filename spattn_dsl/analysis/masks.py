@@ -117,8 +117,6 @@ def _token_grid(expr, n: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- term-form masks
-REFERENCE_TILES_MAX = 16384  # occupancy from the reference mask up to this n (n^2 bits)
-ENUMERATED_PAIRS_MAX = 1 << 22
 
 
 @dataclass

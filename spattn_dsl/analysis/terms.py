@@ -33,6 +33,7 @@ from .rows import NotRepresentable
 MAX_TERMS = 64
 MAX_PIECES = 1024
 MAX_NEGATED_RESIDUES = 64
+FEW_PIECES = 16  # beyond this many pieces, pair counts go by FFT
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class Term:
     random: tuple | None = None  # (r, seed)
     period: int = 1  # the masks' natural period (summary length, % moduli)
     _keys: np.ndarray | None = field(default=None, repr=False)
+    _pieces: list | None = field(default=None, repr=False)
+    _cover: list | None = field(default=None, repr=False)
 
     def signature(self):
         def packed(m):
@@ -95,15 +98,42 @@ class Term:
         return ok
 
     def pieces(self) -> list:
-        """The offset set as few ``Piece`` s as possible (one residue class, one run each)."""
-        best = None
-        for step in sorted({1, self.modulus}):
-            found = _runs(self.offsets, self.n, step)
-            if best is None or len(found) < len(best):
-                best = found
-        if len(best) > MAX_PIECES:
-            raise NotRepresentable(f"an offset set of {len(best)} separate pieces")
-        return best
+        """Disjoint ``Piece`` s (one residue class, one run each) that make the offset set:
+        few of them, since counting pairs costs O(n) per piece."""
+        if self._pieces is None:
+            best = None
+            for step in sorted({1, self.modulus}):
+                found = _runs(self.offsets, self.n, step)
+                if best is None or len(found) < len(best):
+                    best = found
+            if len(best) > MAX_PIECES:
+                raise NotRepresentable(f"an offset set of {len(best)} separate pieces")
+            self._pieces = best
+        return self._pieces
+
+    def cover(self) -> list:
+        """Pieces whose union is the offset set, overlaps allowed (an OR does not mind): the
+        long runs of single steps, then the rest by residue class mod ``modulus``, where
+        offsets already covered may join a run. ``window(l) | stride(l)`` is two pieces."""
+        if self._cover is None:
+            disjoint = self.pieces()
+            if self.modulus == 1 or len(disjoint) <= 2:
+                self._cover = disjoint
+                return disjoint
+            runs = _runs(self.offsets, self.n, 1)
+            long_runs = [r for r in runs if r.count >= min(self.modulus, 8)]
+            covered = np.zeros_like(self.offsets)
+            for r in long_runs:
+                covered[r.lo + self.n - 1:r.hi + self.n] = True
+            left = self.offsets & ~covered
+            if not left.any():
+                self._cover = long_runs
+                return long_runs
+            rest = [p for p in _runs(self.offsets, self.n, self.modulus)
+                    if _any_in(left, p, self.n)]
+            found = long_runs + rest
+            self._cover = found if len(found) < len(disjoint) else disjoint
+        return self._cover
 
 
 # ---------------------------------------------------------------- building terms
@@ -369,7 +399,7 @@ def _compare(expr: N.Compare, n: int) -> list:
     if not uses_q:
         mask = reference_compare(expr, torch.zeros(1, dtype=torch.int64), positions)
         return [_term(n, kmask=mask.expand(n).numpy().copy(), period=period)]
-    if not (_offset_only(expr.left) and _offset_only(expr.right)):
+    if not _offset_only(difference):
         raise NotRepresentable("a where(...) comparison that mixes q and k beyond q - k")
     d = torch.arange(-(n - 1), n, dtype=torch.int64)
     offsets = reference_compare(expr, d, torch.zeros(1, dtype=torch.int64)).numpy().copy()
@@ -392,6 +422,10 @@ def _runs(offsets: np.ndarray, n: int, step: int) -> list:
     return [Piece(int(a), int(b), step) for a, b in zip(lo, hi)]
 
 
+def _any_in(flags, piece: Piece, n: int) -> bool:
+    return bool(flags[piece.lo + n - 1:piece.hi + n:piece.step].any())
+
+
 # ---------------------------------------------------------------- exact pair counts
 def pairs_per_query(terms: list, n: int) -> np.ndarray:
     """How many keys each query may attend, by inclusion-exclusion over the terms."""
@@ -412,6 +446,13 @@ def _count(term: Term) -> np.ndarray:
     n = term.n
     if term.random is not None:
         counted = (term.keys() >= 0).sum(axis=1).astype(np.int64)
+    elif term.kmask is None and term.chunk is None:
+        # keys 0 .. n-1 are offsets q - n + 1 .. q: a window of the offset set's running sum
+        running = np.concatenate([[0], np.cumsum(term.offsets, dtype=np.int64)])
+        q = np.arange(n)
+        counted = running[q + n] - running[q]
+    elif len(term.pieces()) > FEW_PIECES:
+        counted = _correlate(term)
     else:
         weights = np.ones(n, dtype=np.int64) if term.kmask is None \
             else term.kmask.astype(np.int64)
@@ -421,6 +462,27 @@ def _count(term: Term) -> np.ndarray:
     if term.qmask is not None:
         counted = counted * term.qmask
     return counted
+
+
+def _correlate(term: Term) -> np.ndarray:
+    """``sum_k kmask[k] offsets[q - k]`` per q (inside q's chunk if set), by FFT: the sums
+    are integers below 2^31, far inside float64's exact range after rounding."""
+    n = term.n
+    weights = np.ones(n) if term.kmask is None else term.kmask.astype(np.float64)
+    if term.chunk is None:
+        rows, width, near = weights[None, :], n, term.offsets
+    else:
+        l = term.chunk  # noqa: E741
+        chunks = -(-n // l)
+        padded = np.zeros(chunks * l)
+        padded[:n] = weights
+        rows, width = padded.reshape(chunks, l), l
+        near = term.offsets[n - l:n + l - 1] if l <= n else \
+            np.pad(term.offsets, (l - n, l - n))
+    size = 1 << int(3 * width - 2).bit_length()
+    product = np.fft.rfft(rows, size, axis=1) * np.fft.rfft(near.astype(np.float64), size)
+    full = np.fft.irfft(product, size, axis=1)[:, width - 1:2 * width - 1]
+    return np.rint(full).astype(np.int64).reshape(-1)[:n]
 
 
 def _piece_sum(weights, piece: Piece, chunk) -> np.ndarray:
