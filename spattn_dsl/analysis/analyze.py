@@ -110,6 +110,8 @@ def analyze(pattern_or_model, n: int, layers: int | None = None, *, tile=(128, 1
         keys_per_query=_mean(figures, "keys_per_query", len(schedule)),
         tile=tuple(tile), tile_density=_mean(figures, "tile_density", len(schedule)),
         waste=_mean(figures, "waste", len(schedule)), layers=records, patterns=figures)
+    if "random keys" in chosen.dropped:
+        _sample(report, schedule, n, causal)
     report.notes.extend(_notes(report, chosen, capped))
     report.pictures.extend(_pictures(distinct, masks, n))
     if len(distinct) == 1:
@@ -338,6 +340,35 @@ def _pictures(distinct, masks, n):
     return shown
 
 
+def _sample(report: Report, schedule, n: int, causal: bool):
+    """Random keys left out: tighten the bounds by exact search from sampled sources."""
+    try:
+        terms = {p: layer_terms(p.at(n), n) for p in dict.fromkeys(schedule)}
+    except NotRepresentable:
+        return
+    upper = report.diameter
+    limit = upper if upper != math.inf else 4096
+    sources, ecc, first = S.sampled_search([terms[p] for p in schedule], n, causal, int(limit))
+    known = [e for e in ecc if e is not None]
+    lower = max(known) if len(known) == len(ecc) else (upper if upper != math.inf else None)
+    report.sampled = {"sources": len(sources), "diameter_at_least": lower,
+                      "reach_to_first": first}
+    exact_now = []
+    if first is not None:
+        report.reach_to_first = first
+        exact_now.append("reach_to_first")
+    if lower is not None and (lower == upper or lower == math.inf):
+        report.diameter = report.coverage_depth = lower
+        exact_now += ["diameter", "coverage_depth"]
+    report.bounds = tuple(b for b in report.bounds if b not in exact_now)
+    shown = "inf" if lower == math.inf else lower
+    report.notes.append(
+        f"sampled: exact search with the random keys from {len(sources)} sources (token 0 and "
+        f"evenly spaced ones): the diameter is at least {shown} (upper bound above: "
+        f"{'inf' if upper == math.inf else upper})"
+        + (f"; reach to first is exact: {first}" if first is not None else ""))
+
+
 def _notes(report: Report, chosen: Choice, capped: bool):
     notes = []
     if report.causal:
@@ -353,7 +384,8 @@ def _notes(report: Report, chosen: Choice, capped: bool):
             "densities are exact"
         notes.append(f"bound: {left_out} left out of the propagation, so every layer has a "
                      "subset of its pairs: receptive fields and coverage are lower bounds, hop "
-                     "distances (diameter, reach to first, coverage depth) upper bounds; "
+                     "distances (diameter, reach to first, coverage depth) upper bounds unless "
+                     "listed as exact; "
                      f"{densities}")
     if capped:
         notes.append("the layer-by-layer search stopped at its work limit: diameter, reach "

@@ -50,6 +50,7 @@ class Report:
     formula_values: dict = field(default_factory=dict)
     formula_curves: dict = field(default_factory=dict)  # name -> values at L = 1 .. depth
     notes: list = field(default_factory=list)
+    sampled: dict = field(default_factory=dict)  # bounds from exact search from sampled sources
     pictures: list = field(default_factory=list, repr=False)  # (name, grid, tile size)
 
     @property
@@ -79,7 +80,8 @@ class Report:
 
 _DICT_FIELDS = ("name", "kind", "n", "depth", "causal", "method", "exact", "bounds", "diameter",
                 "reach_to_first", "coverage_depth", "coverage", "uncovered_pair", "density",
-                "admissible_density", "keys_per_query", "tile", "tile_density", "waste", "notes")
+                "admissible_density", "keys_per_query", "tile", "tile_density", "waste", "notes",
+                "sampled")
 
 
 def _plain(value):

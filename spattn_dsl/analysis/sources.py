@@ -192,3 +192,38 @@ def fits_all_sources(n: int) -> bool:
 
 def fits_periodic(n: int, head: int, period: int) -> bool:
     return n * -(-min(head + period, n) // 64) <= STATE_WORDS
+
+
+SAMPLE_SOURCES = 64
+
+
+def sampled_search(schedule_terms, n: int, causal: bool, limit: int):
+    """Exact hop distances from a sample of sources (token 0 and evenly spaced others) through
+    the full stack, random keys included: every source's eccentricity over its admissible
+    targets, and dist(0 -> n - 1). Returns (sources, eccentricities, reach_to_first), with
+    math.inf where a fixpoint came first and None where ``limit`` layers ran out."""
+    import math
+    sources = np.unique(np.linspace(0, n - 1, min(SAMPLE_SOURCES, n)).astype(np.int64))
+    state = B.unit_rows(sources, n, 1)
+    targets = n - sources if causal else np.full(len(sources), n)
+    ecc = [0 if t == 1 else None for t in targets]  # a source is its own only target
+    first = 0 if n == 1 else None
+    period_start = state
+    for layer in range(1, limit + 1):
+        state = B.apply(schedule_terms[(layer - 1) % len(schedule_terms)], state)
+        bits = np.unpackbits(state.view(np.uint8), axis=1, bitorder="little")[:, :len(sources)]
+        reached = bits.sum(axis=0)
+        for j in np.flatnonzero(reached == targets):
+            if ecc[j] is None:
+                ecc[j] = layer
+        if first is None and bits[n - 1, 0]:
+            first = layer
+        if all(e is not None for e in ecc) and first is not None:
+            break
+        if layer % len(schedule_terms) == 0:
+            if np.array_equal(state, period_start):
+                ecc = [math.inf if e is None else e for e in ecc]
+                first = math.inf if first is None else first
+                break
+            period_start = state
+    return sources, ecc, first

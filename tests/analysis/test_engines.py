@@ -138,3 +138,36 @@ def test_analyze_rejects_bad_input():
         analyze("causal", 10)
     with pytest.raises(ValueError):
         analyze(loads("pattern p { causal }").pattern("p"), 0)
+
+
+@pytest.mark.parametrize("text, n", [
+    ("pattern p { causal & (window(4) | random(2, seed = 1)) }", 300),
+    ("pattern p { window(3) | random(1, seed = 5) }", 257)])
+def test_sampled_search_equals_breadth_first_search(text, n):
+    import networkx as nx
+
+    from spattn_dsl.analysis.sources import sampled_search
+    from spattn_dsl.analysis.terms import layer_terms
+
+    from .oracle import layer_mask
+    pattern = loads(text).pattern("p")
+    causal = "causal" in text
+    sources, ecc, first = sampled_search([layer_terms(pattern.at(n), n)], n, causal, n + 1)
+    mask = layer_mask(pattern, n).numpy()
+    graph = nx.DiGraph([(int(k), int(q)) for q, k in zip(*np.nonzero(mask)) if q != k])
+    graph.add_nodes_from(range(n))
+    for source, found in zip(sources, ecc):
+        dist = nx.single_source_shortest_path_length(graph, int(source))
+        targets = range(int(source), n) if causal else range(n)
+        expected = max(dist.get(t, math.inf) for t in targets)
+        assert found == expected
+    assert first == nx.single_source_shortest_path_length(graph, 0).get(n - 1, math.inf)
+
+
+def test_random_bound_states_its_sample_and_an_exact_reach_to_first():
+    pattern = loads("pattern p { causal & (window(64) | random(2, seed = 1)) }").pattern("p")
+    report = analyze(pattern, 32768)
+    assert report.sampled["sources"] == 64
+    assert "reach_to_first" not in report.bounds and report.reach_to_first < report.diameter
+    assert 1 <= report.sampled["diameter_at_least"] <= report.diameter
+    assert any(note.startswith("sampled: exact search") for note in report.notes)
