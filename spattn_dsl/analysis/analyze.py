@@ -160,7 +160,8 @@ def _choose(distinct, n: int, method: str) -> Choice:
             tried.append(f"{kind}: {why}")
             continue
         return choice
-    raise AnalysisError(f"no analysis method fits at n = {n}: " + "; ".join(tried))
+    raise AnalysisError(f"no exact analysis method fits at n = {n}, nor a bound: "
+                        + "; ".join(tried))
 
 
 def _try_intervals(concrete, n, explicit, drop_random=False):

@@ -96,7 +96,7 @@ def pattern_for(seed):
     return periodic_pattern(rng, n), n
 
 
-@pytest.mark.parametrize("seed", range(150))
+@pytest.mark.parametrize("seed", range(90))
 def test_new_engines_match_oracle_on_random_periodic_patterns(seed):
     pattern, n = pattern_for(seed)
     for method in exact_new_methods(pattern, n):
@@ -116,17 +116,17 @@ def test_new_engines_match_oracle_on_random_periodic_models(seed):
 def test_random_periodic_patterns_do_reach_the_new_engines():
     """The generator feeds each new engine (so the oracle tests above test something)."""
     used = {}
-    for seed in range(150):
+    for seed in range(90):
         for method in exact_new_methods(*pattern_for(seed)):
             used[method] = used.get(method, 0) + 1
-    assert used.get("periodic", 0) >= 30 and used.get("sources", 0) >= 100, used
+    assert used.get("periodic", 0) >= 20 and used.get("sources", 0) >= 60, used
     assert used.get("residues", 0) >= 3, used
 
 
 LARGER = """
 pattern strided(l = 32) { heads { causal & window(l); causal & stride(l) } }
 pattern fixed(l = 32, c = 4) { causal & (chunk(l) | summary(l, c)) }
-pattern dilated_sink(w = 9, d = 3) { causal & (dilated(w, d) | sink(2) | window(3)) }
+pattern dilated_sink(w = 40, d = 3) { causal & (dilated(w, d) | sink(2) | window(3)) }
 pattern residue_where { causal & (where((q - k) % 45 == 0) | where(q - k < 46)) }
 pattern bidirectional { stride(40) | band(20, 21) | global(first = 1) }
 pattern dilated_pair { dilated(60, 4) | (causal & stride(4)) }
@@ -137,7 +137,7 @@ pattern blocks_random(r = 2) { blocks(16) { band(1, 0) | random(r, seed = 3) | g
 @pytest.mark.parametrize("name, n, method", [
     ("strided", 2048, "periodic"), ("fixed", 1031, "periodic"),
     ("dilated_sink", 1500, "periodic"), ("residue_where", 2048, "periodic"),
-    ("bidirectional", 1203, "sources"), ("dilated_pair", 2048, "residues"),
+    ("bidirectional", 1203, "sources"), ("dilated_pair", 1024, "residues"),
     ("blocks_random", 2000, "block sources")])
 def test_new_engines_match_oracle_at_larger_n(name, n, method):
     pattern = loads(LARGER).pattern(name)
