@@ -40,7 +40,7 @@ from .terms import block_terms, layer_terms, periodic_head, residue_spans
 from .tiles import picture, tile_figures, visited_figures
 
 BRUTE_FORCE_MAX = 2048
-GRID_MAX = 4096
+GRID_MAX = 1024  # dense block matrices up to here; sparse block rows (bits) beyond
 DEFAULT_MAX_LAYERS = 32
 PICTURES = 4
 BOUND_FIGURES = ("rf_min", "rf_mean", "rf_max", "rf_last", "reach", "span", "coverage",
