@@ -31,12 +31,12 @@ from ..ir.program import Model, Pattern
 from . import sources as S
 from .engines import GridEngine, ResidueEngine, SpanEngine
 from .formulas import closed_forms, curves
-from .masks import LayerMask, TermMask, block_size, layer_mask
+from .masks import TermMask, block_size, layer_mask
 from .propagate import (Powers, all_full, has_pair, layer_figures, least_depth, period,
                         stepped_depth)
 from .report import PatternFigures, Report
 from .rows import NotRepresentable, Rows
-from .terms import block_terms, layer_terms, periodic_head, residue_spans
+from .terms import block_terms, layer_terms, periodic_head, residue_spans, subset_expr
 from .tiles import picture, tile_figures, visited_figures
 
 BRUTE_FORCE_MAX = 2048
@@ -59,7 +59,8 @@ def analyze(pattern_or_model, n: int, layers: int | None = None, *, tile=(128, 1
 
     ``layers``: how many layers to report (a model: default its depth, the schedule repeated
     beyond it; a pattern: default the depth that settles the diameter, at most 32).
-    ``method``: "auto", "intervals", "blocks" or "tokens" (see the module docstring).
+    ``method``: "auto" or one of METHODS (see the module docstring); "block sources" forces
+    the sparse block engine at any block count.
     """
     if n < 1:
         raise ValueError(f"the sequence length must be >= 1, got {n}")
@@ -188,8 +189,8 @@ def _try_blocks(concrete, n, explicit, sparse=False):
     return Choice(f"blocks({b}) sources", masks, lambda causal: S.BlockSources(n, b, causal))
 
 
-def _token_terms(concrete, n, lenient=False):
-    return {p: TermMask(n, layer_terms(e, n, lenient), e) for p, e in concrete.items()}
+def _token_terms(concrete, n):
+    return {p: TermMask(n, layer_terms(e, n), e) for p, e in concrete.items()}
 
 
 def _try_residues(concrete, n, explicit):
@@ -200,8 +201,8 @@ def _try_residues(concrete, n, explicit):
     return Choice(f"residues mod {s}", masks, lambda causal: ResidueEngine(n, s, causal))
 
 
-def _try_periodic(concrete, n, explicit, masks=None, name="periodic"):
-    masks = masks or _token_terms(concrete, n)
+def _try_periodic(concrete, n, explicit):
+    masks = _token_terms(concrete, n)
     found = periodic_head([m.terms for m in masks.values()], n)
     if found is None:
         raise NotRepresentable("random keys are not periodic")
@@ -211,15 +212,15 @@ def _try_periodic(concrete, n, explicit, masks=None, name="periodic"):
     if not S.fits_periodic(n, head, period):
         raise NotRepresentable(f"{head + period} sources do not fit at n = {n}")
     count = min(head + period, n)
-    return Choice(f"{name} ({count} sources: head {head}, period {period})", masks,
+    return Choice(f"periodic ({count} sources: head {head}, period {period})", masks,
                   lambda causal: S.PeriodicSources(n, head, period))
 
 
-def _try_sources(concrete, n, explicit, masks=None, name="token sources"):
+def _try_sources(concrete, n, explicit):
     if not S.fits_all_sources(n):
         raise NotRepresentable(f"every token a source only for n <= {S.ALL_SOURCES_MAX}")
-    masks = masks or _token_terms(concrete, n)
-    return Choice(name, masks, lambda causal: S.TokenSources(n, causal))
+    return Choice("token sources", _token_terms(concrete, n),
+                  lambda causal: S.TokenSources(n, causal))
 
 
 def _try_tokens(concrete, n, explicit):
@@ -237,15 +238,20 @@ def _try_bound(concrete, n, explicit):
         return choice
     except NotRepresentable:
         pass
-    masks = _token_terms(concrete, n, lenient=True)
-    for attempt in (_try_periodic, _try_sources):
+    dropped = []
+    subset = {p: subset_expr(e, n, dropped) for p, e in concrete.items()}
+    if subset == concrete:
+        raise NotRepresentable("nothing to leave out for a bound")
+    for kind in ("intervals", "blocks", "residues", "periodic", "sources"):
         try:
-            choice = attempt(concrete, n, explicit, masks=masks, name="bound")
+            choice = _TRY[kind](subset, n, explicit)
         except NotRepresentable:
             continue
-        choice.exact, choice.partial = False, True
+        choice.name = f"bound ({choice.name})"
+        choice.exact, choice.partial, choice.dropped = False, True, tuple(dropped)
         return choice
-    raise NotRepresentable("no exact method takes even the pattern's term-form part")
+    raise NotRepresentable("no exact method takes even the pattern without its random keys "
+                           "and mixed comparisons")
 
 
 _TRY = {"intervals": _try_intervals, "blocks": _try_blocks, "residues": _try_residues,

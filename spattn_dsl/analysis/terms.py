@@ -32,7 +32,6 @@ from .rows import NotRepresentable
 
 MAX_TERMS = 64
 MAX_PIECES = 1024
-MAX_NEGATED_RESIDUES = 64
 FEW_PIECES = 16  # beyond this many pieces, pair counts go by FFT
 
 
@@ -137,16 +136,11 @@ class Term:
 
 
 # ---------------------------------------------------------------- building terms
-def layer_terms(expr, n: int, lenient: bool = False) -> list:
-    """The terms of a concrete expression, heads unioned, merged by signature.
-
-    ``lenient``: leave out what has no term form (and random keys), keeping a SUBSET of the
-    pairs: a leaf under an even number of negations becomes ``none``, under an odd number
-    ``dense``. Used only for labelled bounds.
-    """
+def layer_terms(expr, n: int) -> list:
+    """The terms of a concrete expression, heads unioned, merged by signature."""
     out = []
     for head in range(head_count(expr)):
-        out = _union(out, _terms(select_head(expr, head), n, lenient and _Lenient()), n)
+        out = _union(out, _terms(select_head(expr, head), n), n)
     return out
 
 
@@ -157,17 +151,6 @@ def block_terms(expr, n: int) -> list:
         body = select_head(expr, head)
         out = _union(out, _terms(body.body, -(-n // body.size)), -(-n // body.size))
     return out
-
-
-class _Lenient:
-    """Tracks the polarity of the current sub-expression while building lenient terms."""
-
-    def __init__(self):
-        self.negated = False
-        self.dropped = []
-
-    def flip(self):
-        self.negated = not self.negated
 
 
 def _all(n) -> np.ndarray:
@@ -191,32 +174,7 @@ def _term(n, **kw) -> Term:
     return Term(n, **kw)
 
 
-def _terms(expr, n: int, lenient=None) -> list:
-    if not lenient:
-        return _exact_terms(expr, n, None)
-    if isinstance(expr, N.Random):
-        lenient.dropped.append("random keys")
-        return [_term(n)] if lenient.negated else []
-    try:
-        return _exact_terms(expr, n, lenient)
-    except NotRepresentable as why:
-        if N.children(expr):
-            raise
-        lenient.dropped.append(str(why))
-        return [_term(n)] if lenient.negated else []
-
-
-def _negated(expr, n, lenient):
-    if lenient:
-        lenient.flip()
-    try:
-        return _negate(_terms(expr, n, lenient), n)
-    finally:
-        if lenient:
-            lenient.flip()
-
-
-def _exact_terms(expr, n: int, lenient) -> list:
+def _terms(expr, n: int) -> list:
     t = type(expr)
     q = np.arange(n, dtype=np.int64)
     if t is N.Dense:
@@ -252,13 +210,13 @@ def _exact_terms(expr, n: int, lenient) -> list:
     if t is N.Compare:
         return _compare(expr, n)
     if t is N.Union:
-        return _union(_terms(expr.left, n, lenient), _terms(expr.right, n, lenient), n)
+        return _union(_terms(expr.left, n), _terms(expr.right, n), n)
     if t is N.Intersect:
-        return _intersect(_terms(expr.left, n, lenient), _terms(expr.right, n, lenient), n)
+        return _intersect(_terms(expr.left, n), _terms(expr.right, n), n)
     if t is N.Difference:
-        return _intersect(_terms(expr.left, n, lenient), _negated(expr.right, n, lenient), n)
+        return _intersect(_terms(expr.left, n), _negate(_terms(expr.right, n), n), n)
     if t is N.Complement:
-        return _negated(expr.operand, n, lenient)
+        return _negate(_terms(expr.operand, n), n)
     raise NotRepresentable(f"{type(expr).__name__.lower()} has no term form at token level")
 
 
@@ -391,11 +349,11 @@ def _compare(expr: N.Compare, n: int) -> list:
     uses_q, uses_k = mentions(difference, {"q"}), mentions(difference, {"k"})
     period = _moduli(difference)
     positions = torch.arange(n, dtype=torch.int64)
-    if not uses_k:  # a condition on the query alone (or a constant)
+    if not uses_q and not uses_k:  # a constant comparison
+        return [_term(n)] if _constant(expr) else []
+    if not uses_k:  # a condition on the query alone
         value = reference_compare(expr, positions, torch.zeros(1, dtype=torch.int64))
-        mask = value.expand(n).numpy().copy()
-        return [_term(n, qmask=mask, period=period)] if uses_q else \
-            ([_term(n)] if mask.all() else [])
+        return [_term(n, qmask=value.expand(n).numpy().copy(), period=period)]
     if not uses_q:
         mask = reference_compare(expr, torch.zeros(1, dtype=torch.int64), positions)
         return [_term(n, kmask=mask.expand(n).numpy().copy(), period=period)]
@@ -404,6 +362,13 @@ def _compare(expr: N.Compare, n: int) -> list:
     d = torch.arange(-(n - 1), n, dtype=torch.int64)
     offsets = reference_compare(expr, d, torch.zeros(1, dtype=torch.int64)).numpy().copy()
     return [_term(n, offsets=offsets, modulus=period)]
+
+
+def _constant(expr: N.Compare) -> bool:
+    from ..ir.evaluate import eval_int
+    a, b = eval_int(expr.left), eval_int(expr.right)
+    return {"<": a < b, "<=": a <= b, "==": a == b, "!=": a != b, ">=": a >= b,
+            ">": a > b}[expr.op]
 
 
 # ---------------------------------------------------------------- offsets as pieces
@@ -585,3 +550,36 @@ def residue_spans(terms_by_layer, n: int):
             raise NotRepresentable("the offsets inside a residue class are not one interval")
         spans.append((low, high))
     return s, spans
+
+
+# ---------------------------------------------------------------- bounds
+def subset_expr(expr, n: int, dropped: list, negated: bool = False):
+    """The expression with what has no term form (random keys, comparisons mixing q and k)
+    replaced so that the result allows a SUBSET of the pairs: ``none`` under an even number
+    of negations, ``dense`` under an odd one. ``dropped`` collects what was left out."""
+    import dataclasses
+    if isinstance(expr, N.Random) or (isinstance(expr, N.Compare) and not _term_form(expr, n)):
+        dropped.append("random keys" if isinstance(expr, N.Random) else
+                       "comparisons mixing q and k")
+        return N.Dense() if negated else N.Empty()
+    if isinstance(expr, N.Blocks):
+        return N.Blocks(expr.size, subset_expr(expr.body, -(-n // expr.size), dropped, negated))
+    if isinstance(expr, N.Heads):
+        return N.Heads(tuple(subset_expr(b, n, dropped, negated) for b in expr.bodies))
+    if isinstance(expr, N.Complement):
+        return N.Complement(subset_expr(expr.operand, n, dropped, not negated))
+    if isinstance(expr, N.Difference):
+        return N.Difference(subset_expr(expr.left, n, dropped, negated),
+                            subset_expr(expr.right, n, dropped, not negated))
+    if isinstance(expr, (N.Union, N.Intersect)):
+        return dataclasses.replace(expr, left=subset_expr(expr.left, n, dropped, negated),
+                                   right=subset_expr(expr.right, n, dropped, negated))
+    return expr
+
+
+def _term_form(expr: N.Compare, n: int) -> bool:
+    try:
+        _compare(expr, min(n, 4))  # the form does not depend on n
+    except NotRepresentable:
+        return False
+    return True

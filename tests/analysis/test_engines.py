@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from spattn_dsl import loads
-from spattn_dsl.analysis import AnalysisError, analyze
+from spattn_dsl.analysis import analyze
 from spattn_dsl.analysis.formulas import evaluate
 from spattn_dsl.analysis.ranges import range_max, range_min
 from spattn_dsl.analysis.rows import NotRepresentable, rows_of
