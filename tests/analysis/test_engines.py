@@ -171,3 +171,12 @@ def test_random_bound_states_its_sample_and_an_exact_reach_to_first():
     assert "reach_to_first" not in report.bounds and report.reach_to_first < report.diameter
     assert 1 <= report.sampled["diameter_at_least"] <= report.diameter
     assert any(note.startswith("sampled: exact search") for note in report.notes)
+
+
+def test_bidirectional_where_mixing_q_and_k_is_a_bound_not_an_error():
+    pattern = loads("pattern p { window(16) | where(q % 7 == k % 5) }").pattern("p")
+    report = analyze(pattern, 65536)
+    assert report.method == "bound (intervals)" and not report.exact
+    assert any("comparisons mixing q and k" in note for note in report.notes)
+    window_only = analyze(loads("pattern p { window(16) }").pattern("p"), 65536)
+    assert report.diameter == window_only.diameter
