@@ -99,8 +99,9 @@ def test_report_text_and_model_formulas_keep_parameter_names(write, capsys):
 
 
 def test_report_without_an_exact_method_is_a_user_error(write, capsys):
-    path = write("pattern s { causal & stride(64) }")
-    assert main(["report", path, "--pattern", "s", "--seq-len", "4096"]) == 2
+    # bidirectional, neither intervals nor residue classes, beyond the all-sources limit
+    path = write("pattern s { stride(64) | window(3) }")
+    assert main(["report", path, "--pattern", "s", "--seq-len", "65536"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("spattn report: error: no exact analysis method")
 

@@ -6,32 +6,49 @@ Method, chosen per stack (every layer must fit the same one):
    layer, any length.
 2. ``blocks(b)`` -- every head of every layer is ``blocks(b) { ... }`` (BigBird): exact, on the
    grid of ceil(n/b) blocks.
-3. ``tokens`` -- the boolean token graph: exact, any pattern, n <= BRUTE_FORCE_MAX only.
-4. ``intervals`` without the random keys, when only ``random`` keeps a stack out of (1): the
-   receptive fields and coverage are then lower bounds and the hop distances upper bounds
-   (random edges only add paths); the report lists those figures under ``bounds``.
-Otherwise ``AnalysisError`` says what has no fast method and up to which n the exact one runs.
+   Beyond GRID_MAX blocks, ``blocks(b) sources``: the block relation as terms (sparse rows),
+   every block a source, as bits (BigBird at 1M tokens: 16384 blocks).
+3. ``periodic`` -- causal stacks of terms (``terms.py``: strides, dilations, chunks, summaries,
+   masks, ``where`` on q - k, q or k) whose masks are P-periodic from position H on: exact from
+   the H + P sources 0 .. H + P - 1 (``sources.PeriodicSources`` says why).
+4. ``token sources`` -- any term-form stack (bidirectional, random keys), every token a
+   source, as bits: exact, n <= sources.ALL_SOURCES_MAX.
+5. ``tokens`` -- the boolean token graph: exact, any pattern, n <= BRUTE_FORCE_MAX only.
+6. ``bound`` -- what none of these fits: the stack without the parts that have no fast form
+   (random keys, comparisons mixing q and k) -- a subset of every layer's pairs -- through the
+   first method above that takes it. Receptive fields, coverage and densities are then lower
+   bounds and hop distances upper bounds; the report lists them under ``bounds``.
+``AnalysisError`` only when even that fails.
 """
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import PatternError
 from ..ir.program import Model, Pattern
-from .engines import GridEngine, SpanEngine
-from .masks import LayerMask, layer_mask
-from .propagate import Powers, all_full, has_pair, layer_figures, least_depth, period
+from . import sources as S
+from .engines import GridEngine, ResidueEngine, SpanEngine
+from .masks import TermMask, block_size, layer_mask
+from .propagate import (Powers, all_full, has_pair, layer_figures, least_depth, period,
+                        stepped_depth)
 from .report import PatternFigures, Report, annotate
 from .rows import NotRepresentable, Rows
-from .tiles import picture, tile_figures
+from .terms import block_terms, layer_terms, periodic_head, residue_spans, subset_expr
+from .tiles import picture, tile_figures, visited_figures
 
 BRUTE_FORCE_MAX = 2048
-GRID_MAX = 4096
+GRID_MAX = 1024  # dense block matrices up to here; sparse block rows (bits) beyond
 DEFAULT_MAX_LAYERS = 32
+MAX_MODEL_LAYERS = 1 << 16  # layers listed one by one
 PICTURES = 4
 BOUND_FIGURES = ("rf_min", "rf_mean", "rf_max", "rf_last", "reach", "span", "coverage",
                  "diameter", "reach_to_first", "coverage_depth")
+DENSITY_FIGURES = ("density", "admissible_density", "keys_per_query")
+STEP_LIMIT_WORK = 1 << 34  # word operations a stepping engine may spend past the records
 
 
 class AnalysisError(ValueError):
@@ -44,37 +61,51 @@ def analyze(pattern_or_model, n: int, layers: int | None = None, *, tile=(128, 1
 
     ``layers``: how many layers to report (a model: default its depth, the schedule repeated
     beyond it; a pattern: default the depth that settles the diameter, at most 32).
-    ``method``: "auto", "intervals", "blocks" or "tokens" (see the module docstring).
+    ``method``: "auto" or one of METHODS (see the module docstring); "block sources" forces
+    the sparse block engine at any block count.
     """
     if n < 1:
         raise ValueError(f"the sequence length must be >= 1, got {n}")
-    schedule, name, kind = _schedule(pattern_or_model)
+    schedule, name, kind = _schedule(pattern_or_model, layers)
     distinct = list(dict.fromkeys(schedule))
-    masks, engine_name, exact = _masks(distinct, n, method)
+    chosen = _choose(distinct, n, method)
+    masks, engine_name, exact = chosen.masks, chosen.name, chosen.exact
     causal = all(m.is_causal() for m in masks.values())
-    engine = _engine(engine_name, masks, n, causal)
+    engine = chosen.engine(causal)
     relation_of = {p: _relation(engine, masks[p]) for p in distinct}
     relations = [relation_of[p] for p in schedule]
     admissible = n * (n + 1) // 2 if causal else n * n
 
     depth, records, found = _records(engine, relations, layers, kind, admissible, len(schedule))
-    powers = None
-    if "full" not in found or "first" not in found:
-        whole = found["period"] if "period" in found else period(engine, relations)
-        powers = Powers(engine, whole)
-    coverage_depth = found.get("full")
-    if coverage_depth is None:
-        coverage_depth = least_depth(engine, relations, all_full(engine), powers)
-    reach_to_first = found.get("first")
-    if reach_to_first is None:
-        reach_to_first = least_depth(engine, relations, has_pair(engine, n - 1, 0), powers)
+    coverage_depth, reach_to_first = found.get("full"), found.get("first")
+    capped = False
+    if getattr(engine, "stepping", False):
+        if coverage_depth is None or reach_to_first is None:
+            coverage_depth, reach_to_first, capped, last = stepped_depth(
+                engine, relations, found["state"], len(records), coverage_depth,
+                reach_to_first, _step_limit(engine, relations, n))
+            if coverage_depth == math.inf or capped:
+                found["uncovered"] = engine.missing(last)
+    else:
+        powers = None
+        if coverage_depth is None or reach_to_first is None:
+            whole = found["period"] if "period" in found else period(engine, relations)
+            powers = Powers(engine, whole)
+        if coverage_depth is None:
+            coverage_depth = least_depth(engine, relations, all_full(engine), powers)
+        if reach_to_first is None:
+            reach_to_first = least_depth(engine, relations, has_pair(engine, n - 1, 0), powers)
     uncovered = found.get("uncovered")
+    bounds = () if exact else BOUND_FIGURES + (DENSITY_FIGURES if chosen.partial else ())
+    if capped:
+        exact = False
+        bounds = tuple(dict.fromkeys(bounds + ("diameter", "reach_to_first", "coverage_depth")))
 
     figures = [_pattern_figures(p, masks[p], schedule, n, causal, tile, admissible)
                for p in distinct]
     report = Report(
         name=name, kind=kind, n=n, depth=depth, causal=causal,
-        method=engine_name, exact=exact, bounds=() if exact else BOUND_FIGURES,
+        method=engine_name, exact=exact, bounds=bounds,
         diameter=coverage_depth, reach_to_first=reach_to_first, coverage_depth=coverage_depth,
         coverage=records[-1].coverage if records else 1.0 / max(n, 1),
         uncovered_pair=uncovered, density=_mean(figures, "density", len(schedule)),
@@ -82,73 +113,176 @@ def analyze(pattern_or_model, n: int, layers: int | None = None, *, tile=(128, 1
         keys_per_query=_mean(figures, "keys_per_query", len(schedule)),
         tile=tuple(tile), tile_density=_mean(figures, "tile_density", len(schedule)),
         waste=_mean(figures, "waste", len(schedule)), layers=records, patterns=figures)
-    report.notes.extend(_notes(report, engine_name, exact))
+    if "random keys" in chosen.dropped:
+        _sample(report, schedule, n, causal)
+    report.notes.extend(_notes(report, chosen, capped))
     report.pictures.extend(_pictures(distinct, masks, n))
     return annotate(report, distinct)
 
 
 # ---------------------------------------------------------------- the stack
-def _schedule(obj):
+def _schedule(obj, layers=None):
+    """(the layers to analyse, name, kind). A model deeper than MAX_MODEL_LAYERS is analysed
+    only up to ``layers`` (its schedule is run-length encoded, its layers are not listed)."""
     if isinstance(obj, Model):
-        return list(obj.layers), obj.name, "model"
+        if obj.depth <= MAX_MODEL_LAYERS:
+            return list(obj.layers), obj.name, "model"
+        if layers is not None and layers <= MAX_MODEL_LAYERS:
+            return list(itertools.islice(obj.layers, layers)), obj.name, "model"
+        raise PatternError(f"model '{obj.name}' has {obj.depth} layers; analysis follows at "
+                           f"most {MAX_MODEL_LAYERS} (ask for fewer layers)", obj.span)
     if isinstance(obj, Pattern):
         return [obj], obj.name, "pattern"
     raise TypeError(f"analyze() takes a Pattern or a Model, got {type(obj).__name__}")
 
 
-def _masks(distinct, n: int, method: str):
-    """The layer masks and the method name; raises AnalysisError if none fits."""
+@dataclass
+class Choice:
+    """The method picked for a stack: its layer masks and how to build its engine."""
+
+    name: str
+    masks: dict
+    engine: object  # causal -> engine
+    exact: bool = True
+    partial: bool = False  # the masks are a subset of the pattern's pairs (densities bound)
+    dropped: tuple = ()
+
+
+METHODS = ("intervals", "blocks", "residues", "periodic", "sources", "tokens")
+FORCED = ("block sources",)  # only when asked for: the sparse grid at any block count
+
+
+def _choose(distinct, n: int, method: str) -> Choice:
+    """The first method that fits (see the module docstring); AnalysisError if none."""
+    if method != "auto" and method not in METHODS + FORCED:
+        raise ValueError(f"unknown method {method!r}: use auto or one of "
+                         f"{', '.join(METHODS + FORCED)}")
     concrete = {p: p.at(n) for p in distinct}
+    order = METHODS + ("bound",) if method == "auto" else (method,)
     tried = []
-    order = {"auto": ["intervals", "blocks", "tokens", "bounded"], "intervals": ["intervals"],
-             "blocks": ["blocks"], "tokens": ["tokens"]}.get(method)
-    if order is None:
-        raise ValueError(f"unknown method {method!r}: use auto, intervals, blocks or tokens")
     for kind in order:
         try:
-            masks = _try(kind, concrete, n, explicit=method != "auto")
+            choice = _TRY[kind](concrete, n, method != "auto")
         except NotRepresentable as why:
             tried.append(f"{kind}: {why}")
             continue
-        if kind == "intervals" and any(m.rows.extra is not None for m in masks.values()):
-            tried.append("intervals: random keys are not intervals")
-            continue
-        if kind == "bounded":
-            return masks, "intervals", False
-        if kind == "blocks":
-            return masks, f"blocks({next(iter(masks.values())).b})", True
-        return masks, kind, True
-    raise AnalysisError(f"no exact analysis method fits at n = {n}: " + "; ".join(tried))
+        return choice
+    raise AnalysisError(f"no exact analysis method fits at n = {n}, nor a bound: "
+                        + "; ".join(tried))
 
 
-def _try(kind, concrete, n, explicit):
-    if kind in ("intervals", "bounded"):
-        masks = {p: layer_mask(e, n, "rows") for p, e in concrete.items()}
-        for mask in masks.values():  # raises when a relation's interval misses its query
-            _relation(SpanEngine(n, causal=False), mask)
-        return masks
-    if kind == "blocks":
+def _try_intervals(concrete, n, explicit, drop_random=False):
+    masks = {p: layer_mask(e, n, "rows") for p, e in concrete.items()}
+    for mask in masks.values():  # raises when a relation's interval misses its query
+        _relation(SpanEngine(n, causal=False), mask)
+    if not drop_random and any(m.rows.extra is not None for m in masks.values()):
+        raise NotRepresentable("random keys are not intervals")
+    return Choice("intervals", masks, lambda causal: SpanEngine(n, causal))
+
+
+def _try_blocks(concrete, n, explicit, sparse=False):
+    sizes = {block_size(e) for e in concrete.values()}
+    if len(sizes) != 1 or None in sizes:
+        raise NotRepresentable("not every head of every layer is blocks(b) of one size b")
+    b = sizes.pop()
+    blocks = -(-n // b)
+    if blocks <= GRID_MAX and not sparse:
         masks = {p: layer_mask(e, n, "blocks") for p, e in concrete.items()}
-        sizes = {m.b for m in masks.values()}
-        if len(sizes) != 1 or -(-n // sizes.pop()) > GRID_MAX:
-            raise NotRepresentable(f"needs one block size with at most {GRID_MAX} blocks")
-        return masks
+        return Choice(f"blocks({b})", masks, lambda causal: GridEngine(n, b, causal))
+    if blocks > S.ALL_SOURCES_MAX:
+        raise NotRepresentable(f"more than {S.ALL_SOURCES_MAX} blocks")
+    masks = {p: TermMask(n, block_terms(e, n), e, b) for p, e in concrete.items()}
+    return Choice(f"blocks({b}) sources", masks, lambda causal: S.BlockSources(n, b, causal))
+
+
+def _token_terms(concrete, n):
+    return {p: TermMask(n, layer_terms(e, n), e) for p, e in concrete.items()}
+
+
+def _try_residues(concrete, n, explicit):
+    masks = _token_terms(concrete, n)
+    s, spans = residue_spans([m.terms for m in masks.values()], n)
+    for mask, span in zip(masks.values(), spans):
+        mask.relation_rows = span
+    return Choice(f"residues mod {s}", masks, lambda causal: ResidueEngine(n, s, causal))
+
+
+def _try_periodic(concrete, n, explicit):
+    masks = _token_terms(concrete, n)
+    found = periodic_head([m.terms for m in masks.values()], n)
+    if found is None:
+        raise NotRepresentable("random keys are not periodic")
+    head, period = found
+    if not all(m.is_causal() for m in masks.values()):
+        raise NotRepresentable("only causal stacks are exact from one source per phase")
+    if not S.fits_periodic(n, head, period):
+        raise NotRepresentable(f"{head + period} sources do not fit at n = {n}")
+    count = min(head + period, n)
+    return Choice(f"periodic ({count} sources: head {head}, period {period})", masks,
+                  lambda causal: S.PeriodicSources(n, head, period))
+
+
+def _try_sources(concrete, n, explicit):
+    if not S.fits_all_sources(n):
+        raise NotRepresentable(f"every token a source only for n <= {S.ALL_SOURCES_MAX}")
+    return Choice("token sources", _token_terms(concrete, n),
+                  lambda causal: S.TokenSources(n, causal))
+
+
+def _try_tokens(concrete, n, explicit):
     if n > BRUTE_FORCE_MAX and not explicit:
         raise NotRepresentable(f"the token graph is only built for n <= {BRUTE_FORCE_MAX}")
-    return {p: layer_mask(e, n, "tokens") for p, e in concrete.items()}
+    masks = {p: layer_mask(e, n, "tokens") for p, e in concrete.items()}
+    return Choice("tokens", masks, lambda causal: GridEngine(n, 1, causal))
 
 
-def _engine(name, masks, n, causal):
-    if name == "intervals":
-        return SpanEngine(n, causal)
-    return GridEngine(n, next(iter(masks.values())).b, causal)
+def _try_bound(concrete, n, explicit):
+    """A subset of the pairs through an exact method: labelled bounds."""
+    try:
+        choice = _try_intervals(concrete, n, explicit, drop_random=True)
+        choice.name, choice.exact, choice.dropped = "bound (intervals)", False, ("random keys",)
+        return choice
+    except NotRepresentable:
+        pass
+    dropped = []
+    subset = {p: subset_expr(e, n, dropped) for p, e in concrete.items()}
+    if subset == concrete:
+        raise NotRepresentable("nothing to leave out for a bound")
+    for kind in ("intervals", "blocks", "residues", "periodic", "sources"):
+        try:
+            choice = _TRY[kind](subset, n, explicit)
+        except NotRepresentable:
+            continue
+        choice.name = f"bound ({choice.name})"
+        choice.exact, choice.partial, choice.dropped = False, True, tuple(dropped)
+        return choice
+    raise NotRepresentable("no exact method takes even the pattern without its random keys "
+                           "and mixed comparisons")
 
 
-def _relation(engine, mask: LayerMask):
+_TRY = {"intervals": _try_intervals, "blocks": _try_blocks, "residues": _try_residues,
+        "periodic": _try_periodic, "sources": _try_sources, "tokens": _try_tokens,
+        "bound": _try_bound,
+        "block sources": lambda concrete, n, explicit: _try_blocks(concrete, n, explicit, True)}
+
+
+def _relation(engine, mask):
+    if isinstance(engine, ResidueEngine):
+        return engine.relation(mask.relation_rows)
+    if isinstance(mask, TermMask):
+        return engine.relation(mask.terms)
     if isinstance(engine, SpanEngine):
         r = mask.rows
         return engine.relation(Rows(r.pre, r.lo, r.hi))  # random keys dropped (a bound)
     return engine.relation(mask.grid)
+
+
+def _step_limit(engine, relations, n):
+    """How many more layers a stepping engine may run (a budget of word operations)."""
+    words = getattr(engine, "words", 1)
+    pieces = max(1.0, sum(len(term.cover()) + 1 for rel in relations for term in rel)
+                 / len(relations))
+    return max(64, int(STEP_LIMIT_WORK // (n * words * pieces * 8)))
 
 
 def _records(engine, relations, layers, kind, admissible, period_length):
@@ -161,6 +295,7 @@ def _records(engine, relations, layers, kind, admissible, period_length):
         found["full"] = 0
     if engine.has(state, engine.n - 1, 0):
         found["first"] = 0
+    found["state"] = state
     for layer in range(1, limit + 1):
         previous = state
         state = engine.compose(relations[(layer - 1) % period_length], state)
@@ -171,6 +306,7 @@ def _records(engine, relations, layers, kind, admissible, period_length):
             found["full"] = layer
         if "first" not in found and engine.has(state, engine.n - 1, 0):
             found["first"] = layer
+        found["state"] = state
         settled = "full" in found or (period_length == 1 and engine.same(state, previous))
         if layers is None and settled:
             if "full" not in found:
@@ -186,7 +322,10 @@ def _pattern_figures(pattern, mask, schedule, n, causal, tile, admissible):
     per_query = mask.pairs_per_query()
     allowed = int(per_query.sum())
     bm, bn = tile
-    tile_density, waste = tile_figures(mask.rectangles(), allowed, n, bm, bn, causal)
+    if isinstance(mask, TermMask):
+        tile_density, waste = visited_figures(mask.visited(bm, bn), allowed, n, bm, bn, causal)
+    else:
+        tile_density, waste = tile_figures(mask.rectangles(), allowed, n, bm, bn, causal)
     return PatternFigures(
         name=pattern.name, text=pattern.text, layers=schedule.count(pattern),
         density=allowed / (n * n), admissible_density=allowed / admissible,
@@ -203,23 +342,69 @@ def _mean(figures, name, total_layers):
 def _pictures(distinct, masks, n):
     shown = []
     for pattern in distinct[:PICTURES]:
-        grid, tile = picture(masks[pattern].rectangles(), n)
+        mask = masks[pattern]
+        if isinstance(mask, TermMask):
+            tile = max(1, -(-n // 256))
+            grid = mask.visited(tile, tile)
+        else:
+            grid, tile = picture(mask.rectangles(), n)
         if grid is not None:
             shown.append((pattern.name, np.asarray(grid), tile))
     return shown
 
 
-def _notes(report: Report, engine_name: str, exact: bool):
+def _sample(report: Report, schedule, n: int, causal: bool):
+    """Random keys left out: tighten the bounds by exact search from sampled sources."""
+    try:
+        terms = {p: layer_terms(p.at(n), n) for p in dict.fromkeys(schedule)}
+    except NotRepresentable:
+        return
+    upper = report.diameter
+    limit = upper if upper != math.inf else 4096
+    sources, ecc, first = S.sampled_search([terms[p] for p in schedule], n, causal, int(limit))
+    known = [e for e in ecc if e is not None]
+    lower = max(known) if len(known) == len(ecc) else (upper if upper != math.inf else None)
+    report.sampled = {"sources": len(sources), "diameter_at_least": lower,
+                      "reach_to_first": first}
+    exact_now = []
+    if first is not None:
+        report.reach_to_first = first
+        exact_now.append("reach_to_first")
+    if lower is not None and (lower == upper or lower == math.inf):
+        report.diameter = report.coverage_depth = lower
+        exact_now += ["diameter", "coverage_depth"]
+    report.bounds = tuple(b for b in report.bounds if b not in exact_now)
+    shown = "inf" if lower == math.inf else lower
+    report.notes.append(
+        f"sampled: exact search with the random keys from {len(sources)} sources (token 0 and "
+        f"evenly spaced ones): the diameter is at least {shown} (upper bound above: "
+        f"{'inf' if upper == math.inf else upper})"
+        + (f"; reach to first is exact: {first}" if first is not None else ""))
+
+
+def _notes(report: Report, chosen: Choice, capped: bool):
     notes = []
     if report.causal:
         notes.append("every layer is causal: admissible pairs are k <= q and the diameter "
                      "is the causal diameter")
-    if not exact:
-        notes.append("random keys were left out of the propagation: receptive fields and "
-                     "coverage are lower bounds, hop distances (diameter, reach to first, "
-                     "coverage depth) upper bounds; densities are exact")
+    if chosen.name.startswith("periodic"):
+        notes.append("periodic: a causal path from k to q stays inside [k, q], and past the "
+                     "head the stack repeats with the period, so one source per phase (and "
+                     "each head token) gives every pair exactly")
+    if not chosen.exact:
+        left_out = ", ".join(dict.fromkeys(chosen.dropped)) or "parts without a fast form"
+        densities = "densities are lower bounds too" if chosen.partial else \
+            "densities are exact"
+        notes.append(f"bound: {left_out} left out of the propagation, so every layer has a "
+                     "subset of its pairs: receptive fields and coverage are lower bounds, hop "
+                     "distances (diameter, reach to first, coverage depth) upper bounds unless "
+                     "listed as exact; "
+                     f"{densities}")
+    if capped:
+        notes.append("the layer-by-layer search stopped at its work limit: diameter, reach "
+                     "to first and coverage depth are lower bounds (at least the value shown)")
     if report.tile_density is None:
-        notes.append(f"tile figures skipped: more than {1 << 24} tiles of {report.tile}")
+        notes.append(f"tile figures skipped at this length for tiles of {report.tile}")
     if report.kind == "model" and report.depth != len(report.layers):
         notes.append("layer records stop early")
     return notes

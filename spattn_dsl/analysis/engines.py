@@ -155,3 +155,72 @@ class GridEngine:
         keys = np.arange(q + 1 if self.causal else self.n)
         inside = e[q // self.b].numpy()[keys // self.b] | (keys == q)
         return q, int(keys[np.argmin(inside)])
+
+
+# ---------------------------------------------------------------- residue classes
+class ResidueEngine:
+    """Patterns whose every allowed offset q - k is a multiple of ``s`` (dilations, strides,
+    their unions with each other and with ``causal``): tokens split into the s classes
+    ``r, r + s, r + 2s, ...``, and inside a class the pattern is an interval pattern on the
+    class index. Classes of one length are the same graph, so one ``SpanEngine`` per distinct
+    class length (at most two) does all of them, exact at any length. A relation is given as
+    the interval ``[low, high]`` of class offsets ``(q - k) / s`` it allows (holding 0)."""
+
+    def __init__(self, n: int, s: int, causal: bool):
+        self.n, self.s, self.causal = n, s, causal
+        self.sizes = np.array([-(-(n - r) // s) for r in range(s)], dtype=np.int64)
+        self.lengths = sorted({int(m) for m in self.sizes if m > 0})
+        self.inner = {m: SpanEngine(m, causal=False) for m in self.lengths}
+
+    def identity(self):
+        return {m: e.identity() for m, e in self.inner.items()}
+
+    def relation(self, span):
+        low, high = span
+        out = {}
+        for m, engine in self.inner.items():
+            i = np.arange(m, dtype=np.int64)
+            rows = Rows(np.zeros_like(i), np.maximum(i - high, 0), np.minimum(i - low, m - 1))
+            out[m] = engine.relation(rows)
+        return out
+
+    def compose(self, outer, inner):
+        return {m: e.compose(outer[m], inner[m]) for m, e in self.inner.items()}
+
+    def same(self, x, y) -> bool:
+        return all(e.same(x[m], y[m]) for m, e in self.inner.items())
+
+    def has(self, state, q: int, k: int) -> bool:
+        m = int(self.sizes[q % self.s])
+        return (q - k) % self.s == 0 and self.inner[m].has(state[m], q // self.s, k // self.s)
+
+    def _spans(self, state, tokens):
+        """Each token's class-index interval [lo, hi] (no prefix in these relations)."""
+        lo = np.empty(len(tokens), dtype=np.int64)
+        hi = np.empty(len(tokens), dtype=np.int64)
+        length = self.sizes[tokens % self.s]
+        for m in self.lengths:
+            pick = length == m
+            i = tokens[pick] // self.s
+            lo[pick], hi[pick] = state[m].lo[i], state[m].hi[i]
+        return lo, hi
+
+    def rows(self, state) -> RowFigures:
+        q = np.arange(self.n, dtype=np.int64)
+        lo, hi = self._spans(state, q)
+        r = q % self.s
+        size = hi - lo + 1
+        full = size == (q + 1 if self.causal else self.n)
+        return RowFigures(size, r + self.s * lo, r + self.s * hi, full)
+
+    def missing(self, state):
+        full = self.rows(state).full
+        short = np.flatnonzero(~full)
+        if not len(short):
+            return None
+        q = int(short[0])
+        keys = np.arange(q + 1 if self.causal else self.n)
+        lo, hi = self._spans(state, np.array([q]))
+        i = keys // self.s
+        inside = ((q - keys) % self.s == 0) & (i >= lo[0]) & (i <= hi[0])
+        return q, int(keys[np.argmin(inside)])

@@ -204,8 +204,10 @@ def _int(expr, names):
                 "isqrt": lambda: isqrt(args[0]), "log2": lambda: log2(args[0])}[expr.func]()
     if isinstance(expr, N.BinOp):
         a, b = _int(expr.left, names), _int(expr.right, names)
-        return {"+": a + b, "-": a - b, "*": a * b, "/": a / b, "//": sp.floor(a / b),
-                "%": sp.Mod(a, b)}[expr.op]
+        ops = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,  # only the one used:
+               "/": lambda: a / b, "//": lambda: sp.floor(a / b),          # x + 0 must not
+               "%": lambda: sp.Mod(a, b)}                                  # build Mod(x, 0)
+        return ops[expr.op]()
     raise _NoForm
 
 

@@ -114,3 +114,91 @@ def _token_grid(expr, n: int) -> torch.Tensor:
     for head in range(head_count(expr)):
         grid |= mask(expr, n, n, head)
     return grid
+
+
+# ---------------------------------------------------------------- term-form masks
+
+
+@dataclass
+class TermMask:
+    """A layer as terms (``terms.py``): on tokens (``b = 1``) or on the grid of b-token blocks."""
+
+    n: int
+    terms: list
+    expr: object  # the concrete expression (heads included), for the reference occupancy
+    b: int = 1
+
+    @property
+    def grid_n(self) -> int:
+        return -(-self.n // self.b)
+
+    @property
+    def block_sizes(self) -> np.ndarray:
+        starts = np.arange(self.grid_n, dtype=np.int64) * self.b
+        return np.minimum(starts + self.b, self.n) - starts
+
+    def is_causal(self) -> bool:
+        from .terms import is_causal
+        if not is_causal([self.terms], self.grid_n):
+            return False
+        if self.b == 1:
+            return True
+        ids = np.arange(self.grid_n)
+        diagonal = np.zeros(self.grid_n, dtype=bool)
+        for term in self.terms:
+            diagonal |= term.contains(ids, ids)
+        return not (diagonal & (self.block_sizes > 1)).any()
+
+    def pairs_per_query(self) -> np.ndarray:
+        from .terms import pairs_per_query
+        per_row = pairs_per_query(self.terms, self.grid_n)
+        if self.b == 1:
+            return per_row
+        ids = np.arange(self.grid_n)
+        last = np.zeros(self.grid_n, dtype=bool)
+        for term in self.terms:
+            last |= term.contains(ids, np.full(self.grid_n, self.grid_n - 1))
+        short = self.b - int(self.block_sizes[-1])
+        tokens = per_row * self.b - short * last
+        return tokens[np.arange(self.n) // self.b]
+
+    def visited(self, bm: int, bn: int):
+        """bool grid of tiles holding an allowed pair, or None when too many tiles."""
+        from .tiles import MAX_TILE_CELLS
+        rows, cols = -(-self.n // bm), -(-self.n // bn)
+        if (rows + 1) * (cols + 1) > MAX_TILE_CELLS:
+            return None
+        return term_occupancy(self.terms, self.n, self.b, bm, bn)
+
+
+def term_occupancy(terms, n: int, b: int, bm: int, bn: int) -> np.ndarray:
+    """Which (bm x bn) tiles hold an allowed pair, by the same scans as the propagation: every
+    grid position starts with the bits of the tile columns it covers, one layer's image (no
+    identity) gathers them per query, and rows are OR-ed into their tile rows."""
+    from . import bitsets as B
+    grid = -(-n // b)
+    rows, cols = -(-n // bm), -(-n // bn)
+    words = -(-cols // 64)
+    start = np.arange(grid, dtype=np.int64) * b
+    end = np.minimum(start + b, n) - 1
+    columns = np.zeros((grid, words), dtype=np.uint64)
+    _set_ranges(columns, start // bn, end // bn)
+    hit = np.zeros_like(columns)
+    for term in terms:
+        hit |= B.image(term, columns)
+    per_row = np.zeros((rows, words), dtype=np.uint64)
+    first, last = start // bm, end // bm
+    for extra in range(int((last - first).max()) + 1 if grid else 0):
+        ok = first + extra <= last
+        np.bitwise_or.at(per_row, first[ok] + extra, hit[ok])
+    bits = np.unpackbits(per_row.view(np.uint8), axis=1, bitorder="little")
+    return bits[:, :cols].astype(bool)
+
+
+def _set_ranges(state, first, last):
+    """Set bits first[i] .. last[i] of row i."""
+    rows = np.arange(len(state))
+    for extra in range(int((last - first).max()) + 1 if len(state) else 0):
+        ok = first + extra <= last
+        j = first[ok] + extra
+        np.bitwise_or.at(state, (rows[ok], j // 64), np.uint64(1) << (j % 64).astype(np.uint64))

@@ -102,3 +102,34 @@ def least_depth(engine, schedule, holds, powers: Powers):
         if holds(state):
             return periods * len(schedule) + step
     raise AssertionError("a whole period more must make it hold")
+
+
+def stepped_depth(engine, schedule, state, layer: int, full_at, first_at, limit: int):
+    """Layer-by-layer search for engines without ``compose(state, state)``.
+
+    Continues from ``state`` = D_layer until every row is full and the pair (n-1, 0) is in,
+    or a whole period changes nothing (then math.inf), or ``limit`` more layers pass (then
+    the depths not found are returned as ``layer`` reached, a lower bound, with
+    ``capped = True``). Returns (coverage depth, reach to first, capped, last state).
+    """
+    n = engine.n
+    period_start = state if layer % len(schedule) == 0 else None
+    for step in range(1, limit + 1):
+        if full_at is not None and first_at is not None:
+            return full_at, first_at, False, state
+        layer += 1
+        state = engine.compose(schedule[(layer - 1) % len(schedule)], state)
+        if full_at is None and bool(engine.rows(state).full.all()):
+            full_at = layer
+        if first_at is None and engine.has(state, n - 1, 0):
+            first_at = layer
+        if layer % len(schedule) == 0:
+            if period_start is not None and engine.same(state, period_start):
+                break
+            period_start = state
+    else:
+        if full_at is None or first_at is None:
+            return (full_at if full_at is not None else layer,
+                    first_at if first_at is not None else layer, True, state)
+    return (math.inf if full_at is None else full_at,
+            math.inf if first_at is None else first_at, False, state)

@@ -54,6 +54,7 @@ class Report:
     formula_conditions: list = field(default_factory=list)  # where the formulas were derived
     certificate: Certificate | None = None  # Yun et al. 2020, see certificate.py
     notes: list = field(default_factory=list)
+    sampled: dict = field(default_factory=dict)  # bounds from exact search from sampled sources
     pictures: list = field(default_factory=list, repr=False)  # (name, grid, tile size)
 
     @property
@@ -100,7 +101,8 @@ def annotate(report: Report, patterns) -> Report:
 
 _DICT_FIELDS = ("name", "kind", "n", "depth", "causal", "method", "exact", "bounds", "diameter",
                 "reach_to_first", "coverage_depth", "coverage", "uncovered_pair", "density",
-                "admissible_density", "keys_per_query", "tile", "tile_density", "waste", "notes")
+                "admissible_density", "keys_per_query", "tile", "tile_density", "waste", "notes",
+                "sampled")
 
 
 def _plain(value):

@@ -102,6 +102,8 @@ def _rows(expr, q: np.ndarray, n: int) -> Rows:
         return complement(_rows(expr.operand, q, n), n)
     if t is N.Blocks:
         return _blocks(expr, q, n)
+    if t is N.Compare:
+        return _compare(expr, q, n)
     raise NotRepresentable(f"{_name(expr)} has no interval form at n = {n}")
 
 
@@ -120,6 +122,30 @@ def _global_tokens(tokens, q, n) -> Rows:
     keys = _interval(q, np.full_like(q, inside[0]), np.full_like(q, inside[-1]), n)
     every = _prefix(q, np.where(is_global, n, 0), n)
     return union(keys, every, n)
+
+
+def _compare(expr, q, n) -> Rows:
+    """``where`` comparisons on q - k, q or k alone whose allowed set is one interval."""
+    from .terms import layer_terms
+    terms = layer_terms(expr, n)
+    if not terms:
+        return _prefix(q, np.zeros_like(q), n)
+    (term,) = terms
+    if term.qmask is not None:
+        return _prefix(q, np.where(term.qmask[q], n, 0), n)
+    if term.kmask is not None:
+        lo, hi = _one_run(term.kmask, "keys")
+        return _prefix(q, np.full_like(q, hi + 1), n) if lo == 0 else \
+            _interval(q, np.full_like(q, lo), np.full_like(q, hi), n)
+    lo, hi = _one_run(term.offsets, "offsets")
+    return _interval(q, q - (hi - (n - 1)), q - (lo - (n - 1)), n)
+
+
+def _one_run(flags, what):
+    allowed = np.flatnonzero(flags)
+    if len(allowed) == 0 or allowed[-1] - allowed[0] + 1 != len(allowed):
+        raise NotRepresentable(f"a where(...) whose allowed {what} are not one interval")
+    return int(allowed[0]), int(allowed[-1])
 
 
 def _blocks(expr, q, n) -> Rows:

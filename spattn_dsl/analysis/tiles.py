@@ -24,7 +24,11 @@ def occupancy(rectangles, n: int, bm: int, bn: int) -> np.ndarray | None:
 
 def tile_figures(rectangles, allowed_pairs: int, n: int, bm: int, bn: int, causal: bool):
     """(tile density, waste) or (None, None) when the tile grid is too large."""
-    visited = occupancy(rectangles, n, bm, bn)
+    return visited_figures(occupancy(rectangles, n, bm, bn), allowed_pairs, n, bm, bn, causal)
+
+
+def visited_figures(visited, allowed_pairs: int, n: int, bm: int, bn: int, causal: bool):
+    """(tile density, waste) from the grid of visited tiles; (None, None) without one."""
     if visited is None:
         return None, None
     rows, cols = visited.shape

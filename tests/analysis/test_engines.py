@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from spattn_dsl import loads
-from spattn_dsl.analysis import AnalysisError, analyze
+from spattn_dsl.analysis import analyze
 from spattn_dsl.analysis.formulas import evaluate
 from spattn_dsl.analysis.ranges import range_max, range_min
 from spattn_dsl.analysis.rows import NotRepresentable, rows_of
@@ -101,23 +101,29 @@ def test_no_closed_form_for_random():
 
 def test_random_at_large_n_is_reported_as_a_bound():
     pattern = loads("pattern p { causal & (window(64) | random(2, seed = 1)) }").pattern("p")
-    report = analyze(pattern, 8192)
+    n = 32768  # beyond sources.ALL_SOURCES_MAX: random keys are left out
+    report = analyze(pattern, n)
     assert not report.exact and "diameter" in report.bounds
-    window_only = analyze(loads("pattern p { causal & window(64) }").pattern("p"), 8192)
+    assert report.method.startswith("bound")
+    window_only = analyze(loads("pattern p { causal & window(64) }").pattern("p"), n)
     assert report.diameter == window_only.diameter  # the bound: random edges left out
     assert report.density > window_only.density  # densities stay exact
 
 
 def test_random_at_small_n_is_exact():
     pattern = loads("pattern p { causal & (window(8) | random(2, seed = 1)) }").pattern("p")
-    report = analyze(pattern, 256)
-    assert report.exact and report.method == "tokens"
+    for n in (256, 4096):  # every token a source, as bits
+        report = analyze(pattern, n)
+        assert report.exact and report.method == "token sources"
 
 
-def test_no_fast_method_is_a_clear_error():
-    pattern = loads("pattern p { causal & stride(128) }").pattern("p")
-    with pytest.raises(AnalysisError, match="stride"):
-        analyze(pattern, 65536)
+def test_where_mixing_q_and_k_is_a_labelled_bound():
+    pattern = loads("pattern p { causal & (window(16) | where(q % 7 == k % 5)) }").pattern("p")
+    report = analyze(pattern, 40000)
+    assert not report.exact and report.method.startswith("bound")
+    assert {"diameter", "density"} <= set(report.bounds)
+    window_only = analyze(loads("pattern p { causal & window(16) }").pattern("p"), 40000)
+    assert report.diameter == window_only.diameter
 
 
 def test_methods_agree_on_a_block_pattern():
@@ -132,3 +138,45 @@ def test_analyze_rejects_bad_input():
         analyze("causal", 10)
     with pytest.raises(ValueError):
         analyze(loads("pattern p { causal }").pattern("p"), 0)
+
+
+@pytest.mark.parametrize("text, n", [
+    ("pattern p { causal & (window(4) | random(2, seed = 1)) }", 300),
+    ("pattern p { window(3) | random(1, seed = 5) }", 257)])
+def test_sampled_search_equals_breadth_first_search(text, n):
+    import networkx as nx
+
+    from spattn_dsl.analysis.sources import sampled_search
+    from spattn_dsl.analysis.terms import layer_terms
+
+    from .oracle import layer_mask
+    pattern = loads(text).pattern("p")
+    causal = "causal" in text
+    sources, ecc, first = sampled_search([layer_terms(pattern.at(n), n)], n, causal, n + 1)
+    mask = layer_mask(pattern, n).numpy()
+    graph = nx.DiGraph([(int(k), int(q)) for q, k in zip(*np.nonzero(mask)) if q != k])
+    graph.add_nodes_from(range(n))
+    for source, found in zip(sources, ecc):
+        dist = nx.single_source_shortest_path_length(graph, int(source))
+        targets = range(int(source), n) if causal else range(n)
+        expected = max(dist.get(t, math.inf) for t in targets)
+        assert found == expected
+    assert first == nx.single_source_shortest_path_length(graph, 0).get(n - 1, math.inf)
+
+
+def test_random_bound_states_its_sample_and_an_exact_reach_to_first():
+    pattern = loads("pattern p { causal & (window(64) | random(2, seed = 1)) }").pattern("p")
+    report = analyze(pattern, 32768)
+    assert report.sampled["sources"] == 64
+    assert "reach_to_first" not in report.bounds and report.reach_to_first < report.diameter
+    assert 1 <= report.sampled["diameter_at_least"] <= report.diameter
+    assert any(note.startswith("sampled: exact search") for note in report.notes)
+
+
+def test_bidirectional_where_mixing_q_and_k_is_a_bound_not_an_error():
+    pattern = loads("pattern p { window(16) | where(q % 7 == k % 5) }").pattern("p")
+    report = analyze(pattern, 65536)
+    assert report.method == "bound (intervals)" and not report.exact
+    assert any("comparisons mixing q and k" in note for note in report.notes)
+    window_only = analyze(loads("pattern p { window(16) }").pattern("p"), 65536)
+    assert report.diameter == window_only.diameter

@@ -137,3 +137,96 @@ def test_prefix_lm_prefix_sees_itself_in_one_hop():
     prefix_lm = load(EXAMPLES / "prefix_lm.spattn").pattern("prefix_lm")
     report = analyze(prefix_lm, 4096)
     assert not report.causal and report.diameter == math.inf and report.reach_to_first == 1
+
+
+# ---------------------------------------------------------------- at the papers' sizes
+def allowed_pairs(report):
+    return round(report.density * report.n * report.n)
+
+
+def reference_pairs(subject, n):
+    mask = subject.mask(n)
+    for head in range(1, subject.heads):
+        mask |= subject.mask(n, head=head)
+    return int(mask.sum())
+
+
+def test_sparse_transformer_strided_at_its_size():
+    # Child et al. 2019, "Generating Long Sequences with Sparse Transformers" (arXiv:1904.10509),
+    # section 4.2, strided pattern with l ~ sqrt(n): l = 64, n = 4096. The two heads together
+    # connect every pair in two causal steps; they allow 389,152 pairs (window 260,128 + stride
+    # 133,120 - the 4,096 self pairs both hold).
+    strided = load(EXAMPLES / "sparse_transformer.spattn").pattern("strided", l=64)
+    report = analyze(strided, 4096)
+    assert report.exact and report.causal and report.diameter == 2
+    assert allowed_pairs(report) == 389_152 == reference_pairs(strided, 4096)
+
+
+def test_sparse_transformer_fixed_at_enwik8_size():
+    # Child et al. 2019, section 4.2 (fixed pattern) and section 7.2 (enwik8, 12,288 tokens,
+    # c = 32 with l = 128): summary cells of every block are seen by all later queries, so
+    # two steps connect any pair; 19,470,336 pairs allowed.
+    fixed = load(EXAMPLES / "sparse_transformer.spattn").pattern("fixed", l=128, c=32)
+    report = analyze(fixed, 12288)
+    assert report.exact and report.causal and report.diameter == 2
+    assert report.method.startswith("periodic")
+    assert allowed_pairs(report) == 19_470_336
+
+
+def test_dilation_alone_never_covers_at_a_million_tokens():
+    # Beltagy et al. 2020, "Longformer" (arXiv:2004.05150), section 3.1: a dilated window
+    # only meets keys of its own residue mod d; stacking never mixes the d classes.
+    dilated = load(EXAMPLES / "longformer.spattn").pattern("longformer_dilated")
+    report = analyze(dilated, 1 << 20)
+    assert report.exact and report.diameter == math.inf and report.coverage < 0.5
+    q, k = report.uncovered_pair
+    assert (q - k) % 2 == 1
+
+
+def test_bigbird_at_a_million_tokens_has_diameter_two():
+    # Zaheer et al. 2020, "Big Bird" (arXiv:2007.14062), section 2 and appendix D: with global
+    # blocks (ITC) any two tokens are two hops apart, here on 16,384 blocks of 64 tokens.
+    bigbird = load(EXAMPLES / "bigbird.spattn").pattern("bigbird")
+    report = analyze(bigbird, 1 << 20)
+    assert report.exact and report.diameter == 2 and report.method.startswith("blocks(64)")
+    assert report.reach_to_first == 1
+
+
+def test_power_of_two_offsets_have_causal_diameter_sixteen():
+    # Offsets 2^i for i < 16 plus the query itself (the "logarithmic" pattern of Child et al.
+    # 2019, section 4, and of LogSparse, Li et al. 2019, arXiv:1907.00235): every distance
+    # d < 2^16 is a sum of its binary digits, at most 16 hops; d = 65535 needs all 16.
+    offsets = " | ".join(f"where(q - k == {1 << i})" for i in range(16))
+    report = analyze(pattern(f"pattern p {{ causal & (where(q == k) | {offsets}) }}"), 65536)
+    assert report.exact and report.causal and report.diameter == 16
+    assert report.reach_to_first == 16
+
+
+PAPER_SIZES = [  # (file, pattern or model, n): the sizes their sources use
+    ("bigbird.spattn", "bigbird", 4096),  # Zaheer et al. 2020, section 4: 4096 tokens
+    ("bigbird.spattn", "bigbird_base", 4096),
+    ("gemma3.spattn", "gemma_local", 131072),  # Gemma 3 report, section 2: 128K context
+    ("gemma3.spattn", "gemma3_like", 131072),
+    ("longformer.spattn", "longformer", 4096),  # Beltagy et al. 2020, section 5: 4096
+    ("longformer.spattn", "longformer_dilated", 4096),
+    ("longformer.spattn", "longformer_base", 4096),
+    ("mistral.spattn", "mistral_swa", 16384),  # Jiang et al. 2023, section 2: 16K, W = 4096
+    ("mistral.spattn", "mistral_7b", 131072),  # its theoretical span, 131K
+    ("prefix_lm.spattn", "prefix_lm", 512),  # Raffel et al. 2020, section 3.1.2: 512 tokens
+    ("prefix_lm.spattn", "prefix_lm_12", 512),
+    ("sparse_transformer.spattn", "strided", 3072),  # Child et al. 2019, CIFAR-10: 3072
+    ("sparse_transformer.spattn", "fixed", 12288),  # Child et al. 2019, enwik8: 12,288
+    ("sparse_transformer.spattn", "strided_transformer", 3072),
+    ("streaming_llm.spattn", "streaming", 65536),  # Xiao et al. 2023: far past the cache
+    ("streaming_llm.spattn", "streaming_llama", 65536),
+]
+
+
+@pytest.mark.parametrize("file, name, n", PAPER_SIZES, ids=[f"{x[1]}-{x[2]}" for x in PAPER_SIZES])
+def test_every_example_is_analysed_exactly_at_its_papers_size(file, name, n):
+    program = load(EXAMPLES / file)
+    subject = program.model(name) if name in program.models else program.pattern(name)
+    report = analyze(subject, n)
+    assert report.exact and report.bounds == ()
+    assert report.diameter >= 1 and report.layers
+    assert report.to_markdown() and report.to_json()
