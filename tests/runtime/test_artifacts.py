@@ -37,7 +37,8 @@ def test_write_artifacts(tmp_path):
 
 def test_write_artifacts_plan_and_pair_counts(tmp_path):
     """A structured pattern's plan: its terms, gathers and the pair counts over head cases."""
-    p = pattern(N.Heads((N.Union(N.Band(N.Num(40), N.Num(40)), N.Global(N.Num(2))),
+    p = pattern(N.Heads((N.Intersect(N.Causal(), N.Union(N.Chunk(N.Num(64)),
+                                                          N.Summary(N.Num(64), N.Num(4)))),
                          N.Intersect(N.Causal(), N.Stride(N.Num(50))))))
     paths = write_artifacts(p, 3000, 64, "bf16", tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
