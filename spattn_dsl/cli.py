@@ -343,7 +343,7 @@ def cmd_check(args) -> int:
     for name in program.models:
         try:
             model = program.model(name)
-            for layer in set(model.layers):
+            for layer in model.distinct:  # the schedule stays run-length encoded
                 layer.at(args.seq_len)
             print(f"  model {name}: {len(model)} layers: {_schedule(model)}")
         except PatternError as error:
@@ -362,13 +362,10 @@ def _int_text(expr) -> str:
 
 def _schedule(model) -> str:
     """Runs of equal layers: ``5 x causal & window(1024), 1 x causal, ...``."""
-    runs = []
-    for layer in model.layers:
-        if runs and runs[-1][1] == layer:
-            runs[-1][0] += 1
-        else:
-            runs.append([1, layer])
-    text = ", ".join(f"{count} x {layer.name}" for count, layer in runs[:6])
+    import itertools
+
+    runs = list(itertools.islice(model.runs(), 7))
+    text = ", ".join(f"{count} x {layer.name}" for layer, count in runs[:6])
     return text + (", ..." if len(runs) > 6 else "")
 
 
