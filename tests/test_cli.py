@@ -98,10 +98,18 @@ def test_report_text_and_model_formulas_keep_parameter_names(write, capsys):
     assert "reach = Min(L*(w - 1), n - 1)   [28]" in out  # 4 layers x 7
 
 
-def test_report_without_an_exact_method_is_a_user_error(write, capsys):
+def test_report_without_an_exact_method_is_a_labelled_bound(write, capsys):
     # bidirectional, neither intervals nor residue classes, beyond the all-sources limit
     path = write("pattern s { stride(64) | window(3) }")
-    assert main(["report", path, "--pattern", "s", "--seq-len", "65536"]) == 2
+    assert main(["report", path, "--pattern", "s", "--seq-len", "65536"]) == 0
+    out = capsys.readouterr().out
+    assert "method sampled sources (64 of 65536) (bounds where marked)" in out
+    assert "diameter (bound)" in out and "reach to first token  " in out
+
+
+def test_report_beyond_the_sampled_limit_is_a_user_error(write, capsys):
+    path = write("pattern s { stride(64) | window(3) }")
+    assert main(["report", path, "--pattern", "s", "--seq-len", str((1 << 20) + 1)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("spattn report: error: no exact analysis method")
 

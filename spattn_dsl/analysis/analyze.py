@@ -18,6 +18,9 @@ Method, chosen per stack (every layer must fit the same one):
    (random keys, comparisons mixing q and k) -- a subset of every layer's pairs -- through the
    first method above that takes it. Receptive fields, coverage and densities are then lower
    bounds and hop distances upper bounds; the report lists them under ``bounds``.
+7. ``sampled sources`` -- what even that misses, for n <= sources.SAMPLED_MAX: the full stack
+   (term form) from sampled sources only (``_sample``). Reach to first is exact; receptive
+   fields, coverage and hop distances are lower bounds, listed under ``bounds``.
 ``AnalysisError`` only when even that fails.
 """
 from __future__ import annotations
@@ -79,7 +82,9 @@ def analyze(pattern_or_model, n: int, layers: int | None = None, *, tile=(128, 1
     depth, records, found = _records(engine, relations, layers, kind, admissible, len(schedule))
     coverage_depth, reach_to_first = found.get("full"), found.get("first")
     capped = False
-    if getattr(engine, "stepping", False):
+    if chosen.sampled:
+        coverage_depth = reach_to_first = math.inf  # set by _sample
+    elif getattr(engine, "stepping", False):
         if coverage_depth is None or reach_to_first is None:
             coverage_depth, reach_to_first, capped, last = stepped_depth(
                 engine, relations, found["state"], len(records), coverage_depth,
@@ -113,7 +118,9 @@ def analyze(pattern_or_model, n: int, layers: int | None = None, *, tile=(128, 1
         keys_per_query=_mean(figures, "keys_per_query", len(schedule)),
         tile=tuple(tile), tile_density=_mean(figures, "tile_density", len(schedule)),
         waste=_mean(figures, "waste", len(schedule)), layers=records, patterns=figures)
-    if "random keys" in chosen.dropped:
+    if chosen.sampled:
+        _sample(report, schedule, n, causal, upper=None)
+    elif "random keys" in chosen.dropped:
         _sample(report, schedule, n, causal)
     report.notes.extend(_notes(report, chosen, capped))
     report.pictures.extend(_pictures(distinct, masks, n))
@@ -146,10 +153,11 @@ class Choice:
     exact: bool = True
     partial: bool = False  # the masks are a subset of the pattern's pairs (densities bound)
     dropped: tuple = ()
+    sampled: bool = False  # sampled sources only: hop distances come from ``_sample``
 
 
 METHODS = ("intervals", "blocks", "residues", "periodic", "sources", "tokens")
-FORCED = ("block sources",)  # only when asked for: the sparse grid at any block count
+FORCED = ("block sources", "sampled")  # only when asked for: the sparse grid at any block count
 
 
 def _choose(distinct, n: int, method: str) -> Choice:
@@ -158,7 +166,7 @@ def _choose(distinct, n: int, method: str) -> Choice:
         raise ValueError(f"unknown method {method!r}: use auto or one of "
                          f"{', '.join(METHODS + FORCED)}")
     concrete = {p: p.at(n) for p in distinct}
-    order = METHODS + ("bound",) if method == "auto" else (method,)
+    order = METHODS + ("bound", "sampled") if method == "auto" else (method,)
     tried = []
     for kind in order:
         try:
@@ -260,9 +268,19 @@ def _try_bound(concrete, n, explicit):
                            "and mixed comparisons")
 
 
+def _try_sampled(concrete, n, explicit):
+    """The whole stack from sampled sources only: lower bounds, exact reach to first."""
+    if n > S.SAMPLED_MAX:
+        raise NotRepresentable(f"sampled sources only for n <= {S.SAMPLED_MAX}")
+    choice = Choice("", _token_terms(concrete, n), lambda causal: S.SampledSources(n, causal),
+                    exact=False, sampled=True)
+    choice.name = f"sampled sources ({len(S.sample_sources(n))} of {n})"
+    return choice
+
+
 _TRY = {"intervals": _try_intervals, "blocks": _try_blocks, "residues": _try_residues,
         "periodic": _try_periodic, "sources": _try_sources, "tokens": _try_tokens,
-        "bound": _try_bound,
+        "bound": _try_bound, "sampled": _try_sampled,
         "block sources": lambda concrete, n, explicit: _try_blocks(concrete, n, explicit, True)}
 
 
@@ -353,17 +371,28 @@ def _pictures(distinct, masks, n):
     return shown
 
 
-def _sample(report: Report, schedule, n: int, causal: bool):
-    """Random keys left out: tighten the bounds by exact search from sampled sources."""
+SAMPLED_LAYER_LIMIT = 4096  # layers searched from the sampled sources without an upper bound
+
+
+def _sample(report: Report, schedule, n: int, causal: bool, upper="diameter"):
+    """Exact search from sampled sources through the full stack: tightens the bounds of the
+    random-keys bound path, or (``upper=None``, the sampled method) gives the hop distances
+    as lower bounds (``inf`` is exact: a fixpoint came first) and reach to first exactly."""
     try:
         terms = {p: layer_terms(p.at(n), n) for p in dict.fromkeys(schedule)}
     except NotRepresentable:
         return
-    upper = report.diameter
-    limit = upper if upper != math.inf else 4096
+    upper = report.diameter if upper else None
+    limit = upper if upper not in (None, math.inf) else SAMPLED_LAYER_LIMIT
     sources, ecc, first = S.sampled_search([terms[p] for p in schedule], n, causal, int(limit))
     known = [e for e in ecc if e is not None]
-    lower = max(known) if len(known) == len(ecc) else (upper if upper != math.inf else None)
+    if upper is None:  # no upper bound: past the limit, the distance is at least limit + 1
+        lower = max(known + [limit + 1] * (len(known) < len(ecc)))
+        report.diameter = report.coverage_depth = lower
+        report.reach_to_first = limit + 1 if first is None else first
+    else:
+        lower = max(known) if len(known) == len(ecc) else (
+            upper if upper != math.inf else None)
     report.sampled = {"sources": len(sources), "diameter_at_least": lower,
                       "reach_to_first": first}
     exact_now = []
@@ -375,10 +404,11 @@ def _sample(report: Report, schedule, n: int, causal: bool):
         exact_now += ["diameter", "coverage_depth"]
     report.bounds = tuple(b for b in report.bounds if b not in exact_now)
     shown = "inf" if lower == math.inf else lower
+    upper_text = "none known" if upper is None else "inf" if upper == math.inf else upper
+    with_what = "the whole stack" if upper is None else "the random keys"
     report.notes.append(
-        f"sampled: exact search with the random keys from {len(sources)} sources (token 0 and "
-        f"evenly spaced ones): the diameter is at least {shown} (upper bound above: "
-        f"{'inf' if upper == math.inf else upper})"
+        f"sampled: exact search with {with_what} from {len(sources)} sources (token 0 and "
+        f"evenly spaced ones): the diameter is at least {shown} (upper bound: {upper_text})"
         + (f"; reach to first is exact: {first}" if first is not None else ""))
 
 
@@ -391,7 +421,12 @@ def _notes(report: Report, chosen: Choice, capped: bool):
         notes.append("periodic: a causal path from k to q stays inside [k, q], and past the "
                      "head the stack repeats with the period, so one source per phase (and "
                      "each head token) gives every pair exactly")
-    if not chosen.exact:
+    if chosen.sampled:
+        notes.append("sampled sources: no exact method fits, so reach is followed from the "
+                     "sampled sources only: receptive fields, coverage and hop distances "
+                     "(diameter, coverage depth) are lower bounds unless listed as exact; "
+                     "densities are exact")
+    elif not chosen.exact:
         left_out = ", ".join(dict.fromkeys(chosen.dropped)) or "parts without a fast form"
         densities = "densities are lower bounds too" if chosen.partial else \
             "densities are exact"

@@ -82,7 +82,7 @@ def certify(patterns, n: int, causal: bool, coverage_depth, exact: bool) -> Cert
     """The certificate of a stack of the distinct layer ``patterns`` at length ``n``.
 
     ``causal``, ``coverage_depth`` and ``exact`` are the report's: the coverage depth is over
-    all pairs when the stack is not causal.
+    all pairs when the stack is not causal; None where it is only a lower bound.
     """
     concrete = [(p.name, p.at(n)) for p in patterns]
     positions = torch.arange(n, dtype=torch.int64)
@@ -121,6 +121,8 @@ def _reach(n, causal, coverage_depth, exact):
         return False, math.inf, ("no: every layer is causal, so no information flows from a "
                                  "later token to an earlier one (token 0 never sees token "
                                  f"{n - 1})")
+    if coverage_depth is None:
+        return None, None, "not shown (the coverage depth found is only a lower bound)"
     if coverage_depth != math.inf:
         return True, coverage_depth, ""
     if not exact:

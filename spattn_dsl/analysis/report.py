@@ -94,8 +94,10 @@ def annotate(report: Report, patterns) -> Report:
             pattern, report.n, report.depth, report.causal)
         report.formula_conditions = derive(pattern, report.n, report.causal)[1]
         report.formula_curves = curves(pattern, report.formulas, report.n, report.depth)
-    report.certificate = certify(patterns, report.n, report.causal, report.coverage_depth,
-                                 report.exact)
+    # the sampled method's coverage depth is a lower bound: it proves no reach within p
+    lower_only = report.method.startswith("sampled") and "coverage_depth" in report.bounds
+    depth = None if lower_only else report.coverage_depth
+    report.certificate = certify(patterns, report.n, report.causal, depth, report.exact)
     return report
 
 

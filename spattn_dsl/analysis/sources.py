@@ -195,6 +195,51 @@ def fits_periodic(n: int, head: int, period: int) -> bool:
 
 
 SAMPLE_SOURCES = 64
+SAMPLED_MAX = 1 << 20  # the sampled fallback runs up to here
+
+
+def sample_sources(n: int) -> np.ndarray:
+    """Token 0 and evenly spaced others (token n - 1 among them)."""
+    return np.unique(np.linspace(0, n - 1, min(SAMPLE_SOURCES, n)).astype(np.int64))
+
+
+class SampledSources(_Stepping):
+    """Only the sampled sources: row q holds the sampled keys q reaches, so receptive fields
+    and coverage are lower bounds (the fallback when no exact method fits)."""
+
+    def __init__(self, n: int, causal: bool):
+        self.n, self.causal = n, causal
+        self.sources = sample_sources(n)
+        self.words = -(-len(self.sources) // 64)
+
+    def identity(self):
+        return B.unit_rows(self.sources, self.n, self.words)
+
+    def has(self, state, q, k) -> bool:
+        j = np.searchsorted(self.sources, k)
+        if q == k or j == len(self.sources) or self.sources[j] != k:
+            return q == k  # an unsampled key counts as unreached (a lower bound)
+        return bool(B.bit(state, np.array([q]), np.array([j]))[0])
+
+    def missing(self, state):
+        """A pair truly never covered: a sampled key that an admissible query lacks."""
+        q = np.arange(self.n)
+        bits = np.unpackbits(state.view(np.uint8), axis=1, bitorder="little")
+        admissible = self.sources[None, :] <= q[:, None] if self.causal else True
+        lacking = np.argwhere(~bits[:, :len(self.sources)].astype(bool) & admissible)
+        if not len(lacking):
+            return None
+        q, j = lacking[0]
+        return int(q), int(self.sources[j])
+
+    def rows(self, state) -> RowFigures:
+        q = np.arange(self.n, dtype=np.int64)
+        own = np.isin(q, self.sources)  # an unsampled query still reaches itself
+        size = B.popcount(state) + ~own
+        first, last = B.lowest_bit(state), B.highest_bit(state)
+        low = np.where(first >= 0, np.minimum(self.sources[first], q), q)
+        high = np.where(last >= 0, np.maximum(self.sources[last], q), q)
+        return RowFigures(size, low, high, size == (q + 1 if self.causal else self.n))
 
 
 def sampled_search(schedule_terms, n: int, causal: bool, limit: int):
@@ -203,7 +248,7 @@ def sampled_search(schedule_terms, n: int, causal: bool, limit: int):
     targets, and dist(0 -> n - 1). Returns (sources, eccentricities, reach_to_first), with
     math.inf where a fixpoint came first and None where ``limit`` layers ran out."""
     import math
-    sources = np.unique(np.linspace(0, n - 1, min(SAMPLE_SOURCES, n)).astype(np.int64))
+    sources = sample_sources(n)
     state = B.unit_rows(sources, n, 1)
     targets = n - sources if causal else np.full(len(sources), n)
     ecc = [0 if t == 1 else None for t in targets]  # a source is its own only target
