@@ -23,13 +23,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..ir import nodes as N
 from ..ir.evaluate import head_count, select_head
-from ..semantics.random import random_keys
-from ..semantics.reference import _compare
+from ..layout.pairs import allowed as pair_allowed
 
 SOURCE = "Yun et al., NeurIPS 2020, arXiv:2006.04862"
-RANDOM_ROWS = 1 << 16  # rows of random keys drawn at a time
 
 
 @dataclass(frozen=True)
@@ -133,64 +130,8 @@ def _reach(n, causal, coverage_depth, exact):
 # ---------------------------------------------------------------- the mask on given pairs
 def allowed(expr, q: torch.Tensor, k: torch.Tensor, n: int) -> torch.Tensor:
     """bool [len(q)]: whether pair (q[i], k[i]) is allowed in ANY head of a concrete
-    expression at length ``n`` (the reference semantics, evaluated on pairs only)."""
+    expression at length ``n`` (the layout's pair predicate, evaluated on pairs only)."""
     out = torch.zeros(len(q), dtype=torch.bool)
     for head in range(head_count(expr)):
-        out |= _pairs(select_head(expr, head), q, k, n)
-    return out
-
-
-def _pairs(expr, q, k, n):
-    t = type(expr)
-    if t is N.Dense:
-        return torch.ones_like(q, dtype=torch.bool)
-    if t is N.Empty:
-        return torch.zeros_like(q, dtype=torch.bool)
-    if t is N.Causal:
-        return k <= q
-    if t is N.Window:
-        return (q - k).abs() < expr.w
-    if t is N.Band:
-        return (k >= q - expr.before) & (k <= q + expr.after)
-    if t is N.Dilated:
-        return ((q - k).abs() < expr.w * expr.d) & ((q - k) % expr.d == 0)
-    if t is N.Stride:
-        return (q - k) % expr.s == 0
-    if t is N.Chunk:
-        return q // expr.l == k // expr.l
-    if t is N.Summary:
-        return k % expr.l >= expr.l - expr.c
-    if t is N.Global:
-        return (q < expr.first) | (k < expr.first)
-    if t is N.GlobalTokens:
-        tokens = torch.tensor(expr.tokens, dtype=torch.int64)
-        return torch.isin(q, tokens) | torch.isin(k, tokens)
-    if t is N.Sink:
-        return k < expr.g
-    if t is N.Prefix:
-        return (q < expr.p) & (k < expr.p)
-    if t is N.Random:
-        return _random_pairs(expr, q, k, n)
-    if t is N.Compare:
-        return _compare(expr, q, k).expand(len(q))
-    if t is N.Union:
-        return _pairs(expr.left, q, k, n) | _pairs(expr.right, q, k, n)
-    if t is N.Intersect:
-        return _pairs(expr.left, q, k, n) & _pairs(expr.right, q, k, n)
-    if t is N.Difference:
-        return _pairs(expr.left, q, k, n) & ~_pairs(expr.right, q, k, n)
-    if t is N.Complement:
-        return ~_pairs(expr.operand, q, k, n)
-    if t is N.Blocks:
-        return _pairs(expr.body, q // expr.size, k // expr.size, -(-n // expr.size))
-    raise TypeError(f"no pair semantics for {t.__name__}")
-
-
-def _random_pairs(expr, q, k, n):
-    out = torch.zeros(len(q), dtype=torch.bool)
-    step = max(1, RANDOM_ROWS // max(1, min(expr.r, n)))
-    for start in range(0, len(q), step):
-        rows = q[start:start + step]
-        keys = torch.from_numpy(random_keys(expr.r, expr.seed, rows.numpy(), n))
-        out[start:start + step] = (keys == k[start:start + step, None]).any(dim=1)
+        out |= pair_allowed(select_head(expr, head), q, k, n)
     return out
