@@ -255,7 +255,6 @@ def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
     return SparseAttention(pattern, **hints)
 
 
-_LAYOUTS: dict = {}
 # the per-case tensors of a DocumentLayout (``[batch, cases, ...]``), sliced per head case
 _CASE_LISTS = ("states", "full_counts", "full_indices", "partial_counts", "partial_indices",
                "full_q_counts", "full_q_indices", "partial_q_counts", "partial_q_indices")
@@ -266,17 +265,9 @@ def layout_for(pattern, n_q: int, n_k: int, config: TileConfig) -> BlockLayout:
     from ..codegen.render import kernel_key
 
     concrete = pattern.at(n_k)
-    name = f"{kernel_key(concrete)}-q{n_q}-k{n_k}-m{config.block_m}-n{config.block_n}"
-    layout = _LAYOUTS.get(name)
-    if layout is None:
-        stored = cache.load_layout(name)
-        if stored is not None:
-            layout = BlockLayout(n_q, n_k, config.block_m, config.block_n, **stored)
-        else:
-            layout = lower(concrete, n_q, n_k, config.block_m, config.block_n)
-            cache.save_layout(name, layout.tensors())
-        _LAYOUTS[name] = layout
-    return layout
+    bm, bn = config.block_m, config.block_n
+    name = f"{kernel_key(concrete)}-q{n_q}-k{n_k}-m{bm}-n{bn}"
+    return cache.layout(name, n_q, n_k, bm, bn, lambda: lower(concrete, n_q, n_k, bm, bn))
 
 
 def check_inputs(q, k, v, scale):

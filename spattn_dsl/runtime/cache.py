@@ -254,6 +254,25 @@ def save_layout(name: str, tensors: dict) -> None:
         _MEMORY_LAYOUTS[name] = tensors
 
 
+_LAYOUTS: dict = {}  # name -> BlockLayout, this process's
+
+
+def layout(name: str, n_q: int, n_k: int, block_m: int, block_n: int, build):
+    """The BlockLayout stored as ``name``: from memory, then disk, else ``build()`` and saved."""
+    from ..layout.build import BlockLayout
+
+    found = _LAYOUTS.get(name)
+    if found is None:
+        stored = load_layout(name)
+        if stored is not None:
+            found = BlockLayout(n_q, n_k, block_m, block_n, **stored)
+        else:
+            found = build()
+            save_layout(name, found.tensors())
+        _LAYOUTS[name] = found
+    return found
+
+
 # ------------------------------------------------------------------------ JSON tables
 _MEMORY_JSON: dict = {}
 

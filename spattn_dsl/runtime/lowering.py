@@ -6,7 +6,6 @@ from dataclasses import replace
 
 from ..codegen.render import TileConfig, render_term, term_key
 from ..ir.evaluate import head_count
-from ..layout.build import BlockLayout
 from ..layout.plan import grid_layout, plan_pattern
 from . import cache
 from .launch import Plan, TermLaunch
@@ -30,22 +29,11 @@ def case_plans(pattern, n_q: int, n_k: int, block_m: int, block_n: int, mode: st
     return plans
 
 
-_GRID_LAYOUTS: dict = {}
-
-
 def cached_grid_layout(expr, n_q: int, n_k: int, block_m: int, block_n: int):
     """A token-grid layout from memory, then disk (``runtime.cache``), else built."""
     name = f"{term_key(expr)}-q{n_q}-k{n_k}-m{block_m}-n{block_n}"
-    layout = _GRID_LAYOUTS.get(name)
-    if layout is None:
-        stored = cache.load_layout(name)
-        if stored is not None:
-            layout = BlockLayout(n_q, n_k, block_m, block_n, **stored)
-        else:
-            layout = grid_layout(expr, n_q, n_k, block_m, block_n)
-            cache.save_layout(name, layout.tensors())
-        _GRID_LAYOUTS[name] = layout
-    return layout
+    return cache.layout(name, n_q, n_k, block_m, block_n,
+                        lambda: grid_layout(expr, n_q, n_k, block_m, block_n))
 
 
 def plan_cost(pattern, n_q: int, n_k: int, config: TileConfig, mode: str = "auto") -> float:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import spattn_dsl.runtime.attention as attention
 import spattn_dsl.runtime.lowering as lowering
 from spattn_dsl.codegen import attention_reference
 from spattn_dsl.codegen.render import render
@@ -34,8 +33,7 @@ def fresh_process(monkeypatch):
     """Forget everything this process cached in memory, as a new process would."""
     for module, name in ((cache, "_MODULES"), (cache, "_USABLE"), (cache, "_WARNED"),
                          (cache, "_MEMORY_LAYOUTS"), (cache, "_MEMORY_JSON"),
-                         (attention, "_LAYOUTS"), (lowering, "_CASE_PLANS"),
-                         (lowering, "_GRID_LAYOUTS")):
+                         (cache, "_LAYOUTS"), (lowering, "_CASE_PLANS")):
         monkeypatch.setattr(module, name, type(getattr(module, name))())
 
 
