@@ -67,9 +67,10 @@ class Plan:
     h mod cases) the terms of its plan, launched one after another (later terms merge into
     the result of earlier ones, in a fixed order: deterministic)."""
 
-    def __init__(self, cases: list, config):
+    def __init__(self, cases: list, config, fused_dq: bool = False):
         self.cases = cases          # list (per head case) of lists of TermLaunch
         self.config = config
+        self.fused_dq = fused_dq    # backward: the dK/dV kernels also add up dQ (atomically)
 
     @property
     def module(self):
@@ -160,12 +161,18 @@ def backward(dq_plan: Plan, dkdv_plan: Plan, grad_out, q, k, v, out, lse, scale:
     """(dq, dk, dv) of the attention that ``forward`` computed (``out``, ``lse``): the dQ
     kernel over query tiles (``dq_plan``'s layout), the dK/dV kernel over key tiles of the
     transposed layout (``dkdv_plan``'s). ``grad_lse`` (or None) is the gradient of ``lse``.
-    Every term uses the final lse and Delta (P = exp(S - lse)): the terms' contributions add."""
+    Every term uses the final lse and Delta (P = exp(S - lse)): the terms' contributions add.
+    With ``dkdv_plan.fused_dq`` the dK/dV kernels add dQ into an fp32 buffer as well and the
+    dQ kernel does not run."""
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
     if min(*q.shape[:3], k.shape[2]) == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     delta = backward_delta(dq_plan, grad_out, out, grad_lse)
     lse = lse.contiguous()
+    if dkdv_plan.fused_dq:
+        dq_sum = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+        backward_dkdv(dkdv_plan, grad_out, q, k, v, lse, delta, scale, key_padding, dk, dv, dq_sum)
+        return dq.copy_(dq_sum), dk, dv
     backward_dq(dq_plan, grad_out, q, k, v, lse, delta, scale, key_padding, dq)
     backward_dkdv(dkdv_plan, grad_out, q, k, v, lse, delta, scale, key_padding, dk, dv)
     return dq, dk, dv
@@ -214,10 +221,11 @@ def backward_dq(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, d
     return dq
 
 
-def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, dk, dv):
+def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, dk, dv,
+                  dq_sum=None):
     """The dK/dV kernels: per term one program per (virtual key tile, batch, key/value
     head), over the query tiles of the transposed layout and the query heads of its group
-    that belong to the term's head case."""
+    that belong to the term's head case. ``dq_sum`` (fp32, zeroed): dQ is added into it too."""
     batch, heads, n_q, _ = q.shape
     kv_heads, n_k = k.shape[1], k.shape[2]
     kv_group = heads // kv_heads
@@ -232,12 +240,14 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
         else:
             kv_first, kv_step, kv_count = 0, 1, kv_heads
         term.module.BACKWARD_DKDV[(n_tiles_k * batch * kv_count,)](
-            q, k, v, grad_out, lse, delta, work_k, work_v, pad, _index(term.q_gather, lse),
+            q, k, v, grad_out, lse, delta, work_k, work_v, _index(dq_sum, lse), pad,
+            _index(term.q_gather, lse),
             _index(term.k_gather, lse), _index(term.doc_start, lse),
             layout.full_q_counts, layout.full_q_indices, layout.partial_q_counts,
             layout.partial_q_indices, term.col_order,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
-            *work_k.stride(), lse.stride(0), lse.stride(1), pad_stride, _doc_stride(term),
+            *work_k.stride(), *(dq_sum.stride() if dq_sum is not None else (0,) * 4),
+            lse.stride(0), lse.stride(1), pad_stride, _doc_stride(term),
             batch, kv_count, kv_group, n_q, n_k, term.m_q, term.m_k, first, step, kv_first,
             kv_step, n_tiles_k, layout.full_q_indices.shape[-1],
             layout.partial_q_indices.shape[-1],
@@ -246,7 +256,7 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
             FULL_RANGE=term.full_q_range, PARTIAL_RANGE=term.partial_q_range,
             GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
             ACCUMULATE=index > 0 or not first_writes, DOCUMENTS=term.doc_start is not None,
-            **_common(term.module, q, config, key_padding),
+            FUSED_DQ=dq_sum is not None, **_common(term.module, q, config, key_padding),
         )
     if work_k is not dk:
         dk.copy_(work_k)

@@ -1,0 +1,176 @@
+"""GPU: time every tile configuration of a wide space for a few patterns, to choose the
+autotuning spaces of codegen/space.py (forward, dQ, dK/dV), and measure where a short call's
+time goes (the whole op against its kernel launches alone).
+
+    python benchmarks/bench_tiles.py [--seq-len 8192] [--only causal bigbird] [--no-backward]
+
+bf16, batch 2, 16 heads, head_dim 128, random normal inputs; ``triton.testing.do_bench``
+medians (ms). Configs that do not compile or launch (shared memory, registers) are listed as
+failed. Each forward output is checked against the space's first config.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+from pathlib import Path
+
+import torch
+
+import spattn_dsl
+from spattn_dsl.codegen.render import TileConfig
+from spattn_dsl.runtime import compile
+from spattn_dsl.runtime.launch import backward_delta, backward_dkdv, backward_dq, forward
+
+B, H, D = 2, 16, 128
+PATTERNS = [
+    ("dense causal", "pattern p { causal }"),
+    ("causal & window(1024)", "pattern p { causal & window(1024) }"),
+    ("longformer:longformer", None),
+    ("bigbird:bigbird", None),
+    ("longformer:longformer_dilated", None),
+    ("mistral:mistral_swa", None),
+]
+BACKWARD = ("mistral:mistral_swa", "causal & window(1024)", "longformer:longformer",
+            "bigbird:bigbird")
+FORWARD_SPACE = [TileConfig(*c) for c in (
+    (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 8, 3), (128, 64, 8, 4),
+    (128, 64, 4, 3), (128, 128, 4, 2), (64, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4),
+    (128, 128, 8, 3, True), (128, 64, 8, 3, True), (64, 64, 4, 3, True))]
+DQ_SPACE = [TileConfig(*c) for c in (
+    (64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2))]
+DKDV_SPACE = [TileConfig(*c) for c in (
+    (32, 64, 4, 3), (32, 64, 4, 4), (64, 64, 4, 2), (64, 128, 8, 2), (64, 128, 8, 3),
+    (32, 128, 8, 3))]
+
+
+def load(label: str, text: str | None):
+    if text is not None:
+        return spattn_dsl.loads(text).pattern("p")
+    file, name = label.split(":")
+    return spattn_dsl.load(Path(__file__).parents[1] / "examples" / f"{file}.spattn").pattern(name)
+
+
+def bench(fn) -> float:
+    import triton.testing
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def sweep(attn, configs, launch, label, check=None):
+    """{config: ms} over ``configs`` (None for those that fail), printed as table rows;
+    ``check``: compare each result with the first config's, or with this tensor."""
+    n_q = n_k = launch.n
+    times = {}
+    reference = check.clone() if isinstance(check, torch.Tensor) else None
+    for config in configs:
+        plan = attn._make_plan(n_q, n_k, config, "cuda")
+        if config.merged and not plan.merged:
+            continue
+        try:
+            result = launch(plan)
+            torch.cuda.synchronize()
+            ms = bench(lambda: launch(plan))
+        except Exception as error:  # shared memory, registers
+            print(f"| {label} | {config} | failed: {type(error).__name__} |", flush=True)
+            continue
+        diff = ""
+        if check is not None:
+            reference = result if reference is None else reference
+            diff = f"{float((result.float() - reference.float()).norm() / reference.float().norm()):.1e}"
+        times[config] = ms
+        print(f"| {label} | {config} | {ms:.3f} | {diff} |", flush=True)
+    best = min(times, key=times.get)
+    print(f"| {label} | best: {best} | {times[best]:.3f} | |", flush=True)
+    return times
+
+
+def overhead(n: int) -> None:
+    """The whole op against the kernels alone for a short call (strided at 8K), and a
+    profile of the Python side."""
+    pattern = load("sparse_transformer:strided", None)
+    q, k, v = (torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    attn = compile(pattern)
+    attn(q, k, v)
+    plan = next(iter(attn._plans.values()))
+    scale = D ** -0.5
+    op_ms = bench(lambda: attn(q, k, v))
+    kernel_ms = bench(lambda: forward(plan, q, k, v, scale))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        forward(plan, q, k, v, scale)
+    graph_ms = bench(graph.replay)
+    print(f"strided {n}: op {op_ms:.3f} ms, launches alone {kernel_ms:.3f} ms, as a CUDA graph "
+          f"{graph_ms:.3f} ms; plan {[[t.kind for t in c] for c in plan.cases]}, {plan.config}")
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(200):
+        attn(q, k, v)
+    torch.cuda.synchronize()
+    profile.disable()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(14)
+    print(text.getvalue()[-3500:])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-len", type=int, default=8192)
+    parser.add_argument("--only", nargs="+", default=None)
+    parser.add_argument("--no-backward", action="store_true")
+    parser.add_argument("--no-forward", action="store_true")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_tiles needs a CUDA GPU", file=sys.stderr)
+        return 2
+    n = args.seq_len
+    overhead(n)
+    torch.manual_seed(n)
+    q, k, v = (torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    grad_out = torch.randn_like(q)
+    scale = D ** -0.5
+    print("| pattern / kernel | config | ms | rel diff to first |\n|---|---|---|---|")
+    for label, text in PATTERNS:
+        if args.only and not any(part in label for part in args.only):
+            continue
+        attn = compile(load(label, text))
+
+        def fwd(plan):
+            return forward(plan, q, k, v, scale)[0]
+        fwd.n = n
+        if not args.no_forward:
+            sweep(attn, FORWARD_SPACE, fwd, f"{label} fwd", check=True)
+        if args.no_backward or label not in BACKWARD:
+            continue
+        base = attn._make_plan(n, n, FORWARD_SPACE[0], "cuda")
+        out, lse = forward(base, q, k, v, scale)
+        delta = backward_delta(base, grad_out, out)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+        def dq_launch(plan):
+            return backward_dq(plan, grad_out, q, k, v, lse, delta, scale, None, dq)
+        dq_launch.n = n
+
+        def dkdv_launch(plan):
+            return backward_dkdv(plan, grad_out, q, k, v, lse, delta, scale, None, dk, dv)[0]
+        dkdv_launch.n = n
+        dq_sum = torch.zeros(q.shape, device="cuda", dtype=torch.float32)
+
+        def fused_launch(plan):  # dK/dV adding dQ atomically (zeroing and casting included)
+            dq_sum.zero_()
+            backward_dkdv(plan, grad_out, q, k, v, lse, delta, scale, None, dk, dv, dq_sum)
+            return dq.copy_(dq_sum)
+        fused_launch.n = n
+        dq_ms = sweep(attn, DQ_SPACE, dq_launch, f"{label} dq", check=True)
+        dkdv_ms = sweep(attn, DKDV_SPACE, dkdv_launch, f"{label} dkdv", check=True)
+        dq_ref = dq_launch(attn._make_plan(n, n, DQ_SPACE[0], "cuda"))
+        fused_ms = sweep(attn, DKDV_SPACE, fused_launch, f"{label} dkdv+dq", check=dq_ref)
+        pair = min(dq_ms.values()) + min(dkdv_ms.values())
+        print(f"| {label} | dq + dkdv {pair:.3f} ms, fused {min(fused_ms.values()):.3f} ms: "
+              f"{pair / min(fused_ms.values()):.2f}x | | |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
