@@ -235,12 +235,13 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
     for index, term, first, step, count in plan.launches(heads):
         layout, config = term.layout, term.config
         n_tiles_k = layout.tiles[1]
+        dq_desc = _reduction_descriptor(dq_sum, term, config)
         if kv_group == 1:  # only this case's key/value heads
             kv_first, kv_step, kv_count = first, step, count
         else:
             kv_first, kv_step, kv_count = 0, 1, kv_heads
         term.module.BACKWARD_DKDV[(n_tiles_k * batch * kv_count,)](
-            q, k, v, grad_out, lse, delta, work_k, work_v, _index(dq_sum, lse), pad,
+            q, k, v, grad_out, lse, delta, work_k, work_v, _index(dq_sum, lse), _index(dq_desc, lse), pad,
             _index(term.q_gather, lse),
             _index(term.k_gather, lse), _index(term.doc_start, lse),
             layout.full_q_counts, layout.full_q_indices, layout.partial_q_counts,
@@ -249,19 +250,36 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
             *work_k.stride(), *(dq_sum.stride() if dq_sum is not None else (0,) * 4),
             lse.stride(0), lse.stride(1), pad_stride, _doc_stride(term),
             batch, kv_count, kv_group, n_q, n_k, term.m_q, term.m_k, first, step, kv_first,
-            kv_step, n_tiles_k, layout.full_q_indices.shape[-1],
+            kv_step, heads, n_tiles_k, layout.full_q_indices.shape[-1],
             layout.partial_q_indices.shape[-1],
             scale * LOG2E, scale, *_table_args(term.tables),
             EVEN_M=term.q_gather is None and n_q % config.block_m == 0,
             FULL_RANGE=term.full_q_range, PARTIAL_RANGE=term.partial_q_range,
             GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
             ACCUMULATE=index > 0 or not first_writes, DOCUMENTS=term.doc_start is not None,
-            FUSED_DQ=dq_sum is not None, **_common(term.module, q, config, key_padding),
+            FUSED_DQ=dq_sum is not None, DQ_TMA=dq_desc is not None,
+            **_common(term.module, q, config, key_padding),
         )
     if work_k is not dk:
         dk.copy_(work_k)
         dv.copy_(work_v)
     return dk, dv
+
+
+def _reduction_descriptor(dq_sum, term, config):
+    """A tensor descriptor of ``dq_sum`` as [B * H, n_q, D] in [1, BLOCK_M, D] tiles, through
+    which a Hopper (or newer) GPU adds each tile by one bulk reduction; ``dq_sum`` itself
+    None (element atomics) without ``dq_sum``, for gathered rows, padded head dims, and GPUs
+    before Hopper."""
+    if dq_sum is None or term.q_gather is not None:
+        return None
+    batch, heads, n_q, head_dim = dq_sum.shape
+    hopper = dq_sum.is_cuda and torch.cuda.get_device_capability(dq_sum.device)[0] >= 9
+    if head_dim != _padded(head_dim) or not hopper:  # (the interpreter has no bulk reduction)
+        return None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    return TensorDescriptor(dq_sum, [batch * heads, n_q, head_dim], [n_q * head_dim, head_dim, 1],
+                            [1, config.block_m, head_dim])
 
 
 def _index(gather, placeholder):
