@@ -444,20 +444,14 @@ def ${name}_dq(
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, dq_head, dq_desc, dq_plane, QIdx,
-                m_q, Lse, Delta, stat_head, tiles, count, stride_qm, stride_qd, stride_om,
-                stride_od, stride_am, stride_ad, n_q, n_k, qk_scale, sm_scale, case, doc_row,
-                k_start$table_params,
+def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta, stat_head,
+                tiles, count, stride_qm, stride_qd, stride_om, stride_od, n_q, n_k, qk_scale,
+                case, doc_row, k_start$table_params,
                 BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
                 PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, EVEN_M: tl.constexpr,
                 HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                DOCUMENTS: tl.constexpr, FUSED_DQ: tl.constexpr, DQ_TMA: tl.constexpr):
-    """dV += P^T dO and dK += dS^T Q over ``count`` (virtual) query tiles of a list;
-    ``FUSED_DQ``: also dQ += scale dS K, added atomically into the fp32 rows at ``dq_head``
-    (five products per tile instead of the separate dQ kernel's three more, in an order that
-    varies from run to run); ``DQ_TMA``: as one bulk tensor reduction per tile through
-    ``dq_desc`` (plane ``dq_plane`` of its [B * H, n_q, D] view) instead of one atomic per
-    element."""
+                DOCUMENTS: tl.constexpr):
+    """dV += P^T dO and dK += dS^T Q over ``count`` (virtual) query tiles of a list."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     d_ok = offs_d < HEAD_DIM
@@ -495,31 +489,22 @@ def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, dq_head, dq_desc, dq
             p_t = tl.where(keep, p_t, 0.0)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
-        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
-        dk += tl.dot(ds_t, q, input_precision=DOT_PRECISION)
-        if FUSED_DQ:
-            dq = tl.dot(tl.trans(ds_t), k, input_precision=DOT_PRECISION) * sm_scale  # [BLOCK_M, HEAD_DIM_PAD]
-            if DQ_TMA:
-                dq_desc.atomic_add([dq_plane, start_m.to(tl.int32), 0], dq.reshape(1, BLOCK_M, HEAD_DIM_PAD))
-            else:
-                tl.atomic_add(dq_head + rows[:, None] * stride_am + offs_d[None, :] * stride_ad,
-                              dq, mask=m_ok[:, None] & d_ok[None, :], sem="relaxed")
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
     return dk, dv
 
 
 @triton.jit
 def ${name}_dkdv(
-    Q, K, V, DO, Lse, Delta, DK, DV, DQAcc, DQDesc, KeyPad, QIdx, KIdx, DocStart,
+    Q, K, V, DO, Lse, Delta, DK, DV, KeyPad, QIdx, KIdx, DocStart,
     FullCounts, FullIndices, PartialCounts, PartialIndices, ColOrder,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
     stride_oz, stride_oh, stride_om, stride_od,
     stride_gz, stride_gh, stride_gn, stride_gd,
-    stride_az, stride_ah, stride_am, stride_ad,
     stride_lz, stride_lh, stride_pz, stride_sz,
     n_batch, n_kv_heads, kv_group, n_q, n_k, m_q, m_k, head_first, head_step, kv_first, kv_step,
-    q_heads,
     n_tiles_k, full_width, partial_width,
     qk_scale, sm_scale$table_params,
     CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
@@ -527,13 +512,11 @@ def ${name}_dkdv(
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_M: tl.constexpr,
     HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, GATHER_K: tl.constexpr,
     ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOCUMENTS: tl.constexpr,
-    FUSED_DQ: tl.constexpr, DQ_TMA: tl.constexpr,
 ):
     """dK and dV of one (virtual) key tile of one key/value head: the query tiles of the
     transposed layout (``FullCounts``... are the ``*_q_*`` lists), for every query head of its
     group that belongs to this case (h = head_first mod head_step). DK and DV share their
-    strides; ``ACCUMULATE`` adds to what earlier terms wrote; ``FUSED_DQ`` adds each query
-    tile's dQ into ``DQAcc`` (fp32) as well."""
+    strides; ``ACCUMULATE`` adds to what earlier terms wrote."""
     pid = tl.program_id(0)
     slot = pid // (n_batch * n_kv_heads)
     bh = pid % (n_batch * n_kv_heads)
@@ -571,24 +554,21 @@ def ${name}_dkdv(
             case = h % CASES
             q_head = Q + z * stride_qz + h * stride_qh
             do_head = DO + z * stride_oz + h * stride_oh
-            dq_head = DQAcc + z * stride_az + h * stride_ah
-            dq_plane = (z * q_heads + h).to(tl.int32)
             stat_head = z * stride_lz + h * stride_lh
             row = layout_row + case * n_tiles_k + tile_n
-            dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, dq_head, DQDesc, dq_plane, QIdx, m_q,
-                                 Lse, Delta, stat_head, FullIndices + row * full_width,
-                                 tl.load(FullCounts + row), stride_qm, stride_qd, stride_om,
-                                 stride_od, stride_am, stride_ad, n_q, n_k, qk_scale, sm_scale,
+            dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta,
+                                 stat_head, FullIndices + row * full_width, tl.load(FullCounts + row),
+                                 stride_qm, stride_qd, stride_om, stride_od, n_q, n_k, qk_scale,
                                  case, doc_row, k_start$table_args, BLOCK_M, HEAD_DIM,
                                  HEAD_DIM_PAD, False, FULL_RANGE, EVEN_M, HAS_PAD, GATHER_Q,
-                                 DOT_PRECISION, DOCUMENTS, FUSED_DQ, DQ_TMA)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, dq_head, DQDesc, dq_plane, QIdx, m_q,
-                                 Lse, Delta, stat_head, PartialIndices + row * partial_width,
+                                 DOT_PRECISION, DOCUMENTS)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta,
+                                 stat_head, PartialIndices + row * partial_width,
                                  tl.load(PartialCounts + row), stride_qm, stride_qd, stride_om,
-                                 stride_od, stride_am, stride_ad, n_q, n_k, qk_scale, sm_scale,
-                                 case, doc_row, k_start$table_args, BLOCK_M, HEAD_DIM,
-                                 HEAD_DIM_PAD, True, PARTIAL_RANGE, EVEN_M, HAS_PAD, GATHER_Q,
-                                 DOT_PRECISION, DOCUMENTS, FUSED_DQ, DQ_TMA)
+                                 stride_od, n_q, n_k, qk_scale, case, doc_row,
+                                 k_start$table_args, BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, True,
+                                 PARTIAL_RANGE, EVEN_M, HAS_PAD, GATHER_Q, DOT_PRECISION,
+                                 DOCUMENTS)
 
     dk = dk * sm_scale
     out_off = z * stride_gz + kv_h.to(tl.int64) * stride_gh + cols[:, None] * stride_gn \\

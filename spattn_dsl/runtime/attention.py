@@ -57,7 +57,7 @@ class SparseAttention:
     def __init__(self, pattern, block_m: int | None = None, block_n: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None,
                  merged: bool = False, autotune: bool = True, verbose: bool = False,
-                 lowering: str = "auto", deterministic: bool = False):
+                 lowering: str = "auto"):
         if not hasattr(pattern, "at") or not hasattr(pattern, "hash"):
             raise TypeError(f"compile() needs a Pattern (from spattn_dsl.load(...).pattern(name)), "
                             f"got {type(pattern).__name__}")
@@ -74,7 +74,6 @@ class SparseAttention:
         self.lowering = lowering
         self.autotune = autotune
         self.verbose = verbose
-        self.deterministic = deterministic
         self._plans: dict = {}
         self._document_rules = None
         self._document_modules: dict = {}
@@ -129,8 +128,6 @@ class SparseAttention:
             return tuple(g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
         if documents is not None:
             dq_plan = dkdv_plan = self.document_plan(q, k, documents)
-            if not self.deterministic_backward():
-                dkdv_plan = fused(dkdv_plan)
         else:
             dq_plan, dkdv_plan = self.backward_plans(q, k, v, scale)
         return launch.backward(dq_plan, dkdv_plan, grad_out, q, k, v, out, lse, scale,
@@ -200,37 +197,26 @@ class SparseAttention:
             self._plans[key] = plan
         return plan
 
-    def deterministic_backward(self) -> bool:
-        """Whether gradients must be bitwise reproducible: ``deterministic=True`` or
-        ``torch.use_deterministic_algorithms(True)``; otherwise the backward may add dQ
-        atomically inside the dK/dV kernel (fewer products, summation order varies)."""
-        return self.deterministic or torch.are_deterministic_algorithms_enabled()
-
     def backward_plans(self, q, k, v, scale) -> tuple[Plan, Plan]:
         """(dQ plan, dK/dV plan): the forward's tiles when forced or interpreted, else tuned
-        over the backward space (each kernel timed alone, and the fused dK/dV+dQ kernel
-        against the pair unless deterministic)."""
-        deterministic = self.deterministic_backward()
-        key = ("backward", deterministic) + _problem(q, k)
+        over the backward space (each kernel timed alone)."""
+        key = ("backward",) + _problem(q, k)
         plans = self._plans.get(key)
         if plans is None:
             n_q, n_k = q.shape[2], k.shape[2]
             if self.forced is not None or q.device.type == "cpu":
                 config = self.plan(q, k, v, scale).config
-                plan = self._make_plan(n_q, n_k, config, q.device)
-                plans = (plan, plan if deterministic else fused(plan))
+                plans = (self._make_plan(n_q, n_k, config, q.device),) * 2
             else:
                 dq_configs, dkdv_configs = backward_candidates(q.shape[3], n_q, n_k)
                 if self._worth_tuning(q, k):
                     from .autotune import tune_backward
-                    plans = tune_backward(self, q, k, v, scale, dq_configs, dkdv_configs,
-                                          fuse=not deterministic)
+                    plans = tune_backward(self, q, k, v, scale, dq_configs, dkdv_configs)
                 else:
                     plans = tuple(self._make_plan(n_q, n_k, cheapest(self.pattern, n_q, n_k,
                                                                      space, self.lowering),
                                                   q.device)
                                   for space in (dq_configs, dkdv_configs))
-                    plans = plans if deterministic else (plans[0], fused(plans[1]))
             self._plans[key] = plans
         return plans
 
@@ -256,11 +242,6 @@ class SparseAttention:
         return tune(self, q, k, v, scale, configs)
 
 
-def fused(plan: Plan) -> Plan:
-    """The same launches with dQ added up inside the dK/dV kernels."""
-    return Plan(plan.cases, plan.config, fused_dq=True)
-
-
 def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
     """Compile a pattern into ``attn(q, k, v, scale=None, key_padding=None, documents=None)
     -> out`` on ``[B, H, n, D]`` tensors (``documents``: packed sequences, see the module
@@ -269,10 +250,7 @@ def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
     Hints (all optional): ``block_m``, ``block_n``, ``num_warps``, ``num_stages``, ``merged``
     (fix the tile configuration; ``merged`` visits range layouts in one loop), ``autotune``
     (default True), ``verbose`` (print tuning progress), ``lowering`` (``auto``: the plan of
-    terms the cost model picks; ``grid``: one block layout; ``terms``: every structured term),
-    ``deterministic`` (default False: the backward may add dQ atomically inside the dK/dV
-    kernel, so gradients can differ in the last bits between runs; True, or
-    ``torch.use_deterministic_algorithms(True)``, keeps the separate dQ kernel).
+    terms the cost model picks; ``grid``: one block layout; ``terms``: every structured term).
     """
     return SparseAttention(pattern, **hints)
 

@@ -130,51 +130,30 @@ def tune(attn, q, k, v, scale, configs):
     return plan
 
 
-def tune_backward(attn, q, k, v, scale, dq_configs, dkdv_configs, fuse: bool = False):
-    """(dQ plan, dK/dV plan), each kernel's fastest config timed alone on random gradients;
-    with ``fuse`` also the dK/dV kernel that adds dQ itself, taken when it beats the fastest
-    pair (read from the tuning file when this problem was tuned)."""
-    from .attention import fused
-
-    key = ("backward+fused|" if fuse else "backward|") + tuning_key(attn.pattern, q, k)
+def tune_backward(attn, q, k, v, scale, dq_configs, dkdv_configs):
+    """(dQ plan, dK/dV plan), each kernel's fastest config timed alone on random gradients
+    (read from the tuning file when this problem was tuned)."""
+    key = "backward|" + tuning_key(attn.pattern, q, k)
     n_q, n_k = q.shape[2], k.shape[2]
     known = known_configs(key, ("dq", "dkdv"))
     if known is not None:
-        plans = tuple(attn._make_plan(n_q, n_k, config, q.device) for config in known)
-        if cache.load_json(TUNING_FILE)[key].get("fused") is True:
-            plans = (plans[0], fused(plans[1]))
-        return plans
-    count = len(dq_configs) + len(dkdv_configs) * (2 if fuse else 1)
-    announce(attn, q, k, "backward", count)
+        return tuple(attn._make_plan(n_q, n_k, config, q.device) for config in known)
+    announce(attn, q, k, "backward", len(dq_configs) + len(dkdv_configs))
     out, lse = attn.run_forward(q, k, v, None, scale)
     grad_out = torch.randn_like(q)
     delta = backward_delta(attn._make_plan(n_q, n_k, dq_configs[0], q.device), grad_out, out)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    dq_sum = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
-
-    def launch_fused(plan):
-        dq_sum.zero_()
-        backward_dkdv(plan, grad_out, q, k, v, lse, delta, scale, None, dk, dv, dq_sum)
-        dq.copy_(dq_sum)
-
     kernels = {
         "dq": (dq_configs, lambda plan: backward_dq(plan, grad_out, q, k, v, lse, delta, scale,
                                                     None, dq)),
         "dkdv": (dkdv_configs, lambda plan: backward_dkdv(plan, grad_out, q, k, v, lse, delta,
                                                           scale, None, dk, dv)),
     }
-    if fuse:
-        kernels["fused"] = (dkdv_configs, launch_fused)
-    best, entry = {}, {}
+    chosen, entry = [], {}
     for part, (configs, launch) in kernels.items():
-        best[part], timings = time_configs(
+        (ms, config, plan), timings = time_configs(
             attn, configs, lambda c: attn._make_plan(n_q, n_k, c, q.device), launch, part)
-        entry[part + "_timings"] = timings
-    entry["dq"], entry["dkdv"] = _row(best["dq"][1]), _row(best["dkdv"][1])
-    plans = (best["dq"][2], best["dkdv"][2])
-    entry["fused"] = fuse and best["fused"][0] < best["dq"][0] + best["dkdv"][0]
-    if entry["fused"]:
-        entry["dkdv"] = _row(best["fused"][1])
-        plans = (plans[0], fused(best["fused"][2]))
+        entry[part], entry[part + "_timings"] = _row(config), timings
+        chosen.append(plan)
     cache.update_json(TUNING_FILE, key, entry)
-    return plans
+    return tuple(chosen)

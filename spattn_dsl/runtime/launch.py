@@ -67,10 +67,9 @@ class Plan:
     h mod cases) the terms of its plan, launched one after another (later terms merge into
     the result of earlier ones, in a fixed order: deterministic)."""
 
-    def __init__(self, cases: list, config, fused_dq: bool = False):
+    def __init__(self, cases: list, config):
         self.cases = cases          # list (per head case) of lists of TermLaunch
         self.config = config
-        self.fused_dq = fused_dq    # backward: the dK/dV kernels also add up dQ (atomically)
 
     @property
     def module(self):
@@ -161,18 +160,12 @@ def backward(dq_plan: Plan, dkdv_plan: Plan, grad_out, q, k, v, out, lse, scale:
     """(dq, dk, dv) of the attention that ``forward`` computed (``out``, ``lse``): the dQ
     kernel over query tiles (``dq_plan``'s layout), the dK/dV kernel over key tiles of the
     transposed layout (``dkdv_plan``'s). ``grad_lse`` (or None) is the gradient of ``lse``.
-    Every term uses the final lse and Delta (P = exp(S - lse)): the terms' contributions add.
-    With ``dkdv_plan.fused_dq`` the dK/dV kernels add dQ into an fp32 buffer as well and the
-    dQ kernel does not run."""
+    Every term uses the final lse and Delta (P = exp(S - lse)): the terms' contributions add."""
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
     if min(*q.shape[:3], k.shape[2]) == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     delta = backward_delta(dq_plan, grad_out, out, grad_lse)
     lse = lse.contiguous()
-    if dkdv_plan.fused_dq:
-        dq_sum = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
-        backward_dkdv(dkdv_plan, grad_out, q, k, v, lse, delta, scale, key_padding, dk, dv, dq_sum)
-        return dq.copy_(dq_sum), dk, dv
     backward_dq(dq_plan, grad_out, q, k, v, lse, delta, scale, key_padding, dq)
     backward_dkdv(dkdv_plan, grad_out, q, k, v, lse, delta, scale, key_padding, dk, dv)
     return dq, dk, dv
@@ -221,11 +214,10 @@ def backward_dq(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, d
     return dq
 
 
-def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, dk, dv,
-                  dq_sum=None):
+def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, dk, dv):
     """The dK/dV kernels: per term one program per (virtual key tile, batch, key/value
     head), over the query tiles of the transposed layout and the query heads of its group
-    that belong to the term's head case. ``dq_sum`` (fp32, zeroed): dQ is added into it too."""
+    that belong to the term's head case."""
     batch, heads, n_q, _ = q.shape
     kv_heads, n_k = k.shape[1], k.shape[2]
     kv_group = heads // kv_heads
@@ -235,51 +227,31 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
     for index, term, first, step, count in plan.launches(heads):
         layout, config = term.layout, term.config
         n_tiles_k = layout.tiles[1]
-        dq_desc = _reduction_descriptor(dq_sum, term, config)
         if kv_group == 1:  # only this case's key/value heads
             kv_first, kv_step, kv_count = first, step, count
         else:
             kv_first, kv_step, kv_count = 0, 1, kv_heads
         term.module.BACKWARD_DKDV[(n_tiles_k * batch * kv_count,)](
-            q, k, v, grad_out, lse, delta, work_k, work_v, _index(dq_sum, lse), _index(dq_desc, lse), pad,
-            _index(term.q_gather, lse),
+            q, k, v, grad_out, lse, delta, work_k, work_v, pad, _index(term.q_gather, lse),
             _index(term.k_gather, lse), _index(term.doc_start, lse),
             layout.full_q_counts, layout.full_q_indices, layout.partial_q_counts,
             layout.partial_q_indices, term.col_order,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
-            *work_k.stride(), *(dq_sum.stride() if dq_sum is not None else (0,) * 4),
-            lse.stride(0), lse.stride(1), pad_stride, _doc_stride(term),
+            *work_k.stride(), lse.stride(0), lse.stride(1), pad_stride, _doc_stride(term),
             batch, kv_count, kv_group, n_q, n_k, term.m_q, term.m_k, first, step, kv_first,
-            kv_step, heads, n_tiles_k, layout.full_q_indices.shape[-1],
+            kv_step, n_tiles_k, layout.full_q_indices.shape[-1],
             layout.partial_q_indices.shape[-1],
             scale * LOG2E, scale, *_table_args(term.tables),
             EVEN_M=term.q_gather is None and n_q % config.block_m == 0,
             FULL_RANGE=term.full_q_range, PARTIAL_RANGE=term.partial_q_range,
             GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
             ACCUMULATE=index > 0 or not first_writes, DOCUMENTS=term.doc_start is not None,
-            FUSED_DQ=dq_sum is not None, DQ_TMA=dq_desc is not None,
             **_common(term.module, q, config, key_padding),
         )
     if work_k is not dk:
         dk.copy_(work_k)
         dv.copy_(work_v)
     return dk, dv
-
-
-def _reduction_descriptor(dq_sum, term, config):
-    """A tensor descriptor of ``dq_sum`` as [B * H, n_q, D] in [1, BLOCK_M, D] tiles, through
-    which a Hopper (or newer) GPU adds each tile by one bulk reduction; ``dq_sum`` itself
-    None (element atomics) without ``dq_sum``, for gathered rows, padded head dims, and GPUs
-    before Hopper."""
-    if dq_sum is None or term.q_gather is not None:
-        return None
-    batch, heads, n_q, head_dim = dq_sum.shape
-    hopper = dq_sum.is_cuda and torch.cuda.get_device_capability(dq_sum.device)[0] >= 9
-    if head_dim != _padded(head_dim) or not hopper:  # (the interpreter has no bulk reduction)
-        return None
-    from triton.tools.tensor_descriptor import TensorDescriptor
-    return TensorDescriptor(dq_sum, [batch * heads, n_q, head_dim], [n_q * head_dim, head_dim, 1],
-                            [1, config.block_m, head_dim])
 
 
 def _index(gather, placeholder):

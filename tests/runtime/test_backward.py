@@ -51,18 +51,12 @@ CASES = [  # pattern, batch, heads, kv heads, n_q, n_k, head_dim
 ]
 
 
-@pytest.mark.parametrize("deterministic", [False, True], ids=["fused-dq", "dq-kernel"])
 @pytest.mark.parametrize("name,batch,heads,kv_heads,n_q,n_k,head_dim", CASES,
                          ids=[c[0] for c in CASES])
-def test_gradients_match_float64_autograd(name, batch, heads, kv_heads, n_q, n_k, head_dim,
-                                          deterministic):
-    """Both backward forms: dQ added atomically inside the dK/dV kernel (the default), and
-    the separate dQ kernel (``deterministic=True``)."""
+def test_gradients_match_float64_autograd(name, batch, heads, kv_heads, n_q, n_k, head_dim):
     p = pattern(name)
-    attn = compile(p, block_m=16, block_n=16, num_warps=1, num_stages=1,
-                   deterministic=deterministic)
+    attn = compile(p, block_m=16, block_n=16, num_warps=1, num_stages=1)
     q, k, v = inputs(batch, heads, n_q, n_k, head_dim, kv_heads=kv_heads)
-    assert attn.backward_plans(q, k, v, 1.0)[1].fused_dq is not deterministic
     grad_out = torch.randn_like(q)
     assert_close(grads(attn, q, k, v, grad_out), reference_grads(p, q, k, v, grad_out), 1e-4)
 
@@ -105,24 +99,12 @@ def test_lse_gradient():
         assert rel_err(a, b) < 1e-4
 
 
-def test_backward_is_deterministic_when_asked():
-    attn = compile(pattern("heads"), block_m=16, block_n=16, num_warps=1, num_stages=1,
-                   deterministic=True)
+def test_backward_is_deterministic():
+    attn = compile(pattern("heads"), block_m=16, block_n=16, num_warps=1, num_stages=1)
     q, k, v = inputs(1, 4, 40, 40, 16, kv_heads=1)
     grad_out = torch.randn_like(q)
     first, second = grads(attn, q, k, v, grad_out), grads(attn, q, k, v, grad_out)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
-
-
-def test_torch_deterministic_mode_keeps_the_dq_kernel():
-    attn = compile(pattern("heads"), block_m=16, block_n=16, num_warps=1, num_stages=1)
-    q, k, v = inputs(1, 4, 40, 40, 16, kv_heads=1)
-    assert attn.backward_plans(q, k, v, 1.0)[1].fused_dq
-    torch.use_deterministic_algorithms(True)
-    try:
-        assert not attn.backward_plans(q, k, v, 1.0)[1].fused_dq
-    finally:
-        torch.use_deterministic_algorithms(False)
 
 
 def test_non_contiguous_inputs_and_output_gradient():
