@@ -3,7 +3,8 @@
 Shapes come from the tensors at call time. For each problem size the runtime builds (and
 caches, in memory and on disk) the block layout and the generated kernels, picks a tile
 configuration (autotuned on a GPU, persisted per GPU), and launches them through the custom
-op ``torch.ops.spattn.attention`` (``runtime.op``), whose backward runs the generated dQ and
+op ``torch.ops.spattn.attention`` (``runtime.op``; in eager mode a cheaper
+``autograd.Function`` around the same bodies), whose backward runs the generated dQ and
 dK/dV kernels. On a CPU the kernel runs
 under the Triton interpreter when ``TRITON_INTERPRET=1`` (in fp32), and otherwise the tiled
 reference runs, with a one-time warning.
@@ -91,10 +92,9 @@ class SparseAttention:
         own sequence)."""
         scale = check_inputs(q, k, v, scale)
         key_padding = check_padding(key_padding, q, k)
-        if documents is None:
-            return torch.ops.spattn.attention(q, k, v, key_padding, scale, self.op_id)
-        documents = check_document_ids(documents, q, k)
-        return torch.ops.spattn.attention(q, k, v, key_padding, scale, self.op_id, documents)
+        if documents is not None:
+            documents = check_document_ids(documents, q, k)
+        return op.apply(q, k, v, key_padding, scale, self.op_id, documents)
 
     def layout(self, n_q: int, n_k: int, config: TileConfig) -> BlockLayout:
         return layout_for(self.pattern, n_q, n_k, config)

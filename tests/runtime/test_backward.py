@@ -138,6 +138,23 @@ def test_opcheck():
                               (q, k, v, key_padding, 0.25, attn.op_id))
 
 
+def test_eager_path_gives_the_custom_ops_values_and_gradients():
+    """A call in eager mode skips the custom op's dispatch (``op.apply``); the values and
+    gradients, of out and of lse alone, are the op's, bit for bit."""
+    attn = compile(pattern("heads"), block_m=16, block_n=16, num_warps=1, num_stages=1)
+    q, k, v = (t.requires_grad_(True) for t in inputs(1, 4, 30, 41, 16, kv_heads=2))
+    grad_out = torch.randn_like(q)
+    eager = attn.forward(q, k, v, 0.25)
+    op = torch.ops.spattn.attention(q, k, v, None, 0.25, attn.op_id)
+    assert all(torch.equal(a, b) for a, b in zip(eager, op))
+    for loss in (lambda out, lse: (out * grad_out).sum(), lambda out, lse: lse.sum()):
+        got = torch.autograd.grad(loss(*eager), (q, k, v), retain_graph=True)
+        want = torch.autograd.grad(loss(*op), (q, k, v), retain_graph=True)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    with torch.no_grad():
+        assert torch.equal(attn(q, k, v, 0.25), op[0])
+
+
 def test_torch_compile_matches_eager():
     torch._dynamo.reset()
     p = pattern("longformer")
