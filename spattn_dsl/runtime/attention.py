@@ -11,7 +11,8 @@ reference runs, with a one-time warning.
 
 Documents (packed sequences, SPEC section 7): ``documents=`` an integer ``[batch, n_k]`` id
 tensor. Each call builds its tile layout from the ids on the tensors' device
-(``layout.documents``, never cached: boundaries change every batch) and launches the
+(``layout.documents``, never cached: boundaries change every batch; an eager call's backward
+reuses its forward's) and launches the
 token-grid kernel of each head case with ``DOCUMENTS`` set: per-batch tile lists, and on
 PARTIAL tiles the predicate on document-relative positions plus the same-document test. The
 generated code is the same for every set of boundaries. Tiles are the forced ones, else the
@@ -100,34 +101,39 @@ class SparseAttention:
         return layout_for(self.pattern, n_q, n_k, config)
 
     # ------------------------------------------------------------- op bodies
-    def run_forward(self, q, k, v, key_padding, scale, documents=None):
+    def run_forward(self, q, k, v, key_padding, scale, documents=None, memo=None):
         """The custom op's forward: the kernel, or the reference on a CPU without the interpreter
-        (or, with documents, for patterns the document kernels cannot take)."""
+        (or, with documents, for patterns the document kernels cannot take). ``memo`` (a dict
+        or None) keeps this call's document plan for its backward."""
         if _use_reference(q) or self._documents_by_reference(documents):
             return reference_forward(self.pattern, q, k, v, key_padding, scale, documents)
         if q.device.type == "cpu" and q.dtype != torch.float32:  # the interpreter's dot is fp32
             out, lse = self.run_forward(q.float(), k.float(), v.float(), key_padding, scale,
-                                        documents)
+                                        documents, memo)
             return out.to(q.dtype), lse
         if documents is not None:
             plan = self.document_plan(q, k, documents)
+            if memo is not None:
+                memo["documents"] = plan
         else:
             plan = self.plan(q, k, v, scale)
         return launch.forward(plan, q, k, v, scale, key_padding)
 
     def run_backward(self, grad_out, grad_lse, q, k, v, out, lse, key_padding, scale,
-                     documents=None):
-        """The custom op's backward: (dq, dk, dv)."""
+                     documents=None, memo=None):
+        """The custom op's backward: (dq, dk, dv); with documents, the forward's plan when
+        ``memo`` kept it (the same tensors, so the same tile lists), else built again."""
         if _use_reference(q) or self._documents_by_reference(documents):
             return reference_backward(self.pattern, grad_out, grad_lse, q, k, v, key_padding, scale,
                                       documents)
         if q.device.type == "cpu" and q.dtype != torch.float32:
             grads = self.run_backward(*(t.float() if t is not None and t.is_floating_point() else t
                                         for t in (grad_out, grad_lse, q, k, v, out, lse)),
-                                      key_padding, scale, documents)
+                                      key_padding, scale, documents, memo)
             return tuple(g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
         if documents is not None:
-            dq_plan = dkdv_plan = self.document_plan(q, k, documents)
+            dq_plan = dkdv_plan = (memo or {}).get("documents") or self.document_plan(q, k,
+                                                                                      documents)
         else:
             dq_plan, dkdv_plan = self.backward_plans(q, k, v, scale)
         return launch.backward(dq_plan, dkdv_plan, grad_out, q, k, v, out, lse, scale,

@@ -76,11 +76,13 @@ attention.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _EagerAttention(torch.autograd.Function):
-    """The op's forward and backward bodies without the custom-op dispatch (eager mode)."""
+    """The op's forward and backward bodies without the custom-op dispatch (eager mode); a
+    call with documents builds its tile lists once, for both."""
 
     @staticmethod
     def forward(ctx, q, k, v, key_padding, scale, op_id, documents):
-        out, lse = _COMPILED[op_id].run_forward(q, k, v, key_padding, scale, documents)
+        ctx.memo = {}  # a document plan, built once for forward and backward
+        out, lse = _COMPILED[op_id].run_forward(q, k, v, key_padding, scale, documents, ctx.memo)
         ctx.save_for_backward(q, k, v, out, lse, key_padding, documents)
         ctx.scale, ctx.op_id = scale, op_id
         ctx.set_materialize_grads(False)
@@ -91,7 +93,8 @@ class _EagerAttention(torch.autograd.Function):
         q, k, v, out, lse, key_padding, documents = ctx.saved_tensors
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
         dq, dk, dv = _COMPILED[ctx.op_id].run_backward(grad_out, grad_lse, q, k, v, out, lse,
-                                                        key_padding, ctx.scale, documents)
+                                                        key_padding, ctx.scale, documents,
+                                                        ctx.memo)
         return dq, dk, dv, None, None, None, None
 
 

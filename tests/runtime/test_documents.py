@@ -130,6 +130,25 @@ def test_documents_new_boundaries_reuse_the_kernels(monkeypatch):
         [t.module for terms in plans[1].cases for t in terms]
 
 
+def test_documents_layout_built_once_per_eager_step(monkeypatch):
+    """Forward and backward of one eager call share its tile lists; the gradients are those of
+    a backward that builds them again (the op's path)."""
+    builds = []
+    real = attention_module.document_layout
+    monkeypatch.setattr(attention_module, "document_layout",
+                        lambda *a, **kw: builds.append(a) or real(*a, **kw))
+    attn = compile(PATTERNS.pattern("longformer"), **TILES)
+    q, k, v = (t.requires_grad_(True) for t in inputs(2, 2, 40, 40, 16))
+    documents = ragged_ids(2, 40, torch.Generator().manual_seed(4)).to(DEVICE)
+    grad_out = torch.randn_like(q)
+    eager = torch.autograd.grad(attn(q, k, v, documents=documents), (q, k, v), grad_out)
+    assert len(builds) == 1
+    out, _ = torch.ops.spattn.attention(q, k, v, None, 16 ** -0.5, attn.op_id, documents)
+    rebuilt = torch.autograd.grad(out, (q, k, v), grad_out)
+    assert len(builds) == 3
+    assert all(torch.equal(a, b) for a, b in zip(eager, rebuilt))
+
+
 def test_documents_none_is_todays_path():
     """documents=None launches the plan of the document-free path, not the document kernels."""
     pattern = PATTERNS.pattern("swa")
