@@ -32,6 +32,19 @@ def candidate_configs(head_dim: int, n_q: int, n_k: int, interpreter: bool = Fal
     return out or [TileConfig(64, 64, 4, 2)]
 
 
+# With documents each call has new tile lists and is not tuned, so its tiles are fixed: on the
+# H200 at N = 8192 (benchmarks/RESULTS.md, second GPU session) 64 x 64 tiles with 4 warps and
+# 3 stages were the fastest unmerged tiles for windows, bands, BigBird and dilations, and within
+# 8% of the fastest on Mistral's window(4096); 128 x 128 was 16-63% slower on the sparse ones.
+# Document boundaries shorten every row further.
+DOCUMENTS_CONFIG = TileConfig(64, 64, 4, 3)
+
+
+def documents_config(interpreter: bool = False) -> TileConfig:
+    """The tiles of a call with documents (no autotuning: the lists change every call)."""
+    return INTERPRETER_CONFIG if interpreter else DOCUMENTS_CONFIG
+
+
 # The backward kernels hold more per program (dQ: the dO tile and the dQ accumulator; dK/dV:
 # K, V and two accumulators), so their best tiles differ from the forward's. Measured on an
 # H100 at head_dim 128 (benchmarks/RESULTS.md): dQ is fastest with 64- or 128-row query tiles,

@@ -12,12 +12,12 @@ reference runs, with a one-time warning.
 Documents (packed sequences, SPEC section 7): ``documents=`` an integer ``[batch, n_k]`` id
 tensor. Each call builds its tile layout from the ids on the tensors' device
 (``layout.documents``, never cached: boundaries change every batch; an eager call's backward
-reuses its forward's) and launches the
-token-grid kernel of each head case with ``DOCUMENTS`` set: per-batch tile lists, and on
-PARTIAL tiles the predicate on document-relative positions plus the same-document test. The
-generated code is the same for every set of boundaries. Tiles are the forced ones, else the
-space's first choice (no autotuning under documents). Patterns whose predicate needs a
-document's length (``n``) or draws per document (``random``) run the exact dense reference
+reuses its forward's) and launches the token-grid kernel of each head case with
+``DOCUMENTS`` set: per-batch tile lists, and on PARTIAL tiles the predicate on
+document-relative positions plus the same-document test. The generated code is the same for
+every set of boundaries. Tiles are the forced ones, else ``codegen.space.DOCUMENTS_CONFIG``
+(no autotuning under documents). Patterns whose predicate needs a document's length (``n``)
+or draws per document (``random``) run the exact dense reference
 of each document alone instead (fp32, one document at a time), with a one-time warning.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 
 from ..codegen.reference import REFERENCE_TILE, attention_tiled, attention_tiled_backward
 from ..codegen.render import TileConfig
-from ..codegen.space import backward_candidates, candidate_configs
+from ..codegen.space import backward_candidates, candidate_configs, documents_config
 from ..codegen.reference import attention_reference, attention_reference_backward
 from ..codegen.render import render_term
 from ..ir.evaluate import head_count, select_head
@@ -164,8 +164,7 @@ class SparseAttention:
         """A Plan for one call with documents: this call's tile layout, built from the ids on
         their device, and each head case's token-grid kernel (rendered once per pattern)."""
         n_q, n_k = q.shape[2], k.shape[2]
-        config = self.forced or candidate_configs(q.shape[3], n_q, n_k,
-                                                  interpreter=q.device.type == "cpu")[0]
+        config = self.forced or documents_config(interpreter=q.device.type == "cpu")
         config = TileConfig(config.block_m, config.block_n, config.num_warps,
                             config.num_stages)  # one loop per list: never merged
         lists = document_layout(self.document_rules(), documents, n_q, config.block_m,
