@@ -3,10 +3,12 @@ autotuning spaces of codegen/space.py (forward, dQ, dK/dV), and measure where a 
 time goes (the whole op against its kernel launches alone).
 
     python benchmarks/bench_tiles.py [--seq-len 8192] [--only causal bigbird] [--no-backward]
+                                     [--no-forward] [--out tiles.md]
 
 bf16, batch 2, 16 heads, head_dim 128, random normal inputs; ``triton.testing.do_bench``
 medians (ms). Configs that do not compile or launch (shared memory, registers) are listed as
-failed. Each forward output is checked against the space's first config.
+failed. Each output is checked against the space's first config. ``--out`` also writes every
+line to a file (a device call returns only the end of its output).
 """
 from __future__ import annotations
 
@@ -46,6 +48,16 @@ DKDV_SPACE = [TileConfig(*c) for c in (
     (32, 128, 8, 3))]
 
 
+OUT: Path | None = None  # --out: every line is appended here as it is printed
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+    if OUT is not None:
+        with OUT.open("a") as out:
+            out.write(line + "\n")
+
+
 def load(label: str, text: str | None):
     if text is not None:
         return spattn_dsl.loads(text).pattern("p")
@@ -73,16 +85,16 @@ def sweep(attn, configs, launch, label, check=None):
             torch.cuda.synchronize()
             ms = bench(lambda: launch(plan))
         except Exception as error:  # shared memory, registers
-            print(f"| {label} | {config} | failed: {type(error).__name__} |", flush=True)
+            say(f"| {label} | {config} | failed: {type(error).__name__} |")
             continue
         diff = ""
         if check is not None:
             reference = result if reference is None else reference
             diff = f"{float((result.float() - reference.float()).norm() / reference.float().norm()):.1e}"
         times[config] = ms
-        print(f"| {label} | {config} | {ms:.3f} | {diff} |", flush=True)
+        say(f"| {label} | {config} | {ms:.3f} | {diff} |")
     best = min(times, key=times.get)
-    print(f"| {label} | best: {best} | {times[best]:.3f} | |", flush=True)
+    say(f"| {label} | best: {best} | {times[best]:.3f} | |")
     return times
 
 
@@ -101,7 +113,7 @@ def overhead(n: int) -> None:
     with torch.cuda.graph(graph):
         forward(plan, q, k, v, scale)
     graph_ms = bench(graph.replay)
-    print(f"strided {n}: op {op_ms:.3f} ms, launches alone {kernel_ms:.3f} ms, as a CUDA graph "
+    say(f"strided {n}: op {op_ms:.3f} ms, launches alone {kernel_ms:.3f} ms, as a CUDA graph "
           f"{graph_ms:.3f} ms; plan {[[t.kind for t in c] for c in plan.cases]}, {plan.config}")
     profile = cProfile.Profile()
     profile.enable()
@@ -111,7 +123,7 @@ def overhead(n: int) -> None:
     profile.disable()
     text = io.StringIO()
     pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(14)
-    print(text.getvalue()[-3500:])
+    say(text.getvalue()[-3500:])
 
 
 def main(argv=None) -> int:
@@ -120,17 +132,20 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", default=None)
     parser.add_argument("--no-backward", action="store_true")
     parser.add_argument("--no-forward", action="store_true")
+    parser.add_argument("--out", default=None, help="also write every line to this file")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_tiles needs a CUDA GPU", file=sys.stderr)
         return 2
+    global OUT
+    OUT = Path(args.out) if args.out else None
     n = args.seq_len
     overhead(n)
     torch.manual_seed(n)
     q, k, v = (torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     grad_out = torch.randn_like(q)
     scale = D ** -0.5
-    print("| pattern / kernel | config | ms | rel diff to first |\n|---|---|---|---|")
+    say("| pattern / kernel | config | ms | rel diff to first |\n|---|---|---|---|")
     for label, text in PATTERNS:
         if args.only and not any(part in label for part in args.only):
             continue
