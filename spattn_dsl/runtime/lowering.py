@@ -37,8 +37,8 @@ def cached_grid_layout(expr, n_q: int, n_k: int, block_m: int, block_n: int):
 
 
 def plan_cost(pattern, n_q: int, n_k: int, config: TileConfig, mode: str = "auto") -> float:
-    return sum(p.cost() for p in case_plans(pattern, n_q, n_k, config.block_m, config.block_n,
-                                            mode))
+    return sum(p.cost(config.merged) for p in case_plans(pattern, n_q, n_k, config.block_m,
+                                                         config.block_n, mode))
 
 
 def cheapest(pattern, n_q: int, n_k: int, configs, mode: str = "auto") -> TileConfig:
