@@ -6,12 +6,23 @@ and columns lie past the end, not before the start), so ``//`` and ``%`` of posi
 positive constants may use Triton's truncating operators; ``where(...)`` arithmetic, which may
 go negative, is emitted in int64 with floor helpers. ``random`` becomes a membership test
 against a small ``[rows, r]`` table of drawn keys passed to the kernel (``TableSpec``).
+
+A bound expression whose parameters mention ``n`` (documents: ``n`` is each document's length,
+known only at run time) renders too: ``n`` is the kernel's ``n_pos`` tensor (``[BLOCK_M, 1]``
+or ``[BLOCK_N, 1]``), parameters become int64 expressions of it, divisors derived from it are
+kept >= 1 and dilations clamped to it as ``instantiate`` does (values only positions of other
+documents, masked anyway, could make invalid), and a ``blocks`` body sees ``ceil(n / size)``.
+The caller checks every length that occurs against ``instantiate`` first, so the values real
+documents see are valid.
 """
 from __future__ import annotations
 
+import dataclasses
+import operator
 from dataclasses import dataclass
 
 from ..ir import nodes as N
+from ..ir.evaluate import eval_int, mentions
 
 
 @dataclass(frozen=True)
@@ -33,8 +44,16 @@ class Emitter:
     def __init__(self):
         self.tables: list[TableSpec] = []
 
-    def emit(self, expr, q: str = "q_pos", k: str = "k_pos", divisors: tuple = ()) -> str:
+    def emit(self, expr, q: str = "q_pos", k: str = "k_pos", divisors: tuple = (),
+             n: str = "n_pos") -> str:
         t = type(expr)
+
+        def v(x):  # a parameter
+            return _int(x, n)
+
+        def divisor(x):  # a parameter that divides (>= 1 when real documents see it)
+            return v(x) if _plain(x) else f"tl.maximum({v(x)}, 1)"
+
         if t is N.Dense:
             return f"({q} >= 0)"
         if t is N.Empty:
@@ -42,30 +61,35 @@ class Emitter:
         if t is N.Causal:
             return f"({k} <= {q})"
         if t is N.Window:
-            return f"(({q} - {k} < {expr.w}) & ({k} - {q} < {expr.w}))"
+            return f"(({q} - {k} < {v(expr.w)}) & ({k} - {q} < {v(expr.w)}))"
         if t is N.Band:
-            return f"(({k} >= {q} - {expr.before}) & ({k} <= {q} + {expr.after}))"
+            return f"(({k} >= {q} - {v(expr.before)}) & ({k} <= {q} + {v(expr.after)}))"
         if t is N.Dilated:
-            span = expr.w * expr.d
-            return (f"(({q} - {k} < {span}) & ({k} - {q} < {span}) & "
-                    f"((({q} - {k}) % {expr.d}) == 0))")
+            if _plain(expr.w) and _plain(expr.d):
+                span, d = str(expr.w * expr.d), str(expr.d)
+            else:  # clamped to the document as instantiate does: no int64 overflow
+                w, d = (f"tl.minimum({v(x)}, tl.maximum({n}, 1))" for x in (expr.w, expr.d))
+                span, d = f"({w} * {d})", f"tl.maximum({d}, 1)"
+            return f"(({q} - {k} < {span}) & ({k} - {q} < {span}) & ((({q} - {k}) % {d}) == 0))"
         if t is N.Stride:
-            return f"((({q} - {k}) % {expr.s}) == 0)"
+            return f"((({q} - {k}) % {divisor(expr.s)}) == 0)"
         if t is N.Chunk:
-            return f"(({q} // {expr.l}) == ({k} // {expr.l}))"
+            return f"(({q} // {divisor(expr.l)}) == ({k} // {divisor(expr.l)}))"
         if t is N.Summary:
-            return f"(({k} % {expr.l}) >= {expr.l - expr.c})"
+            rest = expr.l - expr.c if _plain(expr.l) and _plain(expr.c) else \
+                f"({v(expr.l)} - {v(expr.c)})"
+            return f"(({k} % {divisor(expr.l)}) >= {rest})"
         if t is N.Global:
-            return f"(({q} < {expr.first}) | ({k} < {expr.first}))"
+            return f"(({q} < {v(expr.first)}) | ({k} < {v(expr.first)}))"
         if t is N.GlobalTokens:
             if not expr.tokens:
                 return f"({q} < 0)"
-            hits = [f"({q} == {tok}) | ({k} == {tok})" for tok in expr.tokens]
+            hits = [f"({q} == {v(tok)}) | ({k} == {v(tok)})" for tok in expr.tokens]
             return "(" + " | ".join(hits) + ")"
         if t is N.Sink:
-            return f"({k} < {expr.g})"
+            return f"({k} < {v(expr.g)})"
         if t is N.Prefix:
-            return f"(({q} < {expr.p}) & ({k} < {expr.p}))"
+            return f"(({q} < {v(expr.p)}) & ({k} < {v(expr.p)}))"
         if t is N.Random:
             if expr.r == 0:
                 return f"({q} < 0)"
@@ -73,29 +97,39 @@ class Emitter:
             self.tables.append(TableSpec(expr.r, expr.seed, divisors))
             return f"_drawn(RT{index}, {q}, {k}, rt{index}_rows, {expr.r})"
         if t is N.Compare:
-            left, right = int_code(expr.left, q, k), int_code(expr.right, q, k)
+            if not any(mentions(side, {"q", "k", "n"}) for side in (expr.left, expr.right)):
+                holds = _COMPARE[expr.op](eval_int(expr.left), eval_int(expr.right))
+                return f"({q} >= 0)" if holds else f"({q} < 0)"
+            left, right = int_code(expr.left, q, k, n), int_code(expr.right, q, k, n)
             return f"(({left}) {expr.op} ({right}))"
         if t is N.Union:
-            return f"({self.emit(expr.left, q, k, divisors)} | {self.emit(expr.right, q, k, divisors)})"
+            return (f"({self.emit(expr.left, q, k, divisors, n)} | "
+                    f"{self.emit(expr.right, q, k, divisors, n)})")
         if t is N.Intersect:
-            return self.emit_intersect(expr, q, k, divisors)
+            return self.emit_intersect(expr, q, k, divisors, n)
         if t is N.Difference:
-            return (f"({self.emit(expr.left, q, k, divisors)} & "
-                    f"~{self.emit(expr.right, q, k, divisors)})")
+            return (f"({self.emit(expr.left, q, k, divisors, n)} & "
+                    f"~{self.emit(expr.right, q, k, divisors, n)})")
         if t is N.Complement:
-            return f"(~{self.emit(expr.operand, q, k, divisors)})"
+            return f"(~{self.emit(expr.operand, q, k, divisors, n)})"
         if t is N.Blocks:
-            b = expr.size
-            return self.emit(expr.body, f"({q} // {b})", f"({k} // {b})", divisors + (b,))
+            b = divisor(expr.size)
+            if not _plain(expr.size):
+                if any(isinstance(x, N.Random) for x in N.walk(expr.body)):
+                    raise TypeError("no Triton predicate for random inside blocks(size of n)")
+                return self.emit(expr.body, f"({q} // {b})", f"({k} // {b})", divisors,
+                                 f"(({n} + {b} - 1) // {b})")
+            return self.emit(expr.body, f"({q} // {b})", f"({k} // {b})", divisors + (expr.size,),
+                             f"(({n} + {b} - 1) // {b})")
         raise TypeError(f"no Triton predicate for {t.__name__} (select a head first)")
 
 
-    def emit_intersect(self, expr, q, k, divisors) -> str:
-        """A conjunction; its causal/window/band terms fold into one interval on ``q - k``,
-        tested with a single unsigned comparison."""
+    def emit_intersect(self, expr, q, k, divisors, n="n_pos") -> str:
+        """A conjunction; its causal/window/band terms with constant parameters fold into one
+        interval on ``q - k``, tested with a single unsigned comparison."""
         terms = list(_conjuncts(expr))
-        bands = [t for t in terms if type(t) in _DIFF_INTERVAL]
-        rest = [self.emit(t, q, k, divisors) for t in terms if type(t) not in _DIFF_INTERVAL]
+        bands = [t for t in terms if type(t) in _DIFF_INTERVAL and _constant(t)]
+        rest = [self.emit(t, q, k, divisors, n) for t in terms if t not in bands]
         if bands:
             lo = max(_DIFF_INTERVAL[type(t)](t)[0] for t in bands)
             hi = min(_DIFF_INTERVAL[type(t)](t)[1] for t in bands)
@@ -106,6 +140,8 @@ class Emitter:
         return "(" + " & ".join(rest) + ")"
 
 
+_COMPARE = {"<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
+            ">=": operator.ge, ">": operator.gt}
 _BIG = 1 << 30
 # primitives that allow exactly an interval [lo, hi] of q - k
 _DIFF_INTERVAL = {
@@ -123,23 +159,44 @@ def _conjuncts(expr):
         yield expr
 
 
-def int_code(expr, q: str, k: str) -> str:
-    """An integer expression of ``where(...)`` in int64 with SPEC's floor semantics."""
+def _plain(x) -> bool:
+    """A parameter already a Python int (a concrete expression's)."""
+    return isinstance(x, int)
+
+
+def _constant(node) -> bool:
+    """Every parameter of a primitive is a plain int."""
+    return all(_plain(getattr(node, f.name)) for f in dataclasses.fields(node) if f.name != "span")
+
+
+def _int(x, n: str) -> str:
+    """A primitive's parameter as Triton code: the int, or an int64 expression of ``n``."""
+    if _plain(x):
+        return str(x)
+    if isinstance(x, N.Num):
+        return str(x.value)
+    return f"({int_code(x, 'q_pos', 'k_pos', n)})"
+
+
+def int_code(expr, q: str, k: str, n: str = "n_pos") -> str:
+    """An integer expression of ``where(...)`` (or of a parameter) in int64 with SPEC's floor
+    semantics; ``n`` only in bound expressions (documents), ``/`` only on sides the caller has
+    checked to be exact."""
     if isinstance(expr, N.Num):
         return f"{expr.value}"
     if isinstance(expr, N.Var):
-        return f"{q if expr.name == 'q' else k}.to(tl.int64)"
+        return f"{ {'q': q, 'k': k, 'n': n}[expr.name] }.to(tl.int64)"
     if isinstance(expr, N.Neg):
-        return f"(-{int_code(expr.operand, q, k)})"
+        return f"(-{int_code(expr.operand, q, k, n)})"
     if isinstance(expr, N.Call):
-        args = [int_code(a, q, k) for a in expr.args]
+        args = [int_code(a, q, k, n) for a in expr.args]
         if expr.func in ("min", "max"):
             return f"tl.{expr.func}imum(({args[0]}) + 0 * {q}.to(tl.int64), {args[1]})"
         return f"_{expr.func}({args[0]})"
-    a, b = int_code(expr.left, q, k), int_code(expr.right, q, k)
+    a, b = int_code(expr.left, q, k, n), int_code(expr.right, q, k, n)
     if expr.op in ("+", "-", "*"):
         return f"({a} {expr.op} {b})"
-    if expr.op == "//":
+    if expr.op == "//" or (expr.op == "/" and not mentions(expr, {"q", "k"})):
         return f"_floordiv({a}, {b})"
     if expr.op == "%":
         return f"_floormod({a}, {b})"

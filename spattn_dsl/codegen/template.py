@@ -59,7 +59,8 @@ def _kept(pad_row, offs_kn, n_k):
 
 @triton.jit
 def _doc_start(doc_row, pos, n_k, other):
-    """The start of each position's document (``documents``); ``other`` outside ``[0, n_k)``."""
+    """Each position's entry of a per-position row (``documents``: its document's start or
+    length); ``other`` outside ``[0, n_k)``."""
     return tl.load(doc_row + pos, mask=(pos >= 0) & (pos < n_k), other=other)
 
 
@@ -93,14 +94,15 @@ def _merge_into(o_ptrs, lse_ptrs, out, lse, o_mask, m_ok):
 
 KERNEL = Template('''
 @triton.jit
-def _allowed(q_pos, k_pos, case$table_params):
-    """The pattern on absolute positions q_pos [BLOCK_M, 1], k_pos [1, BLOCK_N]."""
+def _allowed(q_pos, k_pos, case, n_pos$table_params):
+    """The pattern on absolute positions q_pos [BLOCK_M, 1], k_pos [1, BLOCK_N] (or the
+    transposes); ``n_pos``: ``n`` where a documents kernel's predicate mentions it."""
 $predicate_body
 
 
 @triton.jit
 def ${name}(
-    Q, K, V, Out, Lse, KeyPad, QIdx, KIdx, DocStart,
+    Q, K, V, Out, Lse, KeyPad, QIdx, KIdx, DocStart, DocLength,
     FullCounts, FullIndices, PartialCounts, PartialIndices, RowOrder, VisitStart,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
@@ -140,8 +142,10 @@ def ${name}(
     doc_row = DocStart + z * stride_sz
     if DOCUMENTS:
         q_start = _doc_start(doc_row, q_pos, n_k, -1)            # [BLOCK_M, 1] its document's start
+        q_len = _doc_start(DocLength + z * stride_sz, q_pos, n_k, 1)  # [BLOCK_M, 1] and length
     else:
         q_start = q_pos * 0
+        q_len = q_start + n_k
 
     q_ptrs = Q + z * stride_qz + h.to(tl.int64) * stride_qh \\
         + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd
@@ -174,7 +178,7 @@ def ${name}(
                 v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
             qk = tl.dot(q, k, input_precision=DOT_PRECISION)   # [BLOCK_M, BLOCK_N]
             if (tile_n < first_full) | (tile_n >= first_full + n_full):  # a PARTIAL tile
-                allowed = _allowed(q_pos, offs_kn[None, :], case$table_args) & k_ok[None, :]
+                allowed = _allowed(q_pos, offs_kn[None, :], case, q_len$table_args) & k_ok[None, :]
                 qk = tl.where(allowed, qk, float("-inf"))
             if HAS_PAD:
                 qk = tl.where(_kept(pad_row, offs_kn, n_k)[None, :], qk, float("-inf"))
@@ -242,10 +246,10 @@ def ${name}(
                 v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
             k_pos = offs_kn[None, :]                                 # [1, BLOCK_N] absolute
             if DOCUMENTS:  # the pattern on document-relative positions, same document only
-                allowed = _allowed(q_pos - q_start, k_pos - q_start, case$table_args) \\
+                allowed = _allowed(q_pos - q_start, k_pos - q_start, case, q_len$table_args) \\
                     & (_doc_start(doc_row, k_pos, n_k, -2) == q_start)
             else:
-                allowed = _allowed(q_pos, k_pos, case$table_args)    # [BLOCK_M, BLOCK_N] or a side
+                allowed = _allowed(q_pos, k_pos, case, q_len$table_args)  # [BLOCK_M, BLOCK_N] or a side
             if not EVEN_N:
                 allowed = allowed & k_ok[None, :]
             if HAS_PAD:
@@ -319,7 +323,7 @@ BACKWARD = Template('''
 @triton.jit
 def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
               tiles, count, q_pos, case, stride_kn, stride_vn, n_k, qk_scale, doc_row,
-              q_start$table_params,
+              q_start, q_len$table_params,
               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
               PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, HAS_PAD: tl.constexpr,
               GATHER_K: tl.constexpr, DOT_PRECISION: tl.constexpr, DOCUMENTS: tl.constexpr):
@@ -350,10 +354,10 @@ def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, 
         if PARTIAL:
             if DOCUMENTS:
                 k_pos = offs_kn[None, :]                         # [1, BLOCK_N]
-                allowed = _allowed(q_pos - q_start, k_pos - q_start, case$table_args) \\
+                allowed = _allowed(q_pos - q_start, k_pos - q_start, case, q_len$table_args) \\
                     & (_doc_start(doc_row, k_pos, n_k, -2) == q_start) & k_ok[None, :]
             else:
-                allowed = _allowed(q_pos, offs_kn[None, :], case$table_args) & k_ok[None, :]
+                allowed = _allowed(q_pos, offs_kn[None, :], case, q_len$table_args) & k_ok[None, :]
             if HAS_PAD:
                 allowed = allowed & _kept(pad_row, offs_kn, n_k)[None, :]
             p = tl.where(allowed, p, 0.0)
@@ -367,7 +371,7 @@ def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, 
 
 @triton.jit
 def ${name}_dq(
-    Q, K, V, DO, Lse, Delta, DQ, KeyPad, QIdx, KIdx, DocStart,
+    Q, K, V, DO, Lse, Delta, DQ, KeyPad, QIdx, KIdx, DocStart, DocLength,
     FullCounts, FullIndices, PartialCounts, PartialIndices, RowOrder,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
@@ -407,8 +411,10 @@ def ${name}_dq(
     doc_row = DocStart + z * stride_sz
     if DOCUMENTS:
         q_start = _doc_start(doc_row, q_pos, n_k, -1)            # [BLOCK_M, 1] its document's start
+        q_len = _doc_start(DocLength + z * stride_sz, q_pos, n_k, 1)  # [BLOCK_M, 1] and length
     else:
         q_start = q_pos * 0
+        q_len = q_start + n_k
     row_mask = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     q = tl.load(Q + z * stride_qz + h.to(tl.int64) * stride_qh + rows[:, None] * stride_qm
                 + offs_d[None, :] * stride_qd, mask=row_mask, other=0.0)   # [BLOCK_M, HEAD_DIM_PAD]
@@ -427,12 +433,12 @@ def ${name}_dq(
     row = layout_row + case * n_tiles_q + tile_m
     dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
                    FullIndices + row * full_width, tl.load(FullCounts + row), q_pos, case,
-                   stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start$table_args, BLOCK_N,
+                   stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start, q_len$table_args, BLOCK_N,
                    HEAD_DIM, HEAD_DIM_PAD, False, FULL_RANGE, HAS_PAD, GATHER_K, DOT_PRECISION,
                    DOCUMENTS)
     dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
                    PartialIndices + row * partial_width, tl.load(PartialCounts + row), q_pos,
-                   case, stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start$table_args,
+                   case, stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start, q_len$table_args,
                    BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, True, PARTIAL_RANGE, HAS_PAD, GATHER_K,
                    DOT_PRECISION, DOCUMENTS)
     dq = dq * sm_scale
@@ -446,7 +452,7 @@ def ${name}_dq(
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta, stat_head,
                 tiles, count, stride_qm, stride_qd, stride_om, stride_od, n_q, n_k, qk_scale,
-                case, doc_row, k_start$table_params,
+                case, doc_row, k_start, k_len$table_params,
                 BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
                 PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, EVEN_M: tl.constexpr,
                 HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -480,10 +486,10 @@ def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delt
             q_pos = (rows + (n_k - n_q))[None, :]                       # [1, BLOCK_M]
             if DOCUMENTS:  # document-relative positions, same document only
                 q_start = _doc_start(doc_row, q_pos, n_k, -1)            # [1, BLOCK_M]
-                allowed = _allowed(q_pos - q_start, k_pos - q_start, case$table_args) \\
+                allowed = _allowed(q_pos - q_start, k_pos - q_start, case, k_len$table_args) \\
                     & (k_start == q_start)
             else:
-                allowed = _allowed(q_pos, k_pos, case$table_args)
+                allowed = _allowed(q_pos, k_pos, case, k_len$table_args)
             p_t = tl.where(allowed & keep, p_t, 0.0)
         elif HAS_PAD:
             p_t = tl.where(keep, p_t, 0.0)
@@ -496,7 +502,7 @@ def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delt
 
 @triton.jit
 def ${name}_dkdv(
-    Q, K, V, DO, Lse, Delta, DK, DV, KeyPad, QIdx, KIdx, DocStart,
+    Q, K, V, DO, Lse, Delta, DK, DV, KeyPad, QIdx, KIdx, DocStart, DocLength,
     FullCounts, FullIndices, PartialCounts, PartialIndices, ColOrder,
     stride_qz, stride_qh, stride_qm, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
@@ -535,8 +541,10 @@ def ${name}_dkdv(
     doc_row = DocStart + z * stride_sz
     if DOCUMENTS:
         k_start = _doc_start(doc_row, k_pos, n_k, -2)            # [BLOCK_N, 1] its document's start
+        k_len = _doc_start(DocLength + z * stride_sz, k_pos, n_k, 1)  # [BLOCK_N, 1] and length
     else:
         k_start = k_pos * 0
+        k_len = k_start + n_k
     key_mask = k_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     k = tl.load(K + z * stride_kz + kv_h.to(tl.int64) * stride_kh + cols[:, None] * stride_kn
                 + offs_d[None, :] * stride_kd, mask=key_mask, other=0.0)    # [BLOCK_N, HEAD_DIM_PAD]
@@ -559,14 +567,14 @@ def ${name}_dkdv(
             dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta,
                                  stat_head, FullIndices + row * full_width, tl.load(FullCounts + row),
                                  stride_qm, stride_qd, stride_om, stride_od, n_q, n_k, qk_scale,
-                                 case, doc_row, k_start$table_args, BLOCK_M, HEAD_DIM,
+                                 case, doc_row, k_start, k_len$table_args, BLOCK_M, HEAD_DIM,
                                  HEAD_DIM_PAD, False, FULL_RANGE, EVEN_M, HAS_PAD, GATHER_Q,
                                  DOT_PRECISION, DOCUMENTS)
             dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta,
                                  stat_head, PartialIndices + row * partial_width,
                                  tl.load(PartialCounts + row), stride_qm, stride_qd, stride_om,
                                  stride_od, n_q, n_k, qk_scale, case, doc_row,
-                                 k_start$table_args, BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, True,
+                                 k_start, k_len$table_args, BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, True,
                                  PARTIAL_RANGE, EVEN_M, HAS_PAD, GATHER_Q, DOT_PRECISION,
                                  DOCUMENTS)
 

@@ -65,10 +65,13 @@ class _Unknown:
 class DocumentRules:
     """What the document layout needs from a pattern, computed once: one rule tree per head
     case, and the texts of the parts it marks unknown (``unknown``; empty when every part is
-    decided exactly)."""
+    decided exactly); whether a parameter mentions ``n`` (``needs_length``: the kernels then
+    take each document's length) and whether it draws (``draws``: ``random`` per document)."""
 
     def __init__(self, pattern):
         self.pattern = pattern
+        self.needs_length = _mentions_n(pattern.expr)
+        self.draws = any(isinstance(x, N.Random) for x in N.walk(pattern.expr))
         self.cases = head_count(pattern.expr)
         self.trees = tuple(_prepare(select_head(pattern.expr, c)) for c in range(self.cases))
         self.unknown = tuple(dict.fromkeys(u.text for tree in self.trees for u in _unknowns(tree)))

@@ -16,9 +16,11 @@ reuses its forward's) and launches the token-grid kernel of each head case with
 ``DOCUMENTS`` set: per-batch tile lists, and on PARTIAL tiles the predicate on
 document-relative positions plus the same-document test. The generated code is the same for
 every set of boundaries. Tiles are the forced ones, else ``codegen.space.DOCUMENTS_CONFIG``
-(no autotuning under documents). Patterns whose predicate needs a document's length (``n``)
-or draws per document (``random``) run the exact dense reference
-of each document alone instead (fp32, one document at a time), with a one-time warning.
+(no autotuning under documents). A pattern whose parameters mention ``n`` renders its bound
+expression, ``n`` read per position (``DocLength``), after every length that occurs is checked
+against ``instantiate``. Patterns that draw per document (``random``) run the exact dense
+reference of each document alone instead (fp32, one document at a time), with a one-time
+warning.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from ..codegen.render import TileConfig
 from ..codegen.space import backward_candidates, candidate_configs, documents_config
 from ..codegen.reference import attention_reference, attention_reference_backward
 from ..codegen.render import render_term
-from ..ir.evaluate import head_count, select_head
+from ..ir.evaluate import head_count, instantiate, select_head
 from ..layout.build import BlockLayout, lower
 from ..layout.documents import DocumentRules, document_layout
 from ..semantics.documents import check_documents, document_runs
@@ -79,6 +81,7 @@ class SparseAttention:
         self._plans: dict = {}
         self._document_rules = None
         self._document_modules: dict = {}
+        self._valid_lengths: set = set()  # document lengths the pattern was checked at
         self.op_id = op.register(self)
 
     # ------------------------------------------------------------------ public
@@ -146,19 +149,28 @@ class SparseAttention:
         return self._document_rules
 
     def _documents_by_reference(self, documents) -> bool:
-        """With documents, a pattern that needs ``n`` or ``random`` per document runs the
-        exact reference (warned about once per pattern)."""
+        """With documents, a pattern with ``random`` (drawn per document) runs the exact
+        reference (warned about once per pattern)."""
         if documents is None:
             return False
-        unknown = self.document_rules().unknown
-        if unknown and ("documents", self.pattern.hash) not in _WARNED:
+        draws = self.document_rules().draws
+        if draws and ("documents", self.pattern.hash) not in _WARNED:
             _WARNED.add(("documents", self.pattern.hash))
-            warnings.warn(f"spattn: with documents, {', '.join(unknown)} depends on each "
-                          "document's length or draws per document, which the kernels do not "
-                          "take yet; using the dense reference attention per document "
-                          "(exact, slow)",
+            warnings.warn("spattn: with documents, random(...) draws per document, which the "
+                          "kernels do not take yet; using the dense reference attention per "
+                          "document (exact, slow)",
                           stacklevel=4)
-        return bool(unknown)
+        return draws
+
+    def _check_document_lengths(self, lists, n_q: int) -> None:
+        """A pattern whose parameters mention ``n`` must be valid at the length of every
+        document that holds queries (the reference raises the same PatternError there); each
+        length is checked once per compiled attention."""
+        lengths = lists.doc_length[:, lists.n_k - n_q:]
+        for length in torch.unique(lengths).tolist():
+            if length not in self._valid_lengths:
+                instantiate(self.pattern.expr, length)
+                self._valid_lengths.add(length)
 
     def document_plan(self, q, k, documents) -> Plan:
         """A Plan for one call with documents: this call's tile layout, built from the ids on
@@ -169,7 +181,9 @@ class SparseAttention:
                             config.num_stages)  # one loop per list: never merged
         lists = document_layout(self.document_rules(), documents, n_q, config.block_m,
                                 config.block_n)
-        doc_start = lists.doc_start.contiguous()
+        if self.document_rules().needs_length:
+            self._check_document_lengths(lists, n_q)
+        doc_start, doc_length = lists.doc_start.contiguous(), lists.doc_length.contiguous()
         cases = []
         for case in range(lists.cases):
             layout = BlockLayout(n_q, n_k, config.block_m, config.block_n, **{
@@ -177,18 +191,23 @@ class SparseAttention:
                 row_order=lists.row_order.contiguous())
             term = TermLaunch(self._document_module(case, n_k), layout, config, q.device)
             term.col_order = lists.col_order.contiguous()  # per batch row (TermLaunch sums rows)
-            term.doc_start = doc_start
+            term.doc_start, term.doc_length = doc_start, doc_length
             cases.append([term])
         return Plan(cases, config)
 
     def _document_module(self, case: int, n_k: int):
-        """The token-grid kernel of one head case (the pattern does not mention ``n``, so one
-        module serves every length and every set of boundaries)."""
+        """The token-grid kernel of one head case: one module serves every length and every
+        set of boundaries (a pattern that mentions ``n`` renders its bound expression, with
+        ``n`` each document's length at run time)."""
         module = self._document_modules.get(case)
         if module is None:
-            concrete = self.pattern.at(n_k)
-            assert head_count(concrete) == self.document_rules().cases
-            rendered = render_term(self.pattern, select_head(concrete, case), n_k)
+            if self.document_rules().needs_length:
+                expr = select_head(self.pattern.expr, case)
+            else:
+                concrete = self.pattern.at(n_k)
+                assert head_count(concrete) == self.document_rules().cases
+                expr = select_head(concrete, case)
+            rendered = render_term(self.pattern, expr, n_k)
             module = cache.import_source(rendered.key, rendered.source)
             self._document_modules[case] = module
         return module

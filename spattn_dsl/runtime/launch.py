@@ -32,6 +32,7 @@ class TermLaunch:
     on the device, gather vectors (None: the identity), range flags and random tables."""
 
     doc_start = None  # documents: int32 [B, n_k] document starts (DocumentTerm)
+    doc_length = None  # and lengths (the same strides)
 
     def __init__(self, module, layout, config, device, q_gather=None, k_gather=None,
                  kind: str = "grid", n_k: int | None = None):
@@ -137,7 +138,7 @@ def forward(plan: Plan, q, k, v, scale: float, key_padding=None, out=None, lse=N
         n_tiles_q = layout.tiles[0]
         term.module.FORWARD[(n_tiles_q * batch * count,)](
             q, k, v, work, lse, pad, _index(term.q_gather, lse), _index(term.k_gather, lse),
-            _index(term.doc_start, lse), layout.full_counts, layout.full_indices,
+            _index(term.doc_start, lse), _index(term.doc_length, lse), layout.full_counts, layout.full_indices,
             layout.partial_counts, layout.partial_indices, layout.row_order, term.visit_start,
             *q.stride(), *k.stride(), *v.stride(), *work.stride(), lse.stride(0), lse.stride(1),
             pad_stride, _doc_stride(term), batch, count, heads // k.shape[1], n_q, n_k, term.m_q,
@@ -197,7 +198,7 @@ def backward_dq(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, d
         n_tiles_q = layout.tiles[0]
         term.module.BACKWARD_DQ[(n_tiles_q * batch * count,)](
             q, k, v, grad_out, lse, delta, work, pad, _index(term.q_gather, lse),
-            _index(term.k_gather, lse), _index(term.doc_start, lse),
+            _index(term.k_gather, lse), _index(term.doc_start, lse), _index(term.doc_length, lse),
             layout.full_counts, layout.full_indices, layout.partial_counts, layout.partial_indices,
             layout.row_order, *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
             *work.stride(), lse.stride(0), lse.stride(1), pad_stride, _doc_stride(term),
@@ -233,7 +234,7 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
             kv_first, kv_step, kv_count = 0, 1, kv_heads
         term.module.BACKWARD_DKDV[(n_tiles_k * batch * kv_count,)](
             q, k, v, grad_out, lse, delta, work_k, work_v, pad, _index(term.q_gather, lse),
-            _index(term.k_gather, lse), _index(term.doc_start, lse),
+            _index(term.k_gather, lse), _index(term.doc_start, lse), _index(term.doc_length, lse),
             layout.full_q_counts, layout.full_q_indices, layout.partial_q_counts,
             layout.partial_q_indices, term.col_order,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),

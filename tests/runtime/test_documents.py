@@ -89,13 +89,46 @@ def test_documents_one_query_row():
     check(PATTERNS.pattern("swa"), batch=2, heads=1, n_q=1, n_k=50)
 
 
-@pytest.mark.parametrize("name", ["drawn", "by_length"])
-def test_documents_n_and_random_patterns_use_the_reference(name):
-    """Patterns that need each document's length or draws run the dense reference (warned)."""
-    attention_module._WARNED.discard(("documents", PATTERNS.pattern(name).hash))
+def test_documents_random_patterns_use_the_reference():
+    """random(...) draws per document: the dense reference runs (warned once)."""
+    attention_module._WARNED.discard(("documents", PATTERNS.pattern("drawn").hash))
     with pytest.warns(UserWarning, match="dense reference"):
-        check(PATTERNS.pattern(name), heads=1)
-    check(PATTERNS.pattern(name), heads=2, kv_heads=1, n_q=29, n_k=90, key_padding=True)
+        check(PATTERNS.pattern("drawn"), heads=1)
+    check(PATTERNS.pattern("drawn"), heads=2, kv_heads=1, n_q=29, n_k=90, key_padding=True)
+
+
+BY_LENGTH = loads("""
+pattern prefix_half(p = n // 2) { causal | prefix(p) }
+pattern sqrt_window { causal & window(isqrt(n) + 1) }
+pattern dilated_summary { heads { dilated(max(n // 4, 1), 2) | sink(1); causal & summary(n // 2 + 2, 2) } }
+pattern grid_of_n { causal & blocks(max(n // 8, 1)) { band(1, 0) | where(k >= n - 2) } }
+pattern tokens { causal & (window(3) | global(n - 1, n // 3)) }
+""")
+
+
+@pytest.mark.parametrize("name", ["by_length", *BY_LENGTH.patterns])
+def test_documents_patterns_of_n_run_the_kernels(name, monkeypatch):
+    """A parameter that mentions n takes each document's length in the kernels (no warning,
+    no reference), forward and gradients exact; GQA, padding and n_q < n_k too."""
+    pattern = BY_LENGTH.pattern(name) if name in BY_LENGTH.patterns else PATTERNS.pattern(name)
+    monkeypatch.setattr(attention_module, "reference_forward", None)  # must not be called
+    monkeypatch.setattr(attention_module, "reference_backward", None)
+    check(pattern, heads=2)
+    check(pattern, heads=2, kv_heads=1, n_q=29, n_k=90, key_padding=True)
+
+
+def test_documents_lengths_a_pattern_of_n_refuses_are_pattern_errors():
+    """window(n // 8) is window(0) in a document shorter than 8: the PatternError the
+    reference (and Pattern.mask) gives, not a silent result."""
+    from spattn_dsl.errors import PatternError
+
+    attn = compile(loads("pattern w { causal & window(n // 8) }").pattern("w"), **TILES)
+    q, k, v = inputs(1, 1, 40, 40, 16)
+    fine = torch.tensor([[0] * 16 + [1] * 24], device=DEVICE)
+    attn(q, k, v, documents=fine)
+    short = torch.tensor([[0] * 35 + [1] * 5], device=DEVICE)
+    with pytest.raises(PatternError, match="w must be >= 1"):
+        attn(q, k, v, documents=short)
 
 
 def test_documents_cpu_reference_without_interpreter(monkeypatch):
