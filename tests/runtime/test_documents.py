@@ -117,6 +117,40 @@ def test_documents_patterns_of_n_run_the_kernels(name, monkeypatch):
     check(pattern, heads=2, kv_heads=1, n_q=29, n_k=90, key_padding=True)
 
 
+# parameters of n that are valid at every length >= 1
+N_LEAVES = ["causal", "window(n // 4 + 1)", "band(n // 3, n // 5)", "prefix(n // 2)",
+            "sink(n // 3)", "chunk(n // 4 + 1)", "stride(n // 5 + 1)", "dilated(n // 6 + 1, 2)",
+            "summary(n // 4 + 2, 2)", "global(first = n // 5)", "global(n - 1)",
+            "where(k >= q - n // 3)", "where(q + k < n)"]
+
+
+def random_text_of_n(rng, depth=3) -> str:
+    if depth == 0 or rng.random() < 0.3:
+        return rng.choice(N_LEAVES)
+    kind = rng.choice(["|", "&", "-", "!", "blocks"])
+    if kind == "!":
+        return f"!({random_text_of_n(rng, depth - 1)})"
+    if kind == "blocks":
+        return f"blocks(n // 8 + 1) {{ {random_text_of_n(rng, depth - 1)} }}"
+    return f"({random_text_of_n(rng, depth - 1)}) {kind} ({random_text_of_n(rng, depth - 1)})"
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_documents_random_patterns_of_n_match_the_mask(seed):
+    """Random combinations of parameters of n (inside blocks n is the block count) on ragged
+    documents, fewer queries than keys: the kernels' output is the masked softmax's."""
+    import random
+
+    text = random_text_of_n(random.Random(seed))
+    pattern = loads(f"pattern p {{ {text} }}").pattern("p")
+    attn = compile(pattern, **TILES)
+    q, k, v = inputs(2, 1, 45, 61, 16)
+    documents = ragged_ids(2, 61, torch.Generator().manual_seed(seed))
+    out = attn(q, k, v, documents=documents.to(DEVICE))
+    ref = oracle(pattern, *(t.cpu().double() for t in (q, k, v)), documents)
+    assert rel_err(out, ref) < 1e-4, text
+
+
 def test_documents_lengths_a_pattern_of_n_refuses_are_pattern_errors():
     """window(n // 8) is window(0) in a document shorter than 8: the PatternError the
     reference (and Pattern.mask) gives, not a silent result."""
