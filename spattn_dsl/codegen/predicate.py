@@ -91,6 +91,8 @@ class Emitter:
         if t is N.Prefix:
             return f"(({q} < {v(expr.p)}) & ({k} < {v(expr.p)}))"
         if t is N.Random:
+            if not (_plain(expr.r) and _plain(expr.seed)):
+                raise TypeError("no Triton predicate for random(...) of n")
             if expr.r == 0:
                 return f"({q} < 0)"
             index = len(self.tables)
@@ -113,13 +115,11 @@ class Emitter:
         if t is N.Complement:
             return f"(~{self.emit(expr.operand, q, k, divisors, n)})"
         if t is N.Blocks:
+            if not _plain(expr.size) and any(isinstance(x, N.Random) for x in N.walk(expr.body)):
+                raise TypeError("no Triton predicate for random inside blocks(size of n)")
             b = divisor(expr.size)
-            if not _plain(expr.size):
-                if any(isinstance(x, N.Random) for x in N.walk(expr.body)):
-                    raise TypeError("no Triton predicate for random inside blocks(size of n)")
-                return self.emit(expr.body, f"({q} // {b})", f"({k} // {b})", divisors,
-                                 f"(({n} + {b} - 1) // {b})")
-            return self.emit(expr.body, f"({q} // {b})", f"({k} // {b})", divisors + (expr.size,),
+            inner = divisors + (expr.size,) if _plain(expr.size) else divisors
+            return self.emit(expr.body, f"({q} // {b})", f"({k} // {b})", inner,
                              f"(({n} + {b} - 1) // {b})")
         raise TypeError(f"no Triton predicate for {t.__name__} (select a head first)")
 
