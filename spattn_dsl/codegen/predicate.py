@@ -41,7 +41,11 @@ class TableSpec:
 
 
 class Emitter:
-    def __init__(self):
+    """``documents``: random links read this call's draws through ``RR{i}`` (each query
+    position's row of the table, at ``draw_pos``) instead of a table over the whole row."""
+
+    def __init__(self, documents: bool = False):
+        self.documents = documents
         self.tables: list[TableSpec] = []
 
     def emit(self, expr, q: str = "q_pos", k: str = "k_pos", divisors: tuple = (),
@@ -66,7 +70,7 @@ class Emitter:
             return f"(({k} >= {q} - {v(expr.before)}) & ({k} <= {q} + {v(expr.after)}))"
         if t is N.Dilated:
             if _plain(expr.w) and _plain(expr.d):
-                span, d = str(expr.w * expr.d), str(expr.d)
+                span, d = str(_const(expr.w) * _const(expr.d)), str(_const(expr.d))
             else:  # clamped to the document as instantiate does: no int64 overflow
                 w, d = (f"tl.minimum({v(x)}, tl.maximum({n}, 1))" for x in (expr.w, expr.d))
                 span, d = f"({w} * {d})", f"tl.maximum({d}, 1)"
@@ -76,7 +80,7 @@ class Emitter:
         if t is N.Chunk:
             return f"(({q} // {divisor(expr.l)}) == ({k} // {divisor(expr.l)}))"
         if t is N.Summary:
-            rest = expr.l - expr.c if _plain(expr.l) and _plain(expr.c) else \
+            rest = _const(expr.l) - _const(expr.c) if _plain(expr.l) and _plain(expr.c) else \
                 f"({v(expr.l)} - {v(expr.c)})"
             return f"(({k} % {divisor(expr.l)}) >= {rest})"
         if t is N.Global:
@@ -93,11 +97,14 @@ class Emitter:
         if t is N.Random:
             if not (_plain(expr.r) and _plain(expr.seed)):
                 raise TypeError("no Triton predicate for random(...) of n")
-            if expr.r == 0:
+            r = _const(expr.r)
+            if r == 0:
                 return f"({q} < 0)"
             index = len(self.tables)
-            self.tables.append(TableSpec(expr.r, expr.seed, divisors))
-            return f"_drawn(RT{index}, {q}, {k}, rt{index}_rows, {expr.r})"
+            self.tables.append(TableSpec(r, _const(expr.seed), divisors))
+            if self.documents:  # this call's draws: the table row of each query position
+                return f"_drawn(RT{index}, tl.load(RR{index} + draw_pos), {k}, rt{index}_rows, {r})"
+            return f"_drawn(RT{index}, {q}, {k}, rt{index}_rows, {r})"
         if t is N.Compare:
             if not any(mentions(side, {"q", "k", "n"}) for side in (expr.left, expr.right)):
                 holds = _COMPARE[expr.op](eval_int(expr.left), eval_int(expr.right))
@@ -118,7 +125,7 @@ class Emitter:
             if not _plain(expr.size) and any(isinstance(x, N.Random) for x in N.walk(expr.body)):
                 raise TypeError("no Triton predicate for random inside blocks(size of n)")
             b = divisor(expr.size)
-            inner = divisors + (expr.size,) if _plain(expr.size) else divisors
+            inner = divisors + (_const(expr.size),) if _plain(expr.size) else divisors
             return self.emit(expr.body, f"({q} // {b})", f"({k} // {b})", inner,
                              f"(({n} + {b} - 1) // {b})")
         raise TypeError(f"no Triton predicate for {t.__name__} (select a head first)")
@@ -128,8 +135,9 @@ class Emitter:
         """A conjunction; its causal/window/band terms with constant parameters fold into one
         interval on ``q - k``, tested with a single unsigned comparison."""
         terms = list(_conjuncts(expr))
-        bands = [t for t in terms if type(t) in _DIFF_INTERVAL and _constant(t)]
-        rest = [self.emit(t, q, k, divisors, n) for t in terms if t not in bands]
+        bands = [_with_ints(t) for t in terms if type(t) in _DIFF_INTERVAL and _constant(t)]
+        rest = [self.emit(t, q, k, divisors, n) for t in terms
+                if not (type(t) in _DIFF_INTERVAL and _constant(t))]
         if bands:
             lo = max(_DIFF_INTERVAL[type(t)](t)[0] for t in bands)
             hi = min(_DIFF_INTERVAL[type(t)](t)[1] for t in bands)
@@ -159,22 +167,36 @@ def _conjuncts(expr):
         yield expr
 
 
+def _const(x) -> int | None:
+    """A parameter's value when it is a constant (a concrete expression's int, or a bound
+    expression's number), else None."""
+    if isinstance(x, N.Num):
+        return x.value
+    return x if isinstance(x, int) else None
+
+
 def _plain(x) -> bool:
-    """A parameter already a Python int (a concrete expression's)."""
-    return isinstance(x, int)
+    return _const(x) is not None
+
+
+def _fields(node) -> list:
+    return [f.name for f in dataclasses.fields(node) if f.name != "span"]
 
 
 def _constant(node) -> bool:
-    """Every parameter of a primitive is a plain int."""
-    return all(_plain(getattr(node, f.name)) for f in dataclasses.fields(node) if f.name != "span")
+    """Every parameter of a primitive is a constant."""
+    return all(_plain(getattr(node, name)) for name in _fields(node))
+
+
+def _with_ints(node):
+    """A primitive with constant parameters, as Python ints."""
+    return dataclasses.replace(node, **{name: _const(getattr(node, name)) for name in _fields(node)})
 
 
 def _int(x, n: str) -> str:
-    """A primitive's parameter as Triton code: the int, or an int64 expression of ``n``."""
+    """A primitive's parameter as Triton code: the constant, or an int64 expression of ``n``."""
     if _plain(x):
-        return str(x)
-    if isinstance(x, N.Num):
-        return str(x.value)
+        return str(_const(x))
     return f"({int_code(x, 'q_pos', 'k_pos', n)})"
 
 

@@ -60,26 +60,30 @@ def render(pattern, n_k: int) -> Rendered:
     return _render(pattern, cases, kernel_key(concrete), n_k)
 
 
-def term_key(expr) -> str:
-    """The identity of a term's kernel source: generator version and the term's text."""
-    blob = "\n".join([GENERATOR_VERSION, "term", expr_text(expr)])
+def term_key(expr, documents: bool = False) -> str:
+    """The identity of a term's kernel source: generator version, the term's text, and
+    whether it is the documents form (random links read per-call draws)."""
+    blob = "\n".join([GENERATOR_VERSION, "documents" if documents else "term", expr_text(expr)])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def render_term(pattern, expr, n_k: int) -> Rendered:
+def render_term(pattern, expr, n_k: int, documents: bool = False) -> Rendered:
     """The kernels of one term of a plan (``layout.plan``): a single case whose predicate is
-    the term's exact expression over original positions."""
-    return _render(pattern, [expr], term_key(expr), n_k, term=True)
+    the term's exact expression over original positions (``documents``: the form for packed
+    documents, whose random links read each call's draws)."""
+    return _render(pattern, [expr], term_key(expr, documents), n_k, term=True,
+                   documents=documents)
 
 
-def _render(pattern, exprs, key, n_k, term=False) -> Rendered:
+def _render(pattern, exprs, key, n_k, term=False, documents=False) -> Rendered:
     from .. import __version__
 
     cases = len(exprs)
-    emitter = Emitter()
+    emitter = Emitter(documents)
     predicates = [emitter.emit(e) for e in exprs]
     name = f"spattn_fwd_{key}"
-    params = "".join(f", RT{i}, rt{i}_rows" for i in range(len(emitter.tables)))
+    params = "".join(f", RT{i}, rt{i}_rows" + (f", RR{i}" if documents else "")
+                     for i in range(len(emitter.tables)))
     source = _header(pattern, exprs, key, n_k, __version__, term) + "import triton\n" \
         "import triton.language as tl\n\n" + HELPERS + BACKWARD_HELPERS + KERNEL.substitute(
             name=name, table_params=params, table_args=params,

@@ -94,9 +94,10 @@ def _merge_into(o_ptrs, lse_ptrs, out, lse, o_mask, m_ok):
 
 KERNEL = Template('''
 @triton.jit
-def _allowed(q_pos, k_pos, case, n_pos$table_params):
+def _allowed(q_pos, k_pos, case, n_pos, draw_pos$table_params):
     """The pattern on absolute positions q_pos [BLOCK_M, 1], k_pos [1, BLOCK_N] (or the
-    transposes); ``n_pos``: ``n`` where a documents kernel's predicate mentions it."""
+    transposes); in a documents kernel ``n_pos`` is ``n`` where the predicate mentions it and
+    ``draw_pos`` each query's flat position ``z * n_k + q`` (its random links' table row)."""
 $predicate_body
 
 
@@ -146,6 +147,7 @@ def ${name}(
     else:
         q_start = q_pos * 0
         q_len = q_start + n_k
+    draw_pos = z * n_k + tl.minimum(q_pos, n_k - 1)                # [BLOCK_M, 1]
 
     q_ptrs = Q + z * stride_qz + h.to(tl.int64) * stride_qh \\
         + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd
@@ -178,7 +180,7 @@ def ${name}(
                 v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
             qk = tl.dot(q, k, input_precision=DOT_PRECISION)   # [BLOCK_M, BLOCK_N]
             if (tile_n < first_full) | (tile_n >= first_full + n_full):  # a PARTIAL tile
-                allowed = _allowed(q_pos, offs_kn[None, :], case, q_len$table_args) & k_ok[None, :]
+                allowed = _allowed(q_pos, offs_kn[None, :], case, q_len, draw_pos$table_args) & k_ok[None, :]
                 qk = tl.where(allowed, qk, float("-inf"))
             if HAS_PAD:
                 qk = tl.where(_kept(pad_row, offs_kn, n_k)[None, :], qk, float("-inf"))
@@ -246,10 +248,10 @@ def ${name}(
                 v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
             k_pos = offs_kn[None, :]                                 # [1, BLOCK_N] absolute
             if DOCUMENTS:  # the pattern on document-relative positions, same document only
-                allowed = _allowed(q_pos - q_start, k_pos - q_start, case, q_len$table_args) \\
+                allowed = _allowed(q_pos - q_start, k_pos - q_start, case, q_len, draw_pos$table_args) \\
                     & (_doc_start(doc_row, k_pos, n_k, -2) == q_start)
             else:
-                allowed = _allowed(q_pos, k_pos, case, q_len$table_args)  # [BLOCK_M, BLOCK_N] or a side
+                allowed = _allowed(q_pos, k_pos, case, q_len, draw_pos$table_args)  # [BLOCK_M, BLOCK_N] or a side
             if not EVEN_N:
                 allowed = allowed & k_ok[None, :]
             if HAS_PAD:
@@ -323,7 +325,7 @@ BACKWARD = Template('''
 @triton.jit
 def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
               tiles, count, q_pos, case, stride_kn, stride_vn, n_k, qk_scale, doc_row,
-              q_start, q_len$table_params,
+              q_start, q_len, draw_pos$table_params,
               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
               PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, HAS_PAD: tl.constexpr,
               GATHER_K: tl.constexpr, DOT_PRECISION: tl.constexpr, DOCUMENTS: tl.constexpr):
@@ -354,10 +356,10 @@ def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, 
         if PARTIAL:
             if DOCUMENTS:
                 k_pos = offs_kn[None, :]                         # [1, BLOCK_N]
-                allowed = _allowed(q_pos - q_start, k_pos - q_start, case, q_len$table_args) \\
+                allowed = _allowed(q_pos - q_start, k_pos - q_start, case, q_len, draw_pos$table_args) \\
                     & (_doc_start(doc_row, k_pos, n_k, -2) == q_start) & k_ok[None, :]
             else:
-                allowed = _allowed(q_pos, offs_kn[None, :], case, q_len$table_args) & k_ok[None, :]
+                allowed = _allowed(q_pos, offs_kn[None, :], case, q_len, draw_pos$table_args) & k_ok[None, :]
             if HAS_PAD:
                 allowed = allowed & _kept(pad_row, offs_kn, n_k)[None, :]
             p = tl.where(allowed, p, 0.0)
@@ -415,6 +417,7 @@ def ${name}_dq(
     else:
         q_start = q_pos * 0
         q_len = q_start + n_k
+    draw_pos = z * n_k + tl.minimum(q_pos, n_k - 1)                # [BLOCK_M, 1]
     row_mask = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     q = tl.load(Q + z * stride_qz + h.to(tl.int64) * stride_qh + rows[:, None] * stride_qm
                 + offs_d[None, :] * stride_qd, mask=row_mask, other=0.0)   # [BLOCK_M, HEAD_DIM_PAD]
@@ -433,12 +436,12 @@ def ${name}_dq(
     row = layout_row + case * n_tiles_q + tile_m
     dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
                    FullIndices + row * full_width, tl.load(FullCounts + row), q_pos, case,
-                   stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start, q_len$table_args, BLOCK_N,
+                   stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start, q_len, draw_pos$table_args, BLOCK_N,
                    HEAD_DIM, HEAD_DIM_PAD, False, FULL_RANGE, HAS_PAD, GATHER_K, DOT_PRECISION,
                    DOCUMENTS)
     dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
                    PartialIndices + row * partial_width, tl.load(PartialCounts + row), q_pos,
-                   case, stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start, q_len$table_args,
+                   case, stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start, q_len, draw_pos$table_args,
                    BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, True, PARTIAL_RANGE, HAS_PAD, GATHER_K,
                    DOT_PRECISION, DOCUMENTS)
     dq = dq * sm_scale
@@ -452,7 +455,7 @@ def ${name}_dq(
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta, stat_head,
                 tiles, count, stride_qm, stride_qd, stride_om, stride_od, n_q, n_k, qk_scale,
-                case, doc_row, k_start, k_len$table_params,
+                case, doc_row, k_start, k_len, doc_base$table_params,
                 BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
                 PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, EVEN_M: tl.constexpr,
                 HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -484,12 +487,13 @@ def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delt
         p_t = tl.math.exp2(qk_t * qk_scale - _log2_lse(lse)[None, :])
         if PARTIAL:
             q_pos = (rows + (n_k - n_q))[None, :]                       # [1, BLOCK_M]
+            draw_pos = doc_base + tl.minimum(q_pos, n_k - 1)
             if DOCUMENTS:  # document-relative positions, same document only
                 q_start = _doc_start(doc_row, q_pos, n_k, -1)            # [1, BLOCK_M]
-                allowed = _allowed(q_pos - q_start, k_pos - q_start, case, k_len$table_args) \\
+                allowed = _allowed(q_pos - q_start, k_pos - q_start, case, k_len, draw_pos$table_args) \\
                     & (k_start == q_start)
             else:
-                allowed = _allowed(q_pos, k_pos, case, k_len$table_args)
+                allowed = _allowed(q_pos, k_pos, case, k_len, draw_pos$table_args)
             p_t = tl.where(allowed & keep, p_t, 0.0)
         elif HAS_PAD:
             p_t = tl.where(keep, p_t, 0.0)
@@ -567,14 +571,14 @@ def ${name}_dkdv(
             dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta,
                                  stat_head, FullIndices + row * full_width, tl.load(FullCounts + row),
                                  stride_qm, stride_qd, stride_om, stride_od, n_q, n_k, qk_scale,
-                                 case, doc_row, k_start, k_len$table_args, BLOCK_M, HEAD_DIM,
+                                 case, doc_row, k_start, k_len, z * n_k$table_args, BLOCK_M, HEAD_DIM,
                                  HEAD_DIM_PAD, False, FULL_RANGE, EVEN_M, HAS_PAD, GATHER_Q,
                                  DOT_PRECISION, DOCUMENTS)
             dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta,
                                  stat_head, PartialIndices + row * partial_width,
                                  tl.load(PartialCounts + row), stride_qm, stride_qd, stride_om,
                                  stride_od, n_q, n_k, qk_scale, case, doc_row,
-                                 k_start, k_len$table_args, BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, True,
+                                 k_start, k_len, z * n_k$table_args, BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, True,
                                  PARTIAL_RANGE, EVEN_M, HAS_PAD, GATHER_Q, DOT_PRECISION,
                                  DOCUMENTS)
 

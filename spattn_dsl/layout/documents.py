@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,7 @@ from ..errors import PatternError
 from ..ir.printer import text as expr_text
 from ..semantics.documents import check_documents, document_bounds
 from .build import BlockLayout, _lists, resolve, tile_bounds
+from .pairs import random_table
 from .classify import EMPTY, FULL, PARTIAL, classify
 
 RULES_LENGTH = 1 << 30  # the longest sequence the kernels take (int32 tile bounds)
@@ -66,12 +68,14 @@ class DocumentRules:
     """What the document layout needs from a pattern, computed once: one rule tree per head
     case, and the texts of the parts it marks unknown (``unknown``; empty when every part is
     decided exactly); whether a parameter mentions ``n`` (``needs_length``: the kernels then
-    take each document's length) and whether it draws (``draws``: ``random`` per document)."""
+    take each document's length), and the random links the kernels cannot draw per call
+    (``undrawable``: texts; a random node whose ``r`` or seed mentions ``n``, with ``r`` above
+    ``MAX_DRAWS``, or inside ``blocks`` of a size that mentions ``n``)."""
 
     def __init__(self, pattern):
         self.pattern = pattern
         self.needs_length = _mentions_n(pattern.expr)
-        self.draws = any(isinstance(x, N.Random) for x in N.walk(pattern.expr))
+        self.undrawable = tuple(dict.fromkeys(_undrawable(pattern.expr)))
         self.cases = head_count(pattern.expr)
         self.trees = tuple(_prepare(select_head(pattern.expr, c)) for c in range(self.cases))
         self.unknown = tuple(dict.fromkeys(u.text for tree in self.trees for u in _unknowns(tree)))
@@ -90,6 +94,23 @@ def _mentions_n(node) -> bool:
         return any(_mentions_n(getattr(node, f.name)) for f in dataclasses.fields(node)
                    if f.name != "span")
     return False
+
+
+MAX_DRAWS = 256  # random(r) draws at most this many keys per row in a documents kernel
+
+
+def _undrawable(expr, sized_by_n: bool = False):
+    """Texts of the random nodes a documents kernel cannot take (see ``DocumentRules``)."""
+    if isinstance(expr, N.Random):
+        r, seed = (x.value if isinstance(x, N.Num) else x for x in (expr.r, expr.seed))
+        if sized_by_n or not isinstance(r, int) or not isinstance(seed, int) or r > MAX_DRAWS:
+            yield expr_text(expr)
+        return
+    if isinstance(expr, N.Blocks):
+        yield from _undrawable(expr.body, sized_by_n or _mentions_n(expr.size))
+        return
+    for child in N.children(expr):
+        yield from _undrawable(child, sized_by_n)
 
 
 def _decidable(expr) -> bool:
@@ -337,3 +358,32 @@ def _assemble(states, start, length, n_q, n_k, block_m, block_n) -> DocumentLayo
                           partial_counts, partial_indices, full_q_counts, full_q_indices,
                           partial_q_counts, partial_q_indices, row_order,
                           start.to(torch.int32), length.to(torch.int32))
+
+
+# ------------------------------------------------------------------ per-call random draws
+def draw_tables(specs, lists: DocumentLayout) -> list:
+    """For every random node of a documents kernel (``specs``: its ``(r, seed, divisors)``,
+    argument order), this call's draws: ``(table, rows)`` with ``table`` int32
+    ``[sum of grid lengths, r]``, the draws of every grid row of every document length that
+    occurs (``random`` draws per document: on a document of length L the node's grid has
+    ``ceil(L / divisors)`` rows), and ``rows`` int32 ``[batch * n_k]``, the table row of each
+    position's grid row. Tables per grid length are drawn once per process."""
+    device = lists.doc_start.device
+    relative = torch.arange(lists.n_k, device=device)[None, :] - lists.doc_start  # [B, n_k]
+    lengths, inverse = torch.unique(lists.doc_length, return_inverse=True)
+    out = []
+    for r, seed, divisors in specs:
+        grid, row = lengths.tolist(), relative
+        for b in divisors:
+            grid, row = [-(-g // b) for g in grid], row // b
+        tables = [_grid_draws(r, seed, g) for g in grid]  # grid >= 1: documents are not empty
+        starts = torch.tensor([0] + [len(t) for t in tables[:-1]], device=device).cumsum(0)
+        table = torch.cat(tables).to(device=device, dtype=torch.int32).contiguous()
+        out.append((table, (starts[inverse] + row).to(torch.int32).reshape(-1).contiguous()))
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _grid_draws(r: int, seed: int, grid: int) -> torch.Tensor:
+    """int64 ``[grid, r]``: ``random(r, seed = seed)`` on a grid of ``grid`` keys."""
+    return random_table(N.Random(r, seed), grid)

@@ -16,11 +16,12 @@ reuses its forward's) and launches the token-grid kernel of each head case with
 ``DOCUMENTS`` set: per-batch tile lists, and on PARTIAL tiles the predicate on
 document-relative positions plus the same-document test. The generated code is the same for
 every set of boundaries. Tiles are the forced ones, else ``codegen.space.DOCUMENTS_CONFIG``
-(no autotuning under documents). A pattern whose parameters mention ``n`` renders its bound
-expression, ``n`` read per position (``DocLength``), after every length that occurs is checked
-against ``instantiate``. Patterns that draw per document (``random``) run the exact dense
-reference of each document alone instead (fp32, one document at a time), with a one-time
-warning.
+(no autotuning under documents). The kernel renders the bound expression (no parameter
+clamped to a call's length): ``n`` is read per position (``DocLength``), after every length
+that occurs is checked against ``instantiate``, and random links read this call's draw tables
+(``layout.documents.draw_tables``). Patterns whose draws the kernels cannot take
+(``DocumentRules.undrawable``) run the exact dense reference of each document alone instead
+(fp32, one document at a time), with a one-time warning.
 """
 from __future__ import annotations
 
@@ -36,9 +37,9 @@ from ..codegen.render import TileConfig
 from ..codegen.space import backward_candidates, candidate_configs, documents_config
 from ..codegen.reference import attention_reference, attention_reference_backward
 from ..codegen.render import render_term
-from ..ir.evaluate import head_count, instantiate, select_head
+from ..ir.evaluate import instantiate, select_head
 from ..layout.build import BlockLayout, lower
-from ..layout.documents import DocumentRules, document_layout
+from ..layout.documents import MAX_DRAWS, DocumentRules, document_layout, draw_tables
 from ..semantics.documents import check_documents, document_runs
 from . import cache, launch, op
 from .launch import Plan, TermLaunch
@@ -149,18 +150,20 @@ class SparseAttention:
         return self._document_rules
 
     def _documents_by_reference(self, documents) -> bool:
-        """With documents, a pattern with ``random`` (drawn per document) runs the exact
-        reference (warned about once per pattern)."""
+        """With documents, a pattern with random links the kernels cannot draw per call
+        (``DocumentRules.undrawable``) runs the exact reference (warned about once per
+        pattern)."""
         if documents is None:
             return False
-        draws = self.document_rules().draws
-        if draws and ("documents", self.pattern.hash) not in _WARNED:
+        undrawable = self.document_rules().undrawable
+        if undrawable and ("documents", self.pattern.hash) not in _WARNED:
             _WARNED.add(("documents", self.pattern.hash))
-            warnings.warn("spattn: with documents, random(...) draws per document, which the "
-                          "kernels do not take yet; using the dense reference attention per "
-                          "document (exact, slow)",
+            warnings.warn(f"spattn: with documents, {', '.join(undrawable)} draws per document "
+                          f"in a way the kernels do not take (r or its blocks depend on n, or "
+                          f"r > {MAX_DRAWS}); using the dense reference attention per document "
+                          "(exact, slow)",
                           stacklevel=4)
-        return draws
+        return bool(undrawable)
 
     def _check_document_lengths(self, lists, n_q: int) -> None:
         """A pattern whose parameters mention ``n`` must be valid at the length of every
@@ -189,25 +192,23 @@ class SparseAttention:
             layout = BlockLayout(n_q, n_k, config.block_m, config.block_n, **{
                 name: getattr(lists, name)[:, case].contiguous() for name in _CASE_LISTS},
                 row_order=lists.row_order.contiguous())
-            term = TermLaunch(self._document_module(case, n_k), layout, config, q.device)
+            module = self._document_module(case, n_k)
+            term = TermLaunch(module, layout, config, q.device,
+                              tables=draw_tables(module.TABLES, lists))
             term.col_order = lists.col_order.contiguous()  # per batch row (TermLaunch sums rows)
             term.doc_start, term.doc_length = doc_start, doc_length
             cases.append([term])
         return Plan(cases, config)
 
     def _document_module(self, case: int, n_k: int):
-        """The token-grid kernel of one head case: one module serves every length and every
-        set of boundaries (a pattern that mentions ``n`` renders its bound expression, with
-        ``n`` each document's length at run time)."""
+        """The token-grid kernel of one head case, rendered from the bound expression (no
+        parameter clamped to some call's length; ``n`` each document's length at run time,
+        random links reading each call's draws): one module serves every length and every set
+        of boundaries."""
         module = self._document_modules.get(case)
         if module is None:
-            if self.document_rules().needs_length:
-                expr = select_head(self.pattern.expr, case)
-            else:
-                concrete = self.pattern.at(n_k)
-                assert head_count(concrete) == self.document_rules().cases
-                expr = select_head(concrete, case)
-            rendered = render_term(self.pattern, expr, n_k)
+            expr = select_head(self.pattern.expr, case)
+            rendered = render_term(self.pattern, expr, n_k, documents=True)
             module = cache.import_source(rendered.key, rendered.source)
             self._document_modules[case] = module
         return module

@@ -35,7 +35,7 @@ class TermLaunch:
     doc_length = None  # and lengths (the same strides)
 
     def __init__(self, module, layout, config, device, q_gather=None, k_gather=None,
-                 kind: str = "grid", n_k: int | None = None):
+                 kind: str = "grid", n_k: int | None = None, tables: list | None = None):
         self.module = module
         self.config = config
         self.kind = kind
@@ -51,7 +51,9 @@ class TermLaunch:
         self.q_gather = None if q_gather is None else q_gather.to(device)
         self.k_gather = None if k_gather is None else k_gather.to(device)
         self.m_q, self.m_k = layout.n_q, layout.n_k
-        self.tables = random_tables(module, layout.n_k if n_k is None else n_k, device)
+        if tables is None:  # (documents pass each call's draws)
+            tables = random_tables(module, layout.n_k if n_k is None else n_k, device)
+        self.tables = tables
 
     @property
     def covers_all_rows(self) -> bool:
@@ -287,9 +289,12 @@ def _padding(key_padding, placeholder):
 
 
 def _table_args(tables) -> list:
+    """Each random node's kernel arguments: its table and row count, and with documents
+    (``(table, rows)`` pairs, ``layout.documents.draw_tables``) each position's table row."""
     args = []
-    for table in tables:
-        args += [table, table.shape[0]]
+    for entry in tables:
+        table, rows = entry if isinstance(entry, tuple) else (entry, None)
+        args += [table, table.shape[0]] + ([] if rows is None else [rows])
     return args
 
 

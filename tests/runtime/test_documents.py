@@ -89,12 +89,45 @@ def test_documents_one_query_row():
     check(PATTERNS.pattern("swa"), batch=2, heads=1, n_q=1, n_k=50)
 
 
-def test_documents_random_patterns_use_the_reference():
-    """random(...) draws per document: the dense reference runs (warned once)."""
-    attention_module._WARNED.discard(("documents", PATTERNS.pattern("drawn").hash))
+DRAWN = loads("""
+pattern bigbird_like { blocks(8) { band(1, 1) | global(first = 1) | random(2, seed = 3) } }
+pattern two_draws { heads { causal & (window(2) | random(3, seed = 5)); blocks(4) { random(1) } } }
+pattern draws_of_n { causal & (window(3) | random(n // 8 + 1, seed = 1)) }
+""")
+
+
+@pytest.mark.parametrize("name", ["drawn", "bigbird_like", "two_draws"])
+def test_documents_random_links_draw_per_document_in_the_kernels(name, monkeypatch):
+    """random(...) draws per document (on each document's own grid): the kernels read this
+    call's draw tables; forward and gradients exact, GQA, padding and n_q < n_k too."""
+    pattern = PATTERNS.pattern(name) if name == "drawn" else DRAWN.pattern(name)
+    monkeypatch.setattr(attention_module, "reference_forward", None)  # must not be called
+    monkeypatch.setattr(attention_module, "reference_backward", None)
+    check(pattern, heads=2)
+    check(pattern, heads=2, kv_heads=1, n_q=29, n_k=90, key_padding=True)
+
+
+def test_documents_draws_the_kernels_cannot_take_use_the_reference():
+    """random(n // 8 + 1): how many keys a row draws depends on its document; the dense
+    reference runs (warned once)."""
+    pattern = DRAWN.pattern("draws_of_n")
+    attention_module._WARNED.discard(("documents", pattern.hash))
     with pytest.warns(UserWarning, match="dense reference"):
-        check(PATTERNS.pattern("drawn"), heads=1)
-    check(PATTERNS.pattern("drawn"), heads=2, kv_heads=1, n_q=29, n_k=90, key_padding=True)
+        check(pattern, heads=1)
+    check(pattern, heads=2, kv_heads=1, n_q=29, n_k=90, key_padding=True)
+
+
+def test_documents_one_module_serves_longer_calls():
+    """The documents kernel is rendered once per pattern, unclamped: a first call shorter than
+    the window does not shrink the window of later, longer calls."""
+    pattern = PATTERNS.pattern("swa")  # window(9)
+    attn = compile(pattern, **TILES)
+    for n in (5, 60):
+        q, k, v = inputs(1, 1, n, n, 16)
+        documents = torch.zeros(1, n, dtype=torch.int64)
+        out = attn(q, k, v, documents=documents.to(DEVICE))
+        ref = oracle(pattern, *(t.cpu().double() for t in (q, k, v)), documents)
+        assert rel_err(out, ref) < 1e-4, n
 
 
 BY_LENGTH = loads("""
@@ -124,15 +157,16 @@ N_LEAVES = ["causal", "window(n // 4 + 1)", "band(n // 3, n // 5)", "prefix(n //
             "where(k >= q - n // 3)", "where(q + k < n)"]
 
 
-def random_text_of_n(rng, depth=3) -> str:
+def random_text_of_n(rng, depth=3, leaves=tuple(N_LEAVES), size="n // 8 + 1") -> str:
     if depth == 0 or rng.random() < 0.3:
-        return rng.choice(N_LEAVES)
+        return rng.choice(leaves)
     kind = rng.choice(["|", "&", "-", "!", "blocks"])
+    inner = [random_text_of_n(rng, depth - 1, leaves, size) for _ in range(2)]
     if kind == "!":
-        return f"!({random_text_of_n(rng, depth - 1)})"
+        return f"!({inner[0]})"
     if kind == "blocks":
-        return f"blocks(n // 8 + 1) {{ {random_text_of_n(rng, depth - 1)} }}"
-    return f"({random_text_of_n(rng, depth - 1)}) {kind} ({random_text_of_n(rng, depth - 1)})"
+        return f"blocks({size}) {{ {inner[0]} }}"
+    return f"({inner[0]}) {kind} ({inner[1]})"
 
 
 @pytest.mark.parametrize("seed", range(24))
@@ -143,6 +177,24 @@ def test_documents_random_patterns_of_n_match_the_mask(seed):
 
     text = random_text_of_n(random.Random(seed))
     pattern = loads(f"pattern p {{ {text} }}").pattern("p")
+    attn = compile(pattern, **TILES)
+    q, k, v = inputs(2, 1, 45, 61, 16)
+    documents = ragged_ids(2, 61, torch.Generator().manual_seed(seed))
+    out = attn(q, k, v, documents=documents.to(DEVICE))
+    ref = oracle(pattern, *(t.cpu().double() for t in (q, k, v)), documents)
+    assert rel_err(out, ref) < 1e-4, text
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_documents_random_patterns_with_draws_match_the_mask(seed, monkeypatch):
+    """The same with random links among the leaves (inside blocks of constant size): drawn
+    per document by the kernels, never by the reference."""
+    import random
+
+    leaves = (*N_LEAVES, *["random(2, seed = 7)", "random(1, seed = 3)"] * 4)
+    text = random_text_of_n(random.Random(seed), leaves=leaves, size="3")
+    pattern = loads(f"pattern p {{ {text} }}").pattern("p")
+    monkeypatch.setattr(attention_module, "reference_forward", None)
     attn = compile(pattern, **TILES)
     q, k, v = inputs(2, 1, 45, 61, 16)
     documents = ragged_ids(2, 61, torch.Generator().manual_seed(seed))
