@@ -368,6 +368,8 @@ def draw_tables(specs, lists: DocumentLayout) -> list:
     occurs (``random`` draws per document: on a document of length L the node's grid has
     ``ceil(L / divisors)`` rows), and ``rows`` int32 ``[batch * n_k]``, the table row of each
     position's grid row. Tables per grid length are drawn once per process."""
+    if not specs:
+        return []
     device = lists.doc_start.device
     relative = torch.arange(lists.n_k, device=device)[None, :] - lists.doc_start  # [B, n_k]
     lengths, inverse = torch.unique(lists.doc_length, return_inverse=True)
