@@ -22,6 +22,20 @@ def write(tmp_path):
     return _write
 
 
+needs_permissions = pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                                       reason="needs POSIX permissions, which root ignores")
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A directory nobody may write into (writable again afterwards, for cleanup)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    yield folder
+    folder.chmod(0o700)
+
+
 def flag_error(capsys) -> str:
     """The single stderr line of a flag error (and no stdout)."""
     out, err = capsys.readouterr()
@@ -58,16 +72,9 @@ def test_report_output_under_a_file(write, tmp_path, capsys):
     assert "plain is not a directory" in flag_error(capsys)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
-                    reason="needs POSIX permissions, which root ignores")
-def test_report_output_in_a_read_only_directory(write, tmp_path, capsys):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        assert report(write(), "-o", str(folder / "r.md")) == 2
-    finally:
-        folder.chmod(0o700)
+@needs_permissions
+def test_report_output_in_a_read_only_directory(write, read_only, capsys):
+    assert report(write(), "-o", str(read_only / "r.md")) == 2
     assert "permission denied" in flag_error(capsys)
 
 
@@ -133,17 +140,10 @@ def test_compile_output_that_is_a_file(write, tmp_path, capsys):
     assert f"cannot be made: {tmp_path / 'plain'} is a file" in flag_error(capsys)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
-                    reason="needs POSIX permissions, which root ignores")
-def test_compile_output_in_a_read_only_directory(write, tmp_path, capsys):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        assert main(["compile", write(), "--seq-len", "64", "--head-dim", "64",
-                     "-o", str(folder / "out")]) == 2
-    finally:
-        folder.chmod(0o700)
+@needs_permissions
+def test_compile_output_in_a_read_only_directory(write, read_only, capsys):
+    assert main(["compile", write(), "--seq-len", "64", "--head-dim", "64",
+                 "-o", str(read_only / "out")]) == 2
     assert "permission denied" in flag_error(capsys)
 
 

@@ -111,6 +111,22 @@ def reference_attention(pattern, calls):
     return attn
 
 
+def assert_packed_rows_equal_each_document_alone(model, alone_model, lengths):
+    """Logits of rows packed with documents of ``lengths`` (position ids restart per
+    document) equal ``alone_model``'s on each document alone."""
+    rows = [flattened(ls, seed=i) for i, ls in enumerate(lengths)]
+    input_ids = torch.cat([r[0] for r in rows])
+    position_ids = torch.cat([r[1] for r in rows])
+    with torch.no_grad():
+        packed = model(input_ids, position_ids=position_ids, use_cache=False).logits
+        for b, ls in enumerate(lengths):
+            start = 0
+            for n in ls:
+                alone = alone_model(input_ids[b:b + 1, start:start + n], use_cache=False).logits
+                assert torch.allclose(packed[b:b + 1, start:start + n], alone, atol=1e-4)
+                start += n
+
+
 def test_packed_rows_reach_documents_and_equal_each_document_alone(monkeypatch):
     pattern = pattern_from("causal")
     calls = []
@@ -121,17 +137,7 @@ def test_packed_rows_reach_documents_and_equal_each_document_alone(monkeypatch):
     sdpa.set_attn_implementation("sdpa")
     model.set_attn_implementation(hf.register("spattn_test_packed_documents", pattern))
     lengths = [[6, 9, 4, 1], [3, 10, 7]]
-    rows = [flattened(ls, seed=i) for i, ls in enumerate(lengths)]
-    input_ids = torch.cat([r[0] for r in rows])
-    position_ids = torch.cat([r[1] for r in rows])
-    with torch.no_grad():
-        packed = model(input_ids, position_ids=position_ids, use_cache=False).logits
-        for b, ls in enumerate(lengths):
-            start = 0
-            for n in ls:
-                alone = sdpa(input_ids[b:b + 1, start:start + n], use_cache=False).logits
-                assert torch.allclose(packed[b:b + 1, start:start + n], alone, atol=1e-4)
-                start += n
+    assert_packed_rows_equal_each_document_alone(model, sdpa, lengths)
     want = torch.stack([ids_of(ls) for ls in lengths])
     assert len(calls) == SIZES["num_hidden_layers"] and all(torch.equal(c, want) for c in calls)
 
@@ -142,15 +148,4 @@ def test_packed_rows_through_the_kernels_equal_each_document_alone(text):
     run alone under the same pattern."""
     model = llama()
     model.set_attn_implementation(hf.register(f"spattn_test_packed_kernels_{len(text)}", text))
-    lengths = [[5, 1, 12, 7], [13, 12]]
-    rows = [flattened(ls, seed=i) for i, ls in enumerate(lengths)]
-    input_ids = torch.cat([r[0] for r in rows])
-    position_ids = torch.cat([r[1] for r in rows])
-    with torch.no_grad():
-        packed = model(input_ids, position_ids=position_ids, use_cache=False).logits
-        for b, ls in enumerate(lengths):
-            start = 0
-            for n in ls:
-                alone = model(input_ids[b:b + 1, start:start + n], use_cache=False).logits
-                assert torch.allclose(packed[b:b + 1, start:start + n], alone, atol=1e-4)
-                start += n
+    assert_packed_rows_equal_each_document_alone(model, model, [[5, 1, 12, 7], [13, 12]])

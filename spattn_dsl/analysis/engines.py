@@ -213,14 +213,22 @@ class ResidueEngine:
         full = size == (q + 1 if self.causal else self.n)
         return RowFigures(size, r + self.s * lo, r + self.s * hi, full)
 
-    def missing(self, state):
-        full = self.rows(state).full
-        short = np.flatnonzero(~full)
-        if not len(short):
-            return None
-        q = int(short[0])
-        keys = np.arange(q + 1 if self.causal else self.n)
+    def row_keys(self, state, q: int, keys):
+        """bool per key: whether it reaches row q."""
         lo, hi = self._spans(state, np.array([q]))
         i = keys // self.s
-        inside = ((q - keys) % self.s == 0) & (i >= lo[0]) & (i <= hi[0])
-        return q, int(keys[np.argmin(inside)])
+        return ((q - keys) % self.s == 0) & (i >= lo[0]) & (i <= hi[0])
+
+    def missing(self, state):
+        return first_missing(self, state)
+
+
+def first_missing(engine, state):
+    """(q, k): the first row that is not full and its first admissible key that does not
+    reach it (``engine.row_keys``), or None when every row is full."""
+    short = np.flatnonzero(~engine.rows(state).full)
+    if not len(short):
+        return None
+    q = int(short[0])
+    keys = np.arange(q + 1 if engine.causal else engine.n)
+    return q, int(keys[np.argmin(engine.row_keys(state, q, keys))])

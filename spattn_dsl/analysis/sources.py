@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import bitsets as B
-from .engines import RowFigures
+from .engines import RowFigures, first_missing
 
 ALL_SOURCES_MAX = 16384
 STATE_WORDS = 1 << 25  # 256 MB of bits per state at most
@@ -39,14 +39,7 @@ class _Stepping:
         return np.array_equal(x, y)
 
     def missing(self, state):
-        full = self.rows(state).full
-        short = np.flatnonzero(~full)
-        if not len(short):
-            return None
-        q = int(short[0])
-        keys = np.arange(q + 1 if self.causal else self.n)
-        inside = self.row_keys(state, q, keys)
-        return q, int(keys[np.argmin(inside)])
+        return first_missing(self, state)
 
 
 class TokenSources(_Stepping):

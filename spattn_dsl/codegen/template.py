@@ -65,6 +65,20 @@ def _doc_start(doc_row, pos, n_k, other):
 
 
 @triton.jit
+def _document_of(DocStart, DocLength, row_offset, pos, n_k, outside, DOCUMENTS: tl.constexpr):
+    """(this batch row's document starts, each position's document start (``outside`` past
+    ``[0, n_k)``) and length); without documents the row is one document: 0 and ``n_k``."""
+    doc_row = DocStart + row_offset
+    if DOCUMENTS:
+        start = _doc_start(doc_row, pos, n_k, outside)
+        length = _doc_start(DocLength + row_offset, pos, n_k, 1)
+    else:
+        start = pos * 0
+        length = start + n_k
+    return doc_row, start, length
+
+
+@triton.jit
 def _gathered(Idx, offs, size, n, GATHER: tl.constexpr):
     """(positions, valid) of a tile of virtual indices: read through the gather vector
     ``Idx`` (-1 = a hole; holes read position 0, masked by ``valid``), or the indices
@@ -140,13 +154,8 @@ def ${name}(
     offs_d = tl.arange(0, HEAD_DIM_PAD)                          # [HEAD_DIM_PAD]
     q_pos = (rows + (n_k - n_q))[:, None]                        # [BLOCK_M, 1] absolute
     d_ok = offs_d < HEAD_DIM                                     # [HEAD_DIM_PAD]
-    doc_row = DocStart + z * stride_sz
-    if DOCUMENTS:
-        q_start = _doc_start(doc_row, q_pos, n_k, -1)            # [BLOCK_M, 1] its document's start
-        q_len = _doc_start(DocLength + z * stride_sz, q_pos, n_k, 1)  # [BLOCK_M, 1] and length
-    else:
-        q_start = q_pos * 0
-        q_len = q_start + n_k
+    doc_row, q_start, q_len = _document_of(DocStart, DocLength, z * stride_sz, q_pos, n_k, -1,
+                                           DOCUMENTS)            # [BLOCK_M, 1] document start, length
     draw_pos = z * n_k + tl.minimum(q_pos, n_k - 1)                # [BLOCK_M, 1]
 
     q_ptrs = Q + z * stride_qz + h.to(tl.int64) * stride_qh \\
@@ -410,13 +419,8 @@ def ${name}_dq(
     offs_n = tl.arange(0, BLOCK_N)                               # [BLOCK_N]
     offs_d = tl.arange(0, HEAD_DIM_PAD)                          # [HEAD_DIM_PAD]
     q_pos = (rows + (n_k - n_q))[:, None]                        # [BLOCK_M, 1] absolute
-    doc_row = DocStart + z * stride_sz
-    if DOCUMENTS:
-        q_start = _doc_start(doc_row, q_pos, n_k, -1)            # [BLOCK_M, 1] its document's start
-        q_len = _doc_start(DocLength + z * stride_sz, q_pos, n_k, 1)  # [BLOCK_M, 1] and length
-    else:
-        q_start = q_pos * 0
-        q_len = q_start + n_k
+    doc_row, q_start, q_len = _document_of(DocStart, DocLength, z * stride_sz, q_pos, n_k, -1,
+                                           DOCUMENTS)            # [BLOCK_M, 1] document start, length
     draw_pos = z * n_k + tl.minimum(q_pos, n_k - 1)                # [BLOCK_M, 1]
     row_mask = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     q = tl.load(Q + z * stride_qz + h.to(tl.int64) * stride_qh + rows[:, None] * stride_qm
@@ -542,13 +546,8 @@ def ${name}_dkdv(
     cols, k_ok = _gathered(KIdx, offs_n, m_k, n_k, GATHER_K)     # [BLOCK_N] key positions
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     k_pos = cols[:, None]                                        # [BLOCK_N, 1] absolute
-    doc_row = DocStart + z * stride_sz
-    if DOCUMENTS:
-        k_start = _doc_start(doc_row, k_pos, n_k, -2)            # [BLOCK_N, 1] its document's start
-        k_len = _doc_start(DocLength + z * stride_sz, k_pos, n_k, 1)  # [BLOCK_N, 1] and length
-    else:
-        k_start = k_pos * 0
-        k_len = k_start + n_k
+    doc_row, k_start, k_len = _document_of(DocStart, DocLength, z * stride_sz, k_pos, n_k, -2,
+                                           DOCUMENTS)            # [BLOCK_N, 1] document start, length
     key_mask = k_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     k = tl.load(K + z * stride_kz + kv_h.to(tl.int64) * stride_kh + cols[:, None] * stride_kn
                 + offs_d[None, :] * stride_kd, mask=key_mask, other=0.0)    # [BLOCK_N, HEAD_DIM_PAD]

@@ -363,11 +363,11 @@ def _assemble(states, start, length, n_q, n_k, block_m, block_n) -> DocumentLayo
 # ------------------------------------------------------------------ per-call random draws
 def draw_tables(specs, lists: DocumentLayout) -> list:
     """For every random node of a documents kernel (``specs``: its ``(r, seed, divisors)``,
-    argument order), this call's draws: ``(table, rows)`` with ``table`` int32
-    ``[sum of grid lengths, r]``, the draws of every grid row of every document length that
-    occurs (``random`` draws per document: on a document of length L the node's grid has
-    ``ceil(L / divisors)`` rows), and ``rows`` int32 ``[batch * n_k]``, the table row of each
-    position's grid row. Tables per grid length are drawn once per process."""
+    argument order), this call's draws as its kernel arguments ``(table, table rows, rows)``:
+    ``table`` int32 ``[sum of grid lengths, r]``, the draws of every grid row of every document
+    length that occurs (``random`` draws per document: on a document of length L the node's
+    grid has ``ceil(L / divisors)`` rows), and ``rows`` int32 ``[batch * n_k]``, the table row
+    of each position's grid row. Tables per grid length are drawn once per process."""
     if not specs:
         return []
     device = lists.doc_start.device
@@ -381,7 +381,8 @@ def draw_tables(specs, lists: DocumentLayout) -> list:
         tables = [_grid_draws(r, seed, g) for g in grid]  # grid >= 1: documents are not empty
         starts = torch.tensor([0] + [len(t) for t in tables[:-1]], device=device).cumsum(0)
         table = torch.cat(tables).to(device=device, dtype=torch.int32).contiguous()
-        out.append((table, (starts[inverse] + row).to(torch.int32).reshape(-1).contiguous()))
+        rows = (starts[inverse] + row).to(torch.int32).reshape(-1).contiguous()
+        out.append((table, table.shape[0], rows))
     return out
 
 

@@ -16,14 +16,15 @@ LOG2E = 1.4426950408889634
 
 
 def random_tables(module, n_k: int, device) -> list:
-    """int32 ``[rows, r]`` draw tables for the kernel's random nodes (argument order)."""
+    """The kernel arguments of its random nodes (argument order): each int32 ``[rows, r]``
+    draw table and its row count."""
     out = []
     for r, seed, divisors in module.TABLES:
         rows = n_k
         for b in divisors:
             rows = -(-rows // b)
         table = random_table(N.Random(r, seed), rows).to(torch.int32).contiguous()
-        out.append(table.to(device))
+        out.append((table.to(device), rows))
     return out
 
 
@@ -289,13 +290,9 @@ def _padding(key_padding, placeholder):
 
 
 def _table_args(tables) -> list:
-    """Each random node's kernel arguments: its table and row count, and with documents
-    (``(table, rows)`` pairs, ``layout.documents.draw_tables``) each position's table row."""
-    args = []
-    for entry in tables:
-        table, rows = entry if isinstance(entry, tuple) else (entry, None)
-        args += [table, table.shape[0]] + ([] if rows is None else [rows])
-    return args
+    """The random nodes' kernel arguments, flat (``random_tables``; with documents
+    ``layout.documents.draw_tables``)."""
+    return [arg for entry in tables for arg in entry]
 
 
 def flops(batch: int, heads: int, head_dim: int, pairs: int) -> float:
