@@ -37,15 +37,20 @@ PATTERNS = [
 ]
 BACKWARD = ("mistral:mistral_swa", "causal & window(1024)", "longformer:longformer",
             "bigbird:bigbird")
-FORWARD_SPACE = [TileConfig(*c) for c in (
-    (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 8, 3), (128, 64, 8, 4),
-    (128, 64, 4, 3), (128, 128, 4, 2), (64, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4),
-    (128, 128, 8, 3, True), (128, 64, 8, 3, True), (64, 64, 4, 3, True))]
-DQ_SPACE = [TileConfig(*c) for c in (
-    (64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2))]
-DKDV_SPACE = [TileConfig(*c) for c in (
-    (32, 64, 4, 3), (32, 64, 4, 4), (64, 64, 4, 2), (64, 128, 8, 2), (64, 128, 8, 3),
-    (32, 128, 8, 3))]
+
+
+def with_descriptors(*configs):
+    """Each config, then the same tiles read by tensor descriptors."""
+    return [TileConfig(*c, descriptors=d) for c in configs for d in (False, True)]
+
+
+# The fastest configs of the first sweep (RESULTS.md, second GPU session), each plain and
+# with tensor-descriptor loads.
+FORWARD_SPACE = with_descriptors(
+    (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 8, 2),
+    (128, 128, 8, 3, True), (64, 64, 4, 3, True))
+DQ_SPACE = with_descriptors((64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 3))
+DKDV_SPACE = with_descriptors((32, 64, 4, 3), (64, 64, 4, 2), (64, 128, 8, 2))
 
 
 OUT: Path | None = None  # --out: every line is appended here as it is printed

@@ -15,7 +15,7 @@ from ..ir.printer import text as expr_text
 from .predicate import Emitter, TableSpec
 from .template import BACKWARD, BACKWARD_HELPERS, HELPERS, KERNEL
 
-GENERATOR_VERSION = "9"
+GENERATOR_VERSION = "10"
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,12 @@ class TileConfig:
     num_warps: int = 4
     num_stages: int = 2
     merged: bool = False  # one loop over a range of key tiles, predicate on its end tiles only
+    descriptors: bool = False  # visited tiles by tensor descriptors (Hopper's bulk copies)
 
     def __str__(self) -> str:
         return f"BLOCK_M={self.block_m} BLOCK_N={self.block_n} num_warps={self.num_warps} " \
-               f"num_stages={self.num_stages}" + (" merged" if self.merged else "")
+               f"num_stages={self.num_stages}" + (" merged" if self.merged else "") \
+               + (" descriptors" if self.descriptors else "")
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 
 Forward: one program computes one query tile (``BLOCK_M`` rows) of one (batch, head): it
 visits the FULL key tiles of its row without any predicate, then the PARTIAL ones with the
-pattern's predicate and the bounds mask (or, ``MERGED``, one loop over a row's range of tiles
-with the predicate applied on its PARTIAL end tiles only: one software pipeline instead of
-two), keeping an online softmax in fp32 with exp2. Rows with no allowed key give 0. The
+pattern's predicate and the bounds mask (or, ``MERGED``, one loop over all of them: a row's
+range of tiles, or its FULL then its PARTIAL list, with the predicate on PARTIAL tiles only:
+one software pipeline instead of two), keeping an online softmax in fp32 with exp2. Rows with
+no allowed key give 0. The
 log-sum-exp (natural log) is saved for the backward pass. ``HAS_PAD`` adds a per-key padding
 mask (``key_padding``) to every tile.
 
@@ -79,6 +80,14 @@ def _document_of(DocStart, DocLength, row_offset, pos, n_k, outside, DOCUMENTS: 
 
 
 @triton.jit
+def _rows_descriptor(base, n_rows, stride_row, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """A tensor descriptor of one (batch, head)'s ``[n_rows, HEAD_DIM]`` rows, read in
+    ``[BLOCK, HEAD_DIM]`` tiles (Hopper's bulk tensor copies; out-of-range rows read 0)."""
+    return tl.make_tensor_descriptor(base, shape=[n_rows, HEAD_DIM], strides=[stride_row, 1],
+                                     block_shape=[BLOCK, HEAD_DIM])
+
+
+@triton.jit
 def _gathered(Idx, offs, size, n, GATHER: tl.constexpr):
     """(positions, valid) of a tile of virtual indices: read through the gather vector
     ``Idx`` (-1 = a hole; holes read position 0, masked by ``valid``), or the indices
@@ -130,9 +139,9 @@ def ${name}(
     CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_N: tl.constexpr,
-    MERGED: tl.constexpr, HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr,
+    MERGED: tl.constexpr, VISIT_RANGE: tl.constexpr, HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr,
     GATHER_K: tl.constexpr, ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    DOCUMENTS: tl.constexpr,
+    DOCUMENTS: tl.constexpr, DESCRIPTORS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     slot = pid // (n_batch * n_heads)
@@ -165,30 +174,44 @@ def ${name}(
     v_base = V + z * stride_vz + kv_h * stride_vh + offs_d[None, :] * stride_vd  # [1, HEAD_DIM_PAD]
     k_ptrs = k_base + offs_n[None, :] * stride_kn                # [HEAD_DIM_PAD, BLOCK_N] tile 0
     v_ptrs = v_base + offs_n[:, None] * stride_vn                # [BLOCK_N, HEAD_DIM_PAD] tile 0
+    if DESCRIPTORS:  # K and V tiles by bulk tensor copies (rows past n_k read as zeros)
+        k_desc = _rows_descriptor(K + z * stride_kz + kv_h * stride_kh, n_k, stride_kn, BLOCK_N, HEAD_DIM)
+        v_desc = _rows_descriptor(V + z * stride_vz + kv_h * stride_vh, n_k, stride_vn, BLOCK_N, HEAD_DIM)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)          # [BLOCK_M] running max (log2 units)
     l_i = tl.zeros([BLOCK_M], tl.float32)                        # [BLOCK_M] running sum
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)          # [BLOCK_M, HEAD_DIM_PAD]
 
     row = layout_row + case * n_tiles_q + tile_m
-    if MERGED:
+    if MERGED:  # one loop (one software pipeline) over every tile of the row
         n_full = tl.load(FullCounts + row)
-        first_full = tl.load(FullIndices + row * full_width)
+        full_row = FullIndices + row * full_width
+        partial_row = PartialIndices + row * partial_width
+        first_full = tl.load(full_row)
         start = tl.load(VisitStart + row)
         n_visit = n_full + tl.load(PartialCounts + row)
         for j in range(0, n_visit):
-            tile_n = start + j
+            if VISIT_RANGE:  # consecutive tiles, the PARTIAL ones at the ends
+                tile_n = start + j
+                partial = (tile_n < first_full) | (tile_n >= first_full + n_full)
+            else:  # the FULL list, then the PARTIAL one
+                partial = j >= n_full
+                tile_n = tl.load(full_row + j, mask=j < n_full, other=0) \
+                    + tl.load(partial_row + (j - n_full), mask=partial, other=0)
             start_n = (tile_n * BLOCK_N).to(tl.int64)
             offs_kn = tile_n * BLOCK_N + offs_n                  # [BLOCK_N] key positions
             k_ok = offs_kn < n_k                                 # [BLOCK_N]
-            if EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
+            if DESCRIPTORS:
+                k = tl.trans(k_desc.load([tile_n * BLOCK_N, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
+                v = v_desc.load([tile_n * BLOCK_N, 0])           # [BLOCK_N, HEAD_DIM_PAD]
+            elif EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
                 k = tl.load(k_ptrs + start_n * stride_kn)        # [HEAD_DIM_PAD, BLOCK_N]
                 v = tl.load(v_ptrs + start_n * stride_vn)        # [BLOCK_N, HEAD_DIM_PAD]
             else:
                 k = tl.load(k_ptrs + start_n * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
                 v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
             qk = tl.dot(q, k, input_precision=DOT_PRECISION)   # [BLOCK_M, BLOCK_N]
-            if (tile_n < first_full) | (tile_n >= first_full + n_full):  # a PARTIAL tile
+            if partial:
                 allowed = _allowed(q_pos, offs_kn[None, :], case, q_len, draw_pos$table_args) & k_ok[None, :]
                 qk = tl.where(allowed, qk, float("-inf"))
             if HAS_PAD:
@@ -216,7 +239,10 @@ def ${name}(
                 v = tl.load(v_base + cols[:, None] * stride_vn, mask=d_ok[None, :], other=0.0)
             else:
                 cols = start_n + offs_n
-                if HEAD_DIM == HEAD_DIM_PAD:
+                if DESCRIPTORS:
+                    k = tl.trans(k_desc.load([tile_n * BLOCK_N, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
+                    v = v_desc.load([tile_n * BLOCK_N, 0])           # [BLOCK_N, HEAD_DIM_PAD]
+                elif HEAD_DIM == HEAD_DIM_PAD:
                     k = tl.load(k_ptrs + start_n * stride_kn)        # [HEAD_DIM_PAD, BLOCK_N]
                     v = tl.load(v_ptrs + start_n * stride_vn)        # [BLOCK_N, HEAD_DIM_PAD]
                 else:
@@ -249,6 +275,9 @@ def ${name}(
             if GATHER_K:
                 k = tl.load(k_base + offs_kn[None, :] * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
                 v = tl.load(v_base + offs_kn[:, None] * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+            elif DESCRIPTORS:
+                k = tl.trans(k_desc.load([tile_n * BLOCK_N, 0]))     # [HEAD_DIM_PAD, BLOCK_N]
+                v = v_desc.load([tile_n * BLOCK_N, 0])               # [BLOCK_N, HEAD_DIM_PAD]
             elif EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
                 k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
                 v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
@@ -332,14 +361,16 @@ def _log2_lse(lse):
 BACKWARD = Template('''
 
 @triton.jit
-def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
-              tiles, count, q_pos, case, stride_kn, stride_vn, n_k, qk_scale, doc_row,
-              q_start, q_len, draw_pos$table_params,
+def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, k_desc, v_desc, KIdx,
+              m_k, pad_row, tiles, count, q_pos, case, stride_kn, stride_vn, n_k, qk_scale,
+              doc_row, q_start, q_len, draw_pos$table_params,
               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
               PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, HAS_PAD: tl.constexpr,
-              GATHER_K: tl.constexpr, DOT_PRECISION: tl.constexpr, DOCUMENTS: tl.constexpr):
+              GATHER_K: tl.constexpr, DOT_PRECISION: tl.constexpr, DOCUMENTS: tl.constexpr,
+              DESCRIPTORS: tl.constexpr):
     """dQ += dS K over ``count`` key tiles of a list (FULL: no predicate, PARTIAL: the
-    predicate and the bounds); ``GATHER_K``: key columns read through ``KIdx``."""
+    predicate and the bounds); ``GATHER_K``: key columns read through ``KIdx``;
+    ``DESCRIPTORS``: K and V tiles through ``k_desc`` and ``v_desc``."""
     offs_n = tl.arange(0, BLOCK_N)
     d_ok = tl.arange(0, HEAD_DIM_PAD) < HEAD_DIM
     first = tl.load(tiles)
@@ -357,6 +388,9 @@ def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, 
         if GATHER_K:
             kt = tl.load(kt_base + offs_kn[None, :] * stride_kn, mask=load_ok, other=0.0)
             vt = tl.load(vt_base + offs_kn[None, :] * stride_vn, mask=load_ok, other=0.0)
+        elif DESCRIPTORS:
+            kt = tl.trans(k_desc.load([tile_n * BLOCK_N, 0]))    # [HEAD_DIM_PAD, BLOCK_N]
+            vt = tl.trans(v_desc.load([tile_n * BLOCK_N, 0]))
         else:
             kt = tl.load(kt_ptrs + start_n * stride_kn, mask=load_ok, other=0.0)  # [HEAD_DIM_PAD, BLOCK_N]
             vt = tl.load(vt_ptrs + start_n * stride_vn, mask=load_ok, other=0.0)
@@ -398,6 +432,7 @@ def ${name}_dq(
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr,
     HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, GATHER_K: tl.constexpr,
     ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOCUMENTS: tl.constexpr,
+    DESCRIPTORS: tl.constexpr,
 ):
     """dQ of one (virtual) query tile: its key tiles, as in the forward pass; ``ACCUMULATE``
     adds to what earlier terms wrote."""
@@ -434,20 +469,26 @@ def ${name}_dq(
     vt_base = V + z * stride_vz + kv_h * stride_vh + offs_d[:, None] * stride_vd
     kt_ptrs = kt_base + offs_n[None, :] * stride_kn              # [HEAD_DIM_PAD, BLOCK_N] tile 0
     vt_ptrs = vt_base + offs_n[None, :] * stride_vn              # [HEAD_DIM_PAD, BLOCK_N] tile 0
+    if DESCRIPTORS:
+        k_desc = _rows_descriptor(K + z * stride_kz + kv_h * stride_kh, n_k, stride_kn, BLOCK_N, HEAD_DIM)
+        v_desc = _rows_descriptor(V + z * stride_vz + kv_h * stride_vh, n_k, stride_vn, BLOCK_N, HEAD_DIM)
+    else:  # unused
+        k_desc = K
+        v_desc = V
     pad_row = KeyPad + z * stride_pz
     dq = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
 
     row = layout_row + case * n_tiles_q + tile_m
-    dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
-                   FullIndices + row * full_width, tl.load(FullCounts + row), q_pos, case,
-                   stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start, q_len, draw_pos$table_args, BLOCK_N,
-                   HEAD_DIM, HEAD_DIM_PAD, False, FULL_RANGE, HAS_PAD, GATHER_K, DOT_PRECISION,
-                   DOCUMENTS)
-    dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, KIdx, m_k, pad_row,
-                   PartialIndices + row * partial_width, tl.load(PartialCounts + row), q_pos,
-                   case, stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start, q_len, draw_pos$table_args,
-                   BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, True, PARTIAL_RANGE, HAS_PAD, GATHER_K,
-                   DOT_PRECISION, DOCUMENTS)
+    dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, k_desc, v_desc,
+                   KIdx, m_k, pad_row, FullIndices + row * full_width, tl.load(FullCounts + row),
+                   q_pos, case, stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start, q_len,
+                   draw_pos$table_args, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, False, FULL_RANGE, HAS_PAD,
+                   GATHER_K, DOT_PRECISION, DOCUMENTS, DESCRIPTORS)
+    dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, k_desc, v_desc,
+                   KIdx, m_k, pad_row, PartialIndices + row * partial_width,
+                   tl.load(PartialCounts + row), q_pos, case, stride_kn, stride_vn, n_k, qk_scale,
+                   doc_row, q_start, q_len, draw_pos$table_args, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, True,
+                   PARTIAL_RANGE, HAS_PAD, GATHER_K, DOT_PRECISION, DOCUMENTS, DESCRIPTORS)
     dq = dq * sm_scale
     dq_ptrs = DQ + z * stride_gz + h.to(tl.int64) * stride_gh + rows[:, None] * stride_gm \\
         + offs_d[None, :] * stride_gd
@@ -457,14 +498,15 @@ def ${name}_dq(
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta, stat_head,
-                tiles, count, stride_qm, stride_qd, stride_om, stride_od, n_q, n_k, qk_scale,
-                case, doc_row, k_start, k_len, doc_base$table_params,
+def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, q_desc, do_desc, QIdx, m_q, Lse,
+                Delta, stat_head, tiles, count, stride_qm, stride_qd, stride_om, stride_od, n_q,
+                n_k, qk_scale, case, doc_row, k_start, k_len, doc_base$table_params,
                 BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
                 PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, EVEN_M: tl.constexpr,
                 HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                DOCUMENTS: tl.constexpr):
-    """dV += P^T dO and dK += dS^T Q over ``count`` (virtual) query tiles of a list."""
+                DOCUMENTS: tl.constexpr, DESCRIPTORS: tl.constexpr):
+    """dV += P^T dO and dK += dS^T Q over ``count`` (virtual) query tiles of a list
+    (``DESCRIPTORS``: Q and dO tiles through ``q_desc`` and ``do_desc``)."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     d_ok = offs_d < HEAD_DIM
@@ -476,7 +518,12 @@ def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delt
             tile_m = tl.load(tiles + j)
         start_m = (tile_m * BLOCK_M).to(tl.int64)
         rows, m_ok = _gathered(QIdx, start_m + offs_m, m_q, n_q, GATHER_Q)  # [BLOCK_M] query rows
-        if EVEN_M and HEAD_DIM == HEAD_DIM_PAD and not GATHER_Q:
+        if DESCRIPTORS:
+            q = q_desc.load([tile_m * BLOCK_M, 0])               # [BLOCK_M, HEAD_DIM_PAD]
+            do = do_desc.load([tile_m * BLOCK_M, 0])
+            lse = tl.load(Lse + stat_head + rows, mask=m_ok, other=float("-inf"))  # [BLOCK_M]
+            delta = tl.load(Delta + stat_head + rows, mask=m_ok, other=0.0)
+        elif EVEN_M and HEAD_DIM == HEAD_DIM_PAD and not GATHER_Q:
             q = tl.load(q_head + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd)  # [BLOCK_M, HEAD_DIM_PAD]
             do = tl.load(do_head + rows[:, None] * stride_om + offs_d[None, :] * stride_od)
             lse = tl.load(Lse + stat_head + rows)                # [BLOCK_M]
@@ -526,6 +573,7 @@ def ${name}_dkdv(
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_M: tl.constexpr,
     HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, GATHER_K: tl.constexpr,
     ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOCUMENTS: tl.constexpr,
+    DESCRIPTORS: tl.constexpr,
 ):
     """dK and dV of one (virtual) key tile of one key/value head: the query tiles of the
     transposed layout (``FullCounts``... are the ``*_q_*`` lists), for every query head of its
@@ -566,20 +614,26 @@ def ${name}_dkdv(
             q_head = Q + z * stride_qz + h * stride_qh
             do_head = DO + z * stride_oz + h * stride_oh
             stat_head = z * stride_lz + h * stride_lh
+            if DESCRIPTORS:
+                q_desc = _rows_descriptor(q_head, n_q, stride_qm, BLOCK_M, HEAD_DIM)
+                do_desc = _rows_descriptor(do_head, n_q, stride_om, BLOCK_M, HEAD_DIM)
+            else:  # unused
+                q_desc = q_head
+                do_desc = do_head
             row = layout_row + case * n_tiles_k + tile_n
-            dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta,
-                                 stat_head, FullIndices + row * full_width, tl.load(FullCounts + row),
-                                 stride_qm, stride_qd, stride_om, stride_od, n_q, n_k, qk_scale,
-                                 case, doc_row, k_start, k_len, z * n_k$table_args, BLOCK_M, HEAD_DIM,
-                                 HEAD_DIM_PAD, False, FULL_RANGE, EVEN_M, HAS_PAD, GATHER_Q,
-                                 DOT_PRECISION, DOCUMENTS)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, QIdx, m_q, Lse, Delta,
-                                 stat_head, PartialIndices + row * partial_width,
+            dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, q_desc, do_desc, QIdx,
+                                 m_q, Lse, Delta, stat_head, FullIndices + row * full_width,
+                                 tl.load(FullCounts + row), stride_qm, stride_qd, stride_om,
+                                 stride_od, n_q, n_k, qk_scale, case, doc_row, k_start, k_len,
+                                 z * n_k$table_args, BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, False, FULL_RANGE,
+                                 EVEN_M, HAS_PAD, GATHER_Q, DOT_PRECISION, DOCUMENTS, DESCRIPTORS)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, q_desc, do_desc, QIdx,
+                                 m_q, Lse, Delta, stat_head, PartialIndices + row * partial_width,
                                  tl.load(PartialCounts + row), stride_qm, stride_qd, stride_om,
-                                 stride_od, n_q, n_k, qk_scale, case, doc_row,
-                                 k_start, k_len, z * n_k$table_args, BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, True,
-                                 PARTIAL_RANGE, EVEN_M, HAS_PAD, GATHER_Q, DOT_PRECISION,
-                                 DOCUMENTS)
+                                 stride_od, n_q, n_k, qk_scale, case, doc_row, k_start, k_len,
+                                 z * n_k$table_args, BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, True,
+                                 PARTIAL_RANGE, EVEN_M, HAS_PAD, GATHER_Q, DOT_PRECISION, DOCUMENTS,
+                                 DESCRIPTORS)
 
     dk = dk * sm_scale
     out_off = z * stride_gz + kv_h.to(tl.int64) * stride_gh + cols[:, None] * stride_gn \\

@@ -25,6 +25,7 @@ that occurs is checked against ``instantiate``, and random links read this call'
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -61,8 +62,8 @@ class SparseAttention:
 
     def __init__(self, pattern, block_m: int | None = None, block_n: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None,
-                 merged: bool = False, autotune: bool = True, verbose: bool = False,
-                 lowering: str = "auto"):
+                 merged: bool = False, descriptors: bool = False, autotune: bool = True,
+                 verbose: bool = False, lowering: str = "auto"):
         if not hasattr(pattern, "at") or not hasattr(pattern, "hash"):
             raise TypeError(f"compile() needs a Pattern (from spattn_dsl.load(...).pattern(name)), "
                             f"got {type(pattern).__name__}")
@@ -70,7 +71,7 @@ class SparseAttention:
         self.forced = None
         if block_m or block_n or num_warps or num_stages:
             self.forced = TileConfig(block_m or 64, block_n or 64, num_warps or 4, num_stages or 2,
-                                     merged)
+                                     merged, descriptors)
             for size in (self.forced.block_m, self.forced.block_n):
                 if size < 16 or size & (size - 1):
                     raise ValueError(f"tile sizes must be powers of two >= 16, got {size}")
@@ -180,8 +181,7 @@ class SparseAttention:
         their device, and each head case's token-grid kernel (rendered once per pattern)."""
         n_q, n_k = q.shape[2], k.shape[2]
         config = self.forced or documents_config(interpreter=q.device.type == "cpu")
-        config = TileConfig(config.block_m, config.block_n, config.num_warps,
-                            config.num_stages)  # one loop per list: never merged
+        config = dataclasses.replace(config, merged=False)  # one loop per list: never merged
         lists = document_layout(self.document_rules(), documents, n_q, config.block_m,
                                 config.block_n)
         if self.document_rules().needs_length:
@@ -272,8 +272,9 @@ def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
     -> out`` on ``[B, H, n, D]`` tensors (``documents``: packed sequences, see the module
     docstring).
 
-    Hints (all optional): ``block_m``, ``block_n``, ``num_warps``, ``num_stages``, ``merged``
-    (fix the tile configuration; ``merged`` visits range layouts in one loop), ``autotune``
+    Hints (all optional): ``block_m``, ``block_n``, ``num_warps``, ``num_stages``, ``merged``,
+    ``descriptors`` (fix the tile configuration; ``merged`` visits range layouts in one loop;
+    ``descriptors`` reads tiles by tensor descriptors where the GPU and inputs allow), ``autotune``
     (default True), ``verbose`` (print tuning progress), ``lowering`` (``auto``: the plan of
     terms the cost model picks; ``grid``: one block layout; ``terms``: every structured term).
     """

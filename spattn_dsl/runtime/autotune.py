@@ -78,21 +78,23 @@ def time_configs(attn, configs, plan_of, launch, label: str):
 
 
 def _row(config: TileConfig) -> list:
-    return [config.block_m, config.block_n, config.num_warps, config.num_stages, config.merged]
+    return [config.block_m, config.block_n, config.num_warps, config.num_stages, config.merged,
+            config.descriptors]
 
 
 def _config_of(row) -> TileConfig | None:
     """The TileConfig a stored row describes, or None when the row is not one ``_row`` writes
-    (five values: power-of-two tiles >= 16, positive warps and stages, a merged flag)."""
-    if not isinstance(row, list) or len(row) != 5:
+    (six values: power-of-two tiles >= 16, positive warps and stages, merged and descriptors
+    flags)."""
+    if not isinstance(row, list) or len(row) != 6:
         return None
-    *sizes, merged = row
-    if not all(type(x) is int and x > 0 for x in sizes) or type(merged) is not bool:
+    sizes, flags = row[:4], row[4:]
+    if not all(type(x) is int and x > 0 for x in sizes) or any(type(f) is not bool for f in flags):
         return None
     block_m, block_n = sizes[:2]
     if any(b < 16 or b & (b - 1) for b in (block_m, block_n)):
         return None
-    return TileConfig(*sizes, merged)
+    return TileConfig(*sizes, *flags)
 
 
 def known_configs(key: str, parts: tuple) -> list | None:
@@ -121,7 +123,7 @@ def tune(attn, q, k, v, scale, configs):
 
     def plan_of(config):
         plan = attn._make_plan(n_q, n_k, config, q.device)
-        return None if config.merged and not plan.merged else plan  # tiles not one range per row
+        return None if config.merged and not plan.merged else plan  # gathered: no one loop
 
     best, timings = time_configs(attn, configs, plan_of,
                                  lambda plan: forward(plan, q, k, v, scale), "forward")

@@ -7,7 +7,10 @@ single term per case writes its outputs directly, several merge in fp32 (the for
 log-sum-exp, the gradients by addition) inside the kernels, so results are deterministic."""
 from __future__ import annotations
 
+import functools
+
 import torch
+import triton
 
 from ..layout.pairs import random_table
 from ..ir import nodes as N
@@ -43,7 +46,8 @@ class TermLaunch:
         gathered = q_gather is not None or k_gather is not None
         self.full_range = layout.full_is_range
         self.partial_range = layout.partial_is_range
-        self.merged = config.merged and not gathered and layout.visit_is_range
+        self.merged = config.merged and not gathered
+        self.visit_range = layout.visit_is_range
         self.full_q_range = layout.full_q_is_range
         self.partial_q_range = layout.partial_q_is_range
         self.visit_start = layout.visit_start.to(device)
@@ -148,10 +152,11 @@ def forward(plan: Plan, q, k, v, scale: float, key_padding=None, out=None, lse=N
             term.m_k, first, step, n_tiles_q, layout.full_indices.shape[-1],
             layout.partial_indices.shape[-1],
             scale * LOG2E, *_table_args(term.tables),
-            MERGED=term.merged, EVEN_N=term.k_gather is None and n_k % config.block_n == 0,
+            MERGED=term.merged, VISIT_RANGE=term.visit_range, EVEN_N=term.k_gather is None and n_k % config.block_n == 0,
             FULL_RANGE=term.full_range, PARTIAL_RANGE=term.partial_range,
             GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
             ACCUMULATE=index > 0 or not first_writes, DOCUMENTS=term.doc_start is not None,
+            DESCRIPTORS=_descriptors(config, term.k_gather, k, v),
             **_common(term.module, q, config, key_padding),
         )
     if work is not out:
@@ -211,6 +216,7 @@ def backward_dq(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, d
             FULL_RANGE=term.full_range, PARTIAL_RANGE=term.partial_range,
             GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
             ACCUMULATE=index > 0 or not first_writes, DOCUMENTS=term.doc_start is not None,
+            DESCRIPTORS=_descriptors(config, term.k_gather, k, v),
             **_common(term.module, q, config, key_padding),
         )
     if work is not dq:
@@ -250,6 +256,7 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
             FULL_RANGE=term.full_q_range, PARTIAL_RANGE=term.partial_q_range,
             GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
             ACCUMULATE=index > 0 or not first_writes, DOCUMENTS=term.doc_start is not None,
+            DESCRIPTORS=_descriptors(config, term.q_gather, q, grad_out),
             **_common(term.module, q, config, key_padding),
         )
     if work_k is not dk:
@@ -276,6 +283,41 @@ def _common(module, q, config, key_padding) -> dict:
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, HAS_PAD=key_padding is not None,
                 DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
                 num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def _descriptors(config, gather, *tensors) -> bool:
+    """Whether a kernel reads its visited tiles of ``tensors`` (``[B, H, n, D]``) through
+    tensor descriptors: the config asks for it, no gather vector, a Hopper GPU (or the
+    interpreter), and tensors a bulk copy can read: a power-of-two head_dim of at least 16
+    bytes, the last stride 1, the others and the base 16-byte aligned."""
+    if not config.descriptors or gather is not None:
+        return False
+    device = tensors[0].device
+    if device.type == "cuda":
+        if not _hopper(device):
+            return False
+        _set_allocator()
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(3) != 1 or t.data_ptr() % 16 or any(s * size % 16 for s in t.stride()[:3]):
+            return False
+    head_dim = tensors[0].shape[3]
+    return head_dim == _padded(head_dim) and head_dim * tensors[0].element_size() >= 16
+
+
+@functools.lru_cache(maxsize=None)
+def _hopper(device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _set_allocator() -> None:
+    """Kernels that build tensor descriptors need a little global scratch memory per
+    launch: give Triton an allocator, unless the program already set one."""
+    from triton.runtime import _allocation
+    current = getattr(_allocation, "_allocator", None)
+    if current is None or isinstance(current.get(), _allocation.NullAllocator):
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(
+            size, device="cuda", dtype=torch.int8))
 
 
 def _padded(head_dim: int) -> int:

@@ -161,6 +161,26 @@ def test_gpu_half_precision(name, dtype):
     assert rel_err(out, ref) < 1e-2
 
 
+LIST_CASES = [("bigbird", 40, 111), ("bigbird", 100, 100), ("longformer", 63, 63),
+              ("longformer", 97, 130), ("tokens", 32, 64), ("random3", 97, 130)]
+
+
+@pytest.mark.parametrize("name,n_q,n_k", LIST_CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in LIST_CASES])
+def test_merged_loop_over_tile_lists_matches_reference(name, n_q, n_k):
+    """Rows that are not one range of tiles: one loop over the FULL, then the PARTIAL list."""
+    p = pattern(name)
+    attn = compile(p, block_m=16, block_n=16, num_warps=1, num_stages=1, merged=True,
+                   lowering="grid")
+    q, k, v = inputs(1, 2, n_q, n_k, 16)
+    out, lse = run_poisoned(attn, q, k, v)
+    terms = [t for terms in attn.plan(q, k, v, 0.25).cases for t in terms]
+    assert all(t.merged for t in terms) and not all(t.visit_range for t in terms)
+    ref, ref_lse = attention_reference(p, q.cpu(), k.cpu(), v.cpu())
+    assert rel_err(out, ref) < 1e-5
+    finite = torch.isfinite(ref_lse)
+    assert torch.allclose(lse.cpu().double()[finite], ref_lse[finite], atol=1e-4)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("block_m,block_n,warps", [(64, 64, 4), (128, 64, 8), (128, 128, 8)])

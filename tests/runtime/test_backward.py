@@ -3,6 +3,7 @@ reference masked attention; the op under opcheck and torch.compile; key padding.
 
 Without a GPU the kernels run under the Triton interpreter (fp32, small shapes); inputs and
 output gradients are fresh random draws."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from spattn_dsl import load
 from spattn_dsl.codegen import attention_reference
 from spattn_dsl.codegen.reference import attention_reference_backward
 from spattn_dsl.ir import nodes as N
-from spattn_dsl.runtime import compile
+from spattn_dsl.runtime import compile, launch
 
 from ..layout.patterns import pattern
 from .test_attention import DEVICE, inputs, rel_err
@@ -217,3 +218,68 @@ def test_large_batch_and_single_query_decoding(batch, heads, n_q, n_k):
     q, k, v = inputs(batch, heads, n_q, n_k, 16, kv_heads=1)
     grad_out = torch.randn_like(q)
     assert_close(grads(attn, q, k, v, grad_out), reference_grads(p, q, k, v, grad_out), 1e-4)
+
+
+DESCRIPTOR_CASES = [  # pattern, batch, heads, kv heads, n_q, n_k, head_dim, merged
+    ("longformer", 1, 2, 2, 63, 63, 16, False),
+    ("window40", 1, 2, 2, 63, 63, 16, True),      # the one-loop kernel
+    ("heads", 2, 4, 2, 40, 111, 32, False),       # two head cases, GQA, n_q < n_k
+    ("bigbird", 1, 2, 1, 33, 70, 16, False),      # random links, multi-query
+    ("dilated4-3", 1, 2, 2, 50, 50, 16, False),   # gathered residue classes: plain loads
+]
+
+
+@pytest.mark.parametrize("name,batch,heads,kv_heads,n_q,n_k,head_dim,merged", DESCRIPTOR_CASES,
+                         ids=[c[0] for c in DESCRIPTOR_CASES])
+def test_tensor_descriptor_loads_match_float64(name, batch, heads, kv_heads, n_q, n_k, head_dim,
+                                               merged, monkeypatch):
+    """Tiles read by tensor descriptors (rows past n read as zeros) give the reference's values
+    and gradients on ragged lengths; every kernel without a gather vector uses them."""
+    used = []
+    real = launch._descriptors
+
+    def spy(config, gather, *tensors):
+        used.append((gather is None, real(config, gather, *tensors)))
+        return used[-1][1]
+    monkeypatch.setattr(launch, "_descriptors", spy)
+    p = pattern(name)
+    attn = compile(p, block_m=16, block_n=16, num_warps=1, num_stages=1, merged=merged,
+                   descriptors=True)
+    q, k, v = inputs(batch, heads, n_q, n_k, head_dim, kv_heads=kv_heads)
+    grad_out = torch.randn_like(q)
+    assert_close(grads(attn, q, k, v, grad_out), reference_grads(p, q, k, v, grad_out), 1e-4)
+    assert len(used) >= 3 and all(ungathered == on for ungathered, on in used)
+
+
+def test_tensor_descriptors_only_for_tensors_a_bulk_copy_reads():
+    config = compile(pattern("causal"), block_m=16, descriptors=True).forced
+    q, k, v = inputs(1, 2, 40, 40, 16)
+    assert launch._descriptors(config, None, k, v)
+    assert not launch._descriptors(config, torch.arange(40), k, v)           # gathered
+    assert not launch._descriptors(dataclasses.replace(config, descriptors=False), None, k, v)
+    assert not launch._descriptors(config, None, k[..., :12], v[..., :12])  # head_dim 12
+    assert not launch._descriptors(config, None, k.transpose(2, 3), v)       # last stride not 1
+    odd = torch.randn(1, 2, 40, 17)[..., 1:]                                 # rows 68 bytes apart
+    assert not launch._descriptors(config, None, odd, odd)
+    shifted = torch.randn(2 * 40 * 16 + 1)[1:].view(1, 2, 40, 16)           # base 4 bytes off
+    assert not launch._descriptors(config, None, shifted, shifted)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("block_m,block_n,warps,merged", [(64, 64, 4, True), (128, 64, 8, False),
+                                                          (128, 128, 8, False)])
+@pytest.mark.parametrize("name", ["window40", "bigbird", "heads"])
+def test_gpu_bf16_tensor_descriptors(name, block_m, block_n, warps, merged, monkeypatch):
+    """Bulk tensor copies on Hopper, ragged lengths, bf16: values and gradients."""
+    used = []
+    real = launch._descriptors
+    monkeypatch.setattr(launch, "_descriptors", lambda *a: used.append(real(*a)) or used[-1])
+    p = pattern(name)
+    attn = compile(p, block_m=block_m, block_n=block_n, num_warps=warps, num_stages=3,
+                   merged=merged, descriptors=True)
+    q, k, v = inputs(2, 4, 1000, 1111, 128, kv_heads=2, dtype=torch.bfloat16)
+    grad_out = torch.randn_like(q)
+    assert_close(grads(attn, q, k, v, grad_out), reference_grads(p, q, k, v, grad_out), 1e-2)
+    if torch.cuda.get_device_capability()[0] >= 9:
+        assert any(used)

@@ -205,11 +205,13 @@ def test_unusable_tuning_file_reads_empty_and_is_rewritten(cache_dir, content):
     assert cache_warnings(cache.load_json, TUNING_FILE)[1] == []
 
 
-@pytest.mark.parametrize("entry", [[64, 64, 4, 2, False], {"config": "64x64"},
-                                   {"config": [64, 64, 4]}, {"config": [64, 48, 4, 2, False]},
-                                   {"config": [64, 64, 4, 2, "no"]},
-                                   {"config": [64.0, 64, 4, 2, False]},
-                                   {"config": [True, 64, 4, 2, False]}, {}])
+@pytest.mark.parametrize("entry", [[64, 64, 4, 2, False, False], {"config": "64x64"},
+                                   {"config": [64, 64, 4]}, {"config": [64, 64, 4, 2, False]},
+                                   {"config": [64, 48, 4, 2, False, False]},
+                                   {"config": [64, 64, 4, 2, "no", False]},
+                                   {"config": [64, 64, 4, 2, False, 1]},
+                                   {"config": [64.0, 64, 4, 2, False, False]},
+                                   {"config": [True, 64, 4, 2, False, False]}, {}])
 def test_malformed_tuning_entry_is_tuned_again(cache_dir, entry):
     cache.update_json(TUNING_FILE, "key", entry)
     result, messages = cache_warnings(known_configs, "key", ("config",))
@@ -220,10 +222,11 @@ def test_malformed_tuning_entry_is_tuned_again(cache_dir, entry):
 
 
 def test_wellformed_tuning_entry_is_read(cache_dir):
-    cache.update_json(TUNING_FILE, "key", {"dq": [32, 64, 4, 2, False], "dkdv": [64, 32, 8, 3,
-                                                                                  True]})
+    cache.update_json(TUNING_FILE, "key", {"dq": [32, 64, 4, 2, False, True],
+                                           "dkdv": [64, 32, 8, 3, True, False]})
     dq, dkdv = known_configs("key", ("dq", "dkdv"))
     assert (dq.block_m, dq.block_n, dkdv.num_warps, dkdv.merged) == (32, 64, 8, True)
+    assert (dq.descriptors, dkdv.descriptors) == (True, False)
     assert known_configs("other", ("dq",)) is None
 
 
@@ -254,7 +257,7 @@ def test_unusable_cache_root_warns_once_and_runs_in_memory(tmp_path, monkeypatch
     assert len(messages) == 1 and "without a disk cache" in messages[0], messages
     err, messages = cache_warnings(run_attention, "heads")  # new kernel and layout: in memory
     assert err < 1e-5 and messages == []
-    cache.update_json(TUNING_FILE, "k", {"config": [16, 16, 1, 1, False]})
+    cache.update_json(TUNING_FILE, "k", {"config": [16, 16, 1, 1, False, False]})
     assert known_configs("k", ("config",))[0].block_m == 16
     assert cache.load_layout("missing") is None
     if kind == "file":
