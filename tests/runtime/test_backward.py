@@ -267,8 +267,8 @@ def test_tensor_descriptors_only_for_tensors_a_bulk_copy_reads():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("block_m,block_n,warps,merged", [(64, 64, 4, True), (128, 64, 8, False),
-                                                          (128, 128, 8, False)])
+@pytest.mark.parametrize("block_m,block_n,warps,merged", [(64, 64, 4, True), (64, 64, 4, False),
+                                                          (128, 64, 8, False)])
 @pytest.mark.parametrize("name", ["window40", "bigbird", "heads"])
 def test_gpu_bf16_tensor_descriptors(name, block_m, block_n, warps, merged, monkeypatch):
     """Bulk tensor copies on Hopper, ragged lengths, bf16: values and gradients."""
