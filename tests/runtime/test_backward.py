@@ -267,16 +267,17 @@ def test_tensor_descriptors_only_for_tensors_a_bulk_copy_reads():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("block_m,block_n,warps,merged", [(64, 64, 4, True), (64, 64, 4, False),
-                                                          (128, 64, 8, False)])
+@pytest.mark.parametrize("block_m,block_n,warps,stages,merged", [
+    (64, 64, 4, 3, True), (64, 64, 4, 3, False), (128, 64, 8, 2, False)])
 @pytest.mark.parametrize("name", ["window40", "bigbird", "heads"])
-def test_gpu_bf16_tensor_descriptors(name, block_m, block_n, warps, merged, monkeypatch):
-    """Bulk tensor copies on Hopper, ragged lengths, bf16: values and gradients."""
+def test_gpu_bf16_tensor_descriptors(name, block_m, block_n, warps, stages, merged, monkeypatch):
+    """Bulk tensor copies on Hopper, ragged lengths, bf16: values and gradients (tiles whose
+    dK/dV kernel fits in shared memory)."""
     used = []
     real = launch._descriptors
     monkeypatch.setattr(launch, "_descriptors", lambda *a: used.append(real(*a)) or used[-1])
     p = pattern(name)
-    attn = compile(p, block_m=block_m, block_n=block_n, num_warps=warps, num_stages=3,
+    attn = compile(p, block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
                    merged=merged, descriptors=True)
     q, k, v = inputs(2, 4, 1000, 1111, 128, kv_heads=2, dtype=torch.bfloat16)
     grad_out = torch.randn_like(q)
