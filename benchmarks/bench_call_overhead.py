@@ -1,6 +1,8 @@
 """CPU: the Python time of one attention call with the kernel launches stubbed out, through
-the custom op and through ``attn()`` (the eager path), with and without gradients. On a GPU
-a short call (decoding, a very sparse pattern) takes about this long on top of its launches.
+the custom op and through ``attn()`` (the eager path), with and without gradients, and of a
+forward + backward step. On a GPU a short call (decoding, a very sparse pattern) takes about
+this long on top of its launches (less the CPU tensors' allocations, which a GPU's caching
+allocator makes cheap).
 
     python benchmarks/bench_call_overhead.py [--rounds 7] [--calls 1000]
 
@@ -32,7 +34,9 @@ class _NoLaunch:
 def stub_launches(plan) -> None:
     for terms in plan.cases:
         for term in terms:
-            term.module = type("Stub", (), {"FORWARD": _NoLaunch(), "CASES": term.module.CASES})
+            term.module = type("Stub", (), {
+                name: _NoLaunch() for name in ("FORWARD", "BACKWARD_DELTA", "BACKWARD_DQ",
+                                               "BACKWARD_DKDV")} | {"CASES": term.module.CASES})
 
 
 def best_times(rows, calls: int, rounds: int) -> dict:
@@ -60,8 +64,11 @@ def main(argv=None) -> int:
     attn = compile(pattern, block_m=64, block_n=64, num_warps=4, num_stages=3)
     q, k, v = (torch.randn(2, 16, 512, 128) for _ in range(3))
     scale = 128 ** -0.5
-    stub_launches(attn.plan(q, k, v, scale))
+    for plan in (attn.plan(q, k, v, scale), *attn.backward_plans(q, k, v, scale)):
+        stub_launches(plan)
     q_grad = q.clone().requires_grad_(True)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    grad_out = torch.randn_like(q)
     rows = [
         ("custom op", lambda: torch.ops.spattn.attention(q, k, v, None, scale, attn.op_id)),
         ("custom op, q requires grad",
@@ -69,6 +76,8 @@ def main(argv=None) -> int:
         ("attn(q, k, v)", lambda: attn(q, k, v, scale)),
         ("attn(q, k, v), q requires grad", lambda: attn(q_grad, k, v, scale)),
         ("the forward body alone (run_forward)", lambda: attn.run_forward(q, k, v, None, scale)),
+        ("forward + backward (torch.autograd.grad of q, k, v)",
+         lambda: torch.autograd.grad(attn(*leaves, scale), leaves, grad_out)),
     ]
     print("| path | us per call |\n|---|---|")
     for name, us in best_times(rows, args.calls, args.rounds).items():

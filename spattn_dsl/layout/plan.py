@@ -49,8 +49,9 @@ TILE_COST = {(128, 128): 1.0, (128, 64): 1.0, (64, 128): 1.0, (64, 64): 1.1}
 SMALL_TILE_COST = 1.3
 MERGE_COST_PER_ROW = 150
 CRITICAL_PATH_COST = 8
-# One loop over a row's range of tiles (``merged``) instead of a FULL and a PARTIAL loop: 3-10%
-# faster in every case measured on the H200 (benchmarks/RESULTS.md, second GPU session).
+# One loop over a row's tiles (``merged``) instead of a FULL and a PARTIAL loop: 3-10% faster
+# on rows that are ranges of tiles, 1.19x on BigBird's lists, within 2% elsewhere, on the H200
+# (benchmarks/RESULTS.md, second and third GPU sessions).
 MERGED_TILE_COST = 0.95
 MAX_SPECIAL = 4  # more structured disjuncts than this: greedy, not every subset
 
@@ -95,8 +96,8 @@ class Term:
 
     @property
     def mergeable(self) -> bool:
-        """Whether a ``merged`` kernel visits it in one loop (no gathers, ranges of tiles)."""
-        return self.q_gather is None and self.k_gather is None and self.layout.visit_is_range
+        """Whether a ``merged`` kernel visits it in one loop (no gather vectors)."""
+        return self.q_gather is None and self.k_gather is None
 
     def cost(self, merged: bool = False) -> float:
         per_pair = TILE_COST.get((self.block_m, self.block_n), SMALL_TILE_COST)
