@@ -6,9 +6,10 @@ visits the FULL key tiles of its row without any predicate, then the PARTIAL one
 pattern's predicate and the bounds mask (or, ``MERGED``, one loop over all of them: a row's
 range of tiles, or its FULL then its PARTIAL list, with the predicate on PARTIAL tiles only:
 one software pipeline instead of two), keeping an online softmax in fp32 with exp2. Rows with
-no allowed key give 0. The
-log-sum-exp (natural log) is saved for the backward pass. ``HAS_PAD`` adds a per-key padding
-mask (``key_padding``) to every tile.
+no allowed key give 0. The log-sum-exp (natural log) is saved for the backward pass.
+``HAS_PAD`` adds a per-key padding mask (``key_padding``) to every tile. ``DESCRIPTORS`` reads
+the visited tiles through tensor descriptors (Hopper's bulk tensor copies) instead of
+pointer loads.
 
 Backward (``BACKWARD_HELPERS``, ``BACKWARD``): see the comment above them.
 """

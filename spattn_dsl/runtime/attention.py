@@ -273,7 +273,7 @@ def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
     docstring).
 
     Hints (all optional): ``block_m``, ``block_n``, ``num_warps``, ``num_stages``, ``merged``,
-    ``descriptors`` (fix the tile configuration; ``merged`` visits range layouts in one loop;
+    ``descriptors`` (fix the tile configuration; ``merged`` visits each row's tiles in one loop;
     ``descriptors`` reads tiles by tensor descriptors where the GPU and inputs allow), ``autotune``
     (default True), ``verbose`` (print tuning progress), ``lowering`` (``auto``: the plan of
     terms the cost model picks; ``grid``: one block layout; ``terms``: every structured term).

@@ -54,9 +54,9 @@ def oracle(pattern, q, k, v, documents, key_padding=None):
 
 
 def check(pattern, batch=2, heads=2, kv_heads=None, n_q=70, n_k=70, key_padding=False,
-          tol=1e-4):
+          tol=1e-4, **hints):
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    attn = compile(pattern, **TILES)
+    attn = compile(pattern, **TILES, **hints)
     q, k, v = inputs(batch, heads, n_q, n_k, 16, kv_heads=kv_heads)
     documents = ragged_ids(batch, n_k, gen)
     pad = None
@@ -78,6 +78,15 @@ def check(pattern, batch=2, heads=2, kv_heads=None, n_q=70, n_k=70, key_padding=
 @pytest.mark.parametrize("name", ["causal_only", "swa", "blocky", "two_heads", "longformer"])
 def test_documents_forward_and_gradients_match_float64(name):
     check(PATTERNS.pattern(name))
+
+
+def test_documents_with_tensor_descriptor_loads(monkeypatch):
+    used = []
+    real = attention_module.launch._descriptors
+    monkeypatch.setattr(attention_module.launch, "_descriptors",
+                        lambda *a: used.append(real(*a)) or used[-1])
+    check(PATTERNS.pattern("two_heads"), kv_heads=1, key_padding=True, descriptors=True)
+    assert used and all(used)
 
 
 def test_documents_gqa_padding_and_fewer_queries():
