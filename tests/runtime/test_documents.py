@@ -54,9 +54,9 @@ def oracle(pattern, q, k, v, documents, key_padding=None):
 
 
 def check(pattern, batch=2, heads=2, kv_heads=None, n_q=70, n_k=70, key_padding=False,
-          tol=1e-4, **hints):
+          tol=1e-4, tiles=TILES, **hints):
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    attn = compile(pattern, **TILES, **hints)
+    attn = compile(pattern, **tiles, **hints)
     q, k, v = inputs(batch, heads, n_q, n_k, 16, kv_heads=kv_heads)
     documents = ragged_ids(batch, n_k, gen)
     pad = None
@@ -352,3 +352,19 @@ def test_decorator_passes_documents_on():
     out = attention(q, k, v, documents=documents.to(DEVICE))
     ref = oracle(pattern, *(t.cpu().double() for t in (q, k, v)), documents)
     assert rel_err(out, ref) < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("source,name", [(PATTERNS, "two_heads"), (PATTERNS, "longformer"),
+                                         (DRAWN, "bigbird_like"), (BY_LENGTH, "sqrt_window"),
+                                         (BY_LENGTH, "tokens")],
+                         ids=["two_heads", "longformer", "bigbird_like", "sqrt_window", "tokens"])
+def test_gpu_documents_with_the_documents_tiles(source, name, monkeypatch):
+    """The GPU's documents tiles (64 x 64, not the interpreter's 16 x 16), random draws and
+    parameters of n included, at lengths spanning several tiles; no reference."""
+    monkeypatch.setattr(attention_module, "reference_forward", None)  # must not be called
+    monkeypatch.setattr(attention_module, "reference_backward", None)
+    pattern = source.pattern(name)
+    check(pattern, heads=4, kv_heads=2, n_q=300, n_k=300, key_padding=True, tiles={})
+    check(pattern, heads=2, n_q=97, n_k=400, tiles={})
