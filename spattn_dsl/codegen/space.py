@@ -5,9 +5,9 @@ from __future__ import annotations
 from .render import TileConfig
 
 # Tensor-descriptor loads (the last four forward configs): on the H200 at N = 8192 the fastest
-# forward of dense causal (128 x 64), Mistral (128 x 128), causal & window(1024) (64 x 64
-# merged) and the dilated band, 2-10% ahead of the same tiles without
-# (benchmarks/RESULTS.md, third GPU session); slower on BigBird and Longformer.
+# forward of dense causal (128 x 64), Mistral (128 x 128) and causal & window(1024) (64 x 64
+# merged), 3-5% ahead of the same tiles without (benchmarks/RESULTS.md, third GPU session);
+# 5-10% slower on BigBird and Longformer. Gathered terms (the dilated band) keep plain loads.
 GPU_SPACE = (
     TileConfig(128, 128, 8, 3),
     TileConfig(128, 64, 8, 3),
@@ -72,7 +72,7 @@ DKDV_SPACE = (
     TileConfig(64, 64, 4, 2),
     TileConfig(64, 128, 8, 2),
     TileConfig(32, 128, 8, 3),
-    TileConfig(64, 64, 4, 2, descriptors=True),  # Mistral's dK/dV 9% faster than without
+    TileConfig(64, 64, 4, 2, descriptors=True),  # Mistral's dK/dV 10% faster than without
 )
 
 
