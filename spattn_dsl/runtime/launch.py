@@ -13,6 +13,7 @@ import torch
 import triton
 
 from ..layout.pairs import random_table
+from . import direct
 from ..ir import nodes as N
 
 LOG2E = 1.4426950408889634
@@ -143,7 +144,7 @@ def forward(plan: Plan, q, k, v, scale: float, key_padding=None, out=None, lse=N
     for index, term, first, step, count in plan.launches(heads):
         layout, config = term.layout, term.config
         n_tiles_q = layout.tiles[0]
-        term.module.FORWARD[(n_tiles_q * batch * count,)](
+        direct.launch(term.module.FORWARD, (n_tiles_q * batch * count,),
             q, k, v, work, lse, pad, _index(term.q_gather, lse), _index(term.k_gather, lse),
             _index(term.doc_start, lse), _index(term.doc_length, lse), layout.full_counts, layout.full_indices,
             layout.partial_counts, layout.partial_indices, layout.row_order, term.visit_start,
@@ -187,7 +188,7 @@ def backward_delta(plan: Plan, grad_out, out, grad_lse=None):
     batch, heads, n_q, head_dim = out.shape
     delta = torch.empty(batch, heads, n_q, device=out.device, dtype=torch.float32)
     block_m = 64
-    plan.module.BACKWARD_DELTA[(-(-n_q // block_m), batch * heads)](
+    direct.launch(plan.module.BACKWARD_DELTA, (-(-n_q // block_m), batch * heads),
         out, grad_out, delta if grad_lse is None else grad_lse.contiguous(), delta,
         *out.stride(), *grad_out.stride(), delta.stride(0), delta.stride(1), heads, n_q,
         HEAD_DIM=head_dim, HEAD_DIM_PAD=_padded(head_dim), BLOCK_M=block_m,
@@ -205,7 +206,7 @@ def backward_dq(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, d
     for index, term, first, step, count in plan.launches(heads):
         layout, config = term.layout, term.config
         n_tiles_q = layout.tiles[0]
-        term.module.BACKWARD_DQ[(n_tiles_q * batch * count,)](
+        direct.launch(term.module.BACKWARD_DQ, (n_tiles_q * batch * count,),
             q, k, v, grad_out, lse, delta, work, pad, _index(term.q_gather, lse),
             _index(term.k_gather, lse), _index(term.doc_start, lse), _index(term.doc_length, lse),
             layout.full_counts, layout.full_indices, layout.partial_counts, layout.partial_indices,
@@ -242,7 +243,7 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
             kv_first, kv_step, kv_count = first, step, count
         else:
             kv_first, kv_step, kv_count = 0, 1, kv_heads
-        term.module.BACKWARD_DKDV[(n_tiles_k * batch * kv_count,)](
+        direct.launch(term.module.BACKWARD_DKDV, (n_tiles_k * batch * kv_count,),
             q, k, v, grad_out, lse, delta, work_k, work_v, pad, _index(term.q_gather, lse),
             _index(term.k_gather, lse), _index(term.doc_start, lse), _index(term.doc_length, lse),
             layout.full_q_counts, layout.full_q_indices, layout.partial_q_counts,
