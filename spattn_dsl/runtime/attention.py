@@ -69,7 +69,7 @@ class SparseAttention:
                             f"got {type(pattern).__name__}")
         self.pattern = pattern
         self.forced = None
-        if block_m or block_n or num_warps or num_stages:
+        if block_m or block_n or num_warps or num_stages or merged or descriptors:
             self.forced = TileConfig(block_m or 64, block_n or 64, num_warps or 4, num_stages or 2,
                                      merged, descriptors)
             for size in (self.forced.block_m, self.forced.block_n):
@@ -273,8 +273,9 @@ def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
     docstring).
 
     Hints (all optional): ``block_m``, ``block_n``, ``num_warps``, ``num_stages``, ``merged``,
-    ``descriptors`` (fix the tile configuration; ``merged`` visits each row's tiles in one loop;
-    ``descriptors`` reads tiles by tensor descriptors where the GPU and inputs allow), ``autotune``
+    ``descriptors`` (any of them fixes the tile configuration, the others at 64 x 64, 4 warps,
+    2 stages; ``merged`` visits each row's tiles in one loop; ``descriptors`` reads tiles by
+    tensor descriptors where the GPU and inputs allow), ``autotune``
     (default True), ``verbose`` (print tuning progress), ``lowering`` (``auto``: the plan of
     terms the cost model picks; ``grid``: one block layout; ``terms``: every structured term).
     """

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from spattn_dsl.codegen import attention_reference
+from spattn_dsl.codegen.render import TileConfig
 from spattn_dsl.ir import nodes as N
 from spattn_dsl.runtime import compile
 from spattn_dsl.runtime.launch import forward
@@ -245,3 +246,19 @@ def test_gpu_small_problems_are_not_tuned(monkeypatch):
     q, k, v = inputs(8, 4, 128, 128, 16, dtype=torch.bfloat16)
     q.requires_grad_(True)
     compile(pattern("window40"))(q, k, v).sum().backward()
+
+
+
+@pytest.mark.parametrize("hints", [dict(merged=True), dict(descriptors=True),
+                                   dict(merged=True, descriptors=True)])
+def test_a_loop_flag_alone_fixes_the_configuration(hints):
+    """``merged`` or ``descriptors`` without tile sizes is not dropped: it fixes the default
+    tiles with that flag, and the forward's terms use it."""
+    p = pattern("window40")
+    attn = compile(p, **hints)
+    assert attn.forced == TileConfig(64, 64, 4, 2, **hints)
+    q, k, v = inputs(1, 2, 150, 150, 16)
+    assert attn.plan(q, k, v, 0.25).merged == hints.get("merged", False)
+    out, _ = run_poisoned(attn, q, k, v)
+    ref, _ = attention_reference(p, q.cpu(), k.cpu(), v.cpu())
+    assert rel_err(out, ref) < 1e-5
