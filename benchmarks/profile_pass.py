@@ -6,7 +6,8 @@ and each term's plan (layout, tile counts, gathers), to explain a slow pass.
 bf16, batch 2, 16 heads, head_dim 128, random normal inputs. Prints, per pass, the CUDA time
 of every kernel (total over ``--steps`` steps, per step, launches), and the terms of the
 forward, dQ and dK/dV plans; then the wall time of a step (``triton.testing.do_bench``) and
-where its host time goes (cProfile over ``--host-steps`` steps, by own time).
+where its host time goes (cProfile over ``--host-steps`` steps, by own time; then the step's
+time with direct launches, Triton's launch path and no launches at all).
 """
 from __future__ import annotations
 
@@ -65,6 +66,45 @@ def host_profile(label: str, step, steps: int) -> None:
     pstats.Stats(profiler).sort_stats("tottime").print_stats(22)
 
 
+def host_split(step, steps: int, rounds: int = 3) -> None:
+    """Microseconds a step (best of interleaved rounds): its wall time, and the host time spent
+    inside kernel launches, with direct launches, with Triton's own path, and with every
+    launch skipped (the rest of the host's work alone)."""
+    import os
+    import time
+    from spattn_dsl.runtime import direct
+    real = direct.launch
+    inside = [0.0]
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        real(*args, **kwargs)
+        inside[0] += time.perf_counter() - start
+
+    modes = {"direct launches": ("1", timed), "Triton's launch path": ("0", timed),
+             "launches skipped": ("1", lambda *args, **kwargs: None)}
+    best = {mode: (float("inf"), float("inf")) for mode in modes}
+    try:
+        for _ in range(rounds):
+            for mode, (switch, launcher) in modes.items():
+                os.environ["SPATTN_DIRECT_LAUNCH"], direct.launch = switch, launcher
+                step()
+                torch.cuda.synchronize()
+                inside[0] = 0.0
+                start = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                torch.cuda.synchronize()
+                wall = (time.perf_counter() - start) / steps * 1e6
+                best[mode] = min(best[mode], (wall, inside[0] / steps * 1e6))
+    finally:
+        direct.launch = real
+        os.environ.pop("SPATTN_DIRECT_LAUNCH", None)
+    print("\n| host, forward + backward | us a step | us inside launches |\n|---|---|---|")
+    for mode, (wall, launching) in best.items():
+        print(f"| {mode} | {wall:.0f} | {launching:.0f} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pattern", help="file:name of an example pattern")
@@ -95,6 +135,7 @@ def main(argv=None) -> int:
         host_profile("forward", lambda: attn(q, k, v), args.host_steps)
     host_profile("forward + backward",
                  lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out), args.host_steps)
+    host_split(lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out), args.host_steps)
     return 0
 
 
