@@ -12,9 +12,9 @@ import functools
 import torch
 import triton
 
+from ..ir import nodes as N
 from ..layout.pairs import random_table
 from . import direct
-from ..ir import nodes as N
 
 LOG2E = 1.4426950408889634
 
