@@ -15,20 +15,13 @@ import argparse
 import cProfile
 import pstats
 import sys
-from pathlib import Path
 
 import torch
 
-import spattn_dsl
+from bench_tiles import load
 from spattn_dsl.runtime import compile
 
 B, H, D = 2, 16, 128
-
-
-def example(name: str):
-    stem, pattern = name.split(":")
-    path = Path(__file__).parents[1] / "examples" / f"{stem}.spattn"
-    return spattn_dsl.load(path).pattern(pattern)
 
 
 def describe(label: str, plan) -> None:
@@ -119,7 +112,7 @@ def main(argv=None) -> int:
     q, k, v = (torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     grad_out = torch.randn_like(q)
-    attn = compile(example(args.pattern))
+    attn = compile(load(args.pattern, None))
     out = attn(q, k, v)
     torch.autograd.grad(out, (q, k, v), grad_out)  # tunes forward and backward
     describe("forward", next(iter(attn._plans.values())))

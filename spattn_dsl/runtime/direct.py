@@ -31,15 +31,20 @@ def launch(kernel, grid: tuple, *args, **constants) -> None:
     direct = _direct.get(kernel)
     if direct is False or not enabled():
         kernel[grid](*args, **constants)
-        return
-    key = None if direct is None else _key(kernel, args, constants)
-    entry = _compiled.get(key)
-    if entry is None:
+    elif direct is None:  # its first launch: Triton's path tells whether it may go direct
         compiled = kernel[grid](*args, **constants)
-        _remember(kernel, key, compiled, args, constants)
-        return
-    compiled, tail = entry
-    compiled[_grid3(grid)](*args, *tail)
+        # the interpreter returns no compiled kernel; pre-run hooks must run on every call
+        _direct[kernel] = hasattr(compiled, "function") and not getattr(kernel, "pre_run_hooks", None)
+        if _direct[kernel]:
+            _remember(kernel, _key(kernel, args, constants), compiled, len(args), constants)
+    else:
+        key = _key(kernel, args, constants)
+        entry = _compiled.get(key)
+        if entry is None:
+            _remember(kernel, key, kernel[grid](*args, **constants), len(args), constants)
+        else:
+            compiled, tail = entry
+            compiled[_grid3(grid)](*args, *tail)
 
 
 def _key(kernel, args, constants) -> tuple:
@@ -49,18 +54,11 @@ def _key(kernel, args, constants) -> tuple:
     return kernel, signature, tuple(constants.items()), torch.cuda.current_device()
 
 
-def _remember(kernel, key, compiled, args, constants: dict) -> None:
+def _remember(kernel, key, compiled, n_args: int, constants: dict) -> None:
     """Keep ``compiled`` under ``key`` with the constexpr values that follow the positional
-    arguments (the compiled kernel takes every parameter, in order); on a kernel's first
-    launch, decide whether it may go direct at all."""
-    if kernel not in _direct:
-        # the interpreter returns no compiled kernel; pre-run hooks must run on every call
-        _direct[kernel] = hasattr(compiled, "function") and not getattr(kernel, "pre_run_hooks", None)
-        if not _direct[kernel]:
-            return
-        key = _key(kernel, args, constants)
+    arguments (the compiled kernel takes every parameter, in order)."""
     tail = []
-    for param in kernel.params[len(args):]:
+    for param in kernel.params[n_args:]:
         if param.name in constants:
             tail.append(constants[param.name])
         elif param.is_constexpr and param.has_default:

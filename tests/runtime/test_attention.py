@@ -248,7 +248,6 @@ def test_gpu_small_problems_are_not_tuned(monkeypatch):
     compile(pattern("window40"))(q, k, v).sum().backward()
 
 
-
 @pytest.mark.parametrize("hints", [dict(merged=True), dict(descriptors=True),
                                    dict(merged=True, descriptors=True)])
 def test_a_loop_flag_alone_fixes_the_configuration(hints):
