@@ -7,7 +7,9 @@ bf16, batch 2, 16 heads, head_dim 128, random normal inputs. Prints, per pass, t
 of every kernel (total over ``--steps`` steps, per step, launches), and the terms of the
 forward, dQ and dK/dV plans; then the wall time of a step (``triton.testing.do_bench``) and
 where its host time goes (cProfile over ``--host-steps`` steps, by own time; then the step's
-time with direct launches, Triton's launch path and no launches at all).
+time with direct launches, Triton's launch path and no launches at all; then the time inside
+the op's forward and backward bodies, and a cProfile of the backward, which runs on autograd's
+device thread).
 """
 from __future__ import annotations
 
@@ -98,6 +100,114 @@ def host_split(step, steps: int, rounds: int = 3) -> None:
         print(f"| {mode} | {wall:.0f} | {launching:.0f} |")
 
 
+def timeline(step, iterations: int = 12) -> None:
+    """One forward + backward step as ``triton.testing.do_bench`` times it (the L2 cleared
+    before each step, steps queued back to back): every GPU kernel's start, duration and the
+    idle gap before it, and the host events of our op and autograd in the same window (from
+    the middle of ``iterations`` profiled steps, offsets in microseconds from the step's
+    start event)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from triton import runtime
+    cache = runtime.driver.active.get_empty_cache_for_benchmark()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(iterations)]
+    step()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for start, end in events:
+            runtime.driver.active.clear_cache(cache)
+            start.record()
+            step()
+            end.record()
+        torch.cuda.synchronize()
+    print("\n== timeline (do_bench's loop): " + ", ".join(
+        f"{start.elapsed_time(end) * 1e3:.0f}" for start, end in events) + " us a step")
+    kernels = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA),
+                     key=lambda e: e.time_range.start)
+    clears = [e for e in kernels if ("zero" in e.name.lower() or "fill" in e.name.lower())
+              and e.time_range.end - e.time_range.start >= 20]  # the 256 MB clears
+    middle = iterations // 2
+    if len(clears) < middle + 2:
+        print("  (no L2 clears found in the trace)")
+        return
+    begin, finish = clears[middle].time_range.start, clears[middle + 1].time_range.start
+    last_end = begin
+    print("| GPU kernel | start us | us | idle before us |\n|---|---|---|---|")
+    for e in kernels:
+        if begin <= e.time_range.start < finish:
+            print(f"| {e.name[:50]} | {e.time_range.start - begin:.0f} | "
+                  f"{e.time_range.end - e.time_range.start:.0f} | "
+                  f"{max(0.0, e.time_range.start - last_end):.0f} |")
+            last_end = max(last_end, e.time_range.end)
+    # host events start earlier than the GPU runs them: show the host window before it too
+    host_begin = begin - 1500
+    print("| host event | thread | start us | us |\n|---|---|---|---|")
+    for e in sorted((e for e in prof.events() if e.device_type == DeviceType.CPU),
+                    key=lambda e: e.time_range.start):
+        if host_begin <= e.time_range.start < finish and e.time_range.end - e.time_range.start >= 3 \
+                and not e.name.startswith(("aten::", "cudaEvent", "cudaStream")):
+            print(f"| {e.name[:50]} | {e.thread % 1000} | {e.time_range.start - begin:.0f} | "
+                  f"{e.time_range.end - e.time_range.start:.0f} |")
+
+
+def wall_us(step, steps: int, rounds: int = 3) -> float:
+    """Microseconds a step, best of ``rounds`` (a host-bound step's host time)."""
+    import time
+    best = float("inf")
+    for _ in range(rounds):
+        step()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / steps * 1e6)
+    return best
+
+
+def body_split(attn, step, steps: int) -> None:
+    """Where a forward + backward step's host time goes: the step's wall time, the time inside
+    the op's forward and backward bodies (the backward runs on autograd's device thread, which
+    ``host_profile``'s cProfile does not see), and a cProfile of the backward bodies alone."""
+    import time
+    bodies = {"run_forward": attn.run_forward, "run_backward": attn.run_backward}
+    inside = dict.fromkeys(bodies, 0.0)
+    profiler = cProfile.Profile()
+
+    def timed(name, body, profiled):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            if profiled:
+                profiler.enable()
+            try:
+                return body(*args, **kwargs)
+            finally:
+                if profiled:
+                    profiler.disable()
+                inside[name] += time.perf_counter() - start
+        return wrapper
+
+    try:
+        for profiled in (False, True):
+            for name, body in bodies.items():
+                setattr(attn, name, timed(name, body, profiled and name == "run_backward"))
+            step()
+            torch.cuda.synchronize()
+            inside.update(dict.fromkeys(bodies, 0.0))
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+            wall = (time.perf_counter() - start) / steps * 1e6
+            print(f"\n== bodies ({'backward profiled' if profiled else 'timed'}): {wall:.0f} us a "
+                  "step; " + ", ".join(f"{name} {t / steps * 1e6:.0f} us" for name, t in inside.items()))
+    finally:
+        for name in bodies:
+            delattr(attn, name)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(22)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pattern", help="file:name of an example pattern")
@@ -129,6 +239,15 @@ def main(argv=None) -> int:
     host_profile("forward + backward",
                  lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out), args.host_steps)
     host_split(lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out), args.host_steps)
+    body_split(attn, lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out),
+               args.host_steps)
+    timeline(lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out))
+    scale = D ** -0.5
+    with torch.no_grad():
+        main_thread = wall_us(lambda: attn.run_backward(
+            grad_out, None, q, k, v, *attn.run_forward(q, k, v, None, scale), None, scale),
+            args.host_steps)
+    print(f"\n== the op's bodies on this thread, no autograd: {main_thread:.0f} us a step")
     return 0
 
 

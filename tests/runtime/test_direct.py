@@ -11,13 +11,20 @@ from spattn_dsl.runtime import direct
 
 
 class FakeCompiled:
-    function = object()
+    """A compiled kernel: its launcher ``run`` and its runner ``compiled[grid]``."""
+    function, packed_metadata = object(), object()
 
     def __init__(self, calls):
         self.calls = calls
 
+    def run(self, *args):
+        grid, (stream, function, metadata, launch_metadata, enter, exit_) = args[:3], args[3:9]
+        assert (stream, function, metadata) == (7, self.function, self.packed_metadata)
+        assert launch_metadata is enter is exit_ is None
+        self.calls.append(("direct", grid, args[9:]))
+
     def __getitem__(self, grid):
-        return lambda *args: self.calls.append(("direct", grid, args))
+        return lambda *args: self.calls.append(("runner", grid, args))
 
 
 class FakeKernel:
@@ -48,6 +55,7 @@ def _fresh(monkeypatch):
     monkeypatch.setattr(direct, "_direct", {})
     if not torch.cuda.is_available():
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(direct, "_stream", lambda device: 7)
     monkeypatch.delenv("SPATTN_DIRECT_LAUNCH", raising=False)
 
 
@@ -63,7 +71,16 @@ def test_the_second_launch_of_a_signature_is_direct_with_every_parameter():
     assert kernel.calls[1] == ("direct", (4, 2, 1), (x, 64, 0.25, 16, True))
 
 
-@pytest.mark.parametrize("change", ["int", "alignment", "dtype", "constant", "none"])
+def test_launch_hooks_keep_the_compiled_kernels_runner(monkeypatch):
+    from triton import knobs
+    kernel, x = FakeKernel(), torch.zeros(8)
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", print)
+    direct.launch(kernel, (4,), x, 64, 0.5, BLOCK=16)
+    direct.launch(kernel, (4,), x, 64, 0.5, BLOCK=16)
+    assert kernel.calls[1] == ("runner", (4, 1, 1), (x, 64, 0.5, 16, True))
+
+
+@pytest.mark.parametrize("change", ["int", "alignment", "dtype", "constant", "none", "type"])
 def test_whatever_triton_specializes_on_takes_its_path_again(change):
     kernel, x = FakeKernel(), torch.zeros(16)
     first = dict(args=(x, 64, 0.5), constants=dict(BLOCK=16))
@@ -71,7 +88,8 @@ def test_whatever_triton_specializes_on_takes_its_path_again(change):
              "alignment": dict(args=(x[1:], 64, 0.5), constants=dict(BLOCK=16)),
              "dtype": dict(args=(x.half(), 64, 0.5), constants=dict(BLOCK=16)),
              "constant": dict(args=(x, 64, 0.5), constants=dict(BLOCK=32)),
-             "none": dict(args=(None, 64, 0.5), constants=dict(BLOCK=16))}[change]
+             "none": dict(args=(None, 64, 0.5), constants=dict(BLOCK=16)),
+             "type": dict(args=(x, 64, 1), constants=dict(BLOCK=16))}[change]
     for call in (first, first, other, other):
         direct.launch(kernel, (1,), *call["args"], **call["constants"])
     assert paths(kernel) == ["triton", "direct", "triton", "direct"]
@@ -141,6 +159,11 @@ class Counting:
 
     def __init__(self, compiled):
         self.compiled, self.launches = compiled, 0
+        self.function, self.packed_metadata = compiled.function, compiled.packed_metadata
+
+    def run(self, *args):
+        self.launches += 1
+        return self.compiled.run(*args)
 
     def __getitem__(self, grid):
         self.launches += 1
