@@ -3,7 +3,7 @@ autotuning spaces of codegen/space.py (forward, dQ, dK/dV), and measure where a 
 time goes (the whole op against its kernel launches alone).
 
     python benchmarks/bench_tiles.py [--seq-len 8192] [--only causal bigbird] [--no-backward]
-                                     [--no-forward] [--out tiles.md]
+                                     [--no-forward] [--wide-backward] [--out tiles.md]
 
 bf16, batch 2, 16 heads, head_dim 128, random normal inputs; ``triton.testing.do_bench``
 medians (ms). Configs that do not compile or launch (shared memory, registers) are listed as
@@ -51,6 +51,12 @@ FORWARD_SPACE = with_descriptors(
     (128, 128, 8, 3, True), (64, 64, 4, 3, True))
 DQ_SPACE = with_descriptors((64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 3))
 DKDV_SPACE = with_descriptors((32, 64, 4, 3), (64, 64, 4, 2), (64, 128, 8, 2))
+# --wide-backward: shapes the spaces above lack (tall dQ tiles with 4 warps, wide dK/dV key
+# tiles with 4 warps, deeper pipelines), plain loads; dense causal joins the backward sweep.
+DQ_WIDE = [TileConfig(*c) for c in ((128, 32, 4, 3), (128, 32, 4, 4), (128, 64, 4, 3),
+                                    (64, 64, 4, 4), (64, 32, 4, 4))]
+DKDV_WIDE = [TileConfig(*c) for c in ((32, 128, 4, 3), (32, 128, 4, 4), (64, 128, 4, 3),
+                                      (32, 64, 4, 5), (64, 64, 8, 3))]
 
 
 OUT: Path | None = None  # --out: every line is appended here as it is printed
@@ -138,6 +144,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-backward", action="store_true")
     parser.add_argument("--no-forward", action="store_true")
     parser.add_argument("--out", default=None, help="also write every line to this file")
+    parser.add_argument("--wide-backward", action="store_true",
+                        help="backward: more tile shapes, and dense causal too")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_tiles needs a CUDA GPU", file=sys.stderr)
@@ -161,7 +169,8 @@ def main(argv=None) -> int:
         fwd.n = n
         if not args.no_forward:
             sweep(attn, FORWARD_SPACE, fwd, f"{label} fwd", check=True)
-        if args.no_backward or label not in BACKWARD:
+        backward = BACKWARD + (("dense causal",) if args.wide_backward else ())
+        if args.no_backward or label not in backward:
             continue
         base = attn._make_plan(n, n, FORWARD_SPACE[0], "cuda")
         out, lse = forward(base, q, k, v, scale)
@@ -175,8 +184,10 @@ def main(argv=None) -> int:
         def dkdv_launch(plan):
             return backward_dkdv(plan, grad_out, q, k, v, lse, delta, scale, None, dk, dv)[0]
         dkdv_launch.n = n
-        sweep(attn, DQ_SPACE, dq_launch, f"{label} dq", check=True)
-        sweep(attn, DKDV_SPACE, dkdv_launch, f"{label} dkdv", check=True)
+        wide = args.wide_backward
+        sweep(attn, DQ_SPACE + (DQ_WIDE if wide else []), dq_launch, f"{label} dq", check=True)
+        sweep(attn, DKDV_SPACE + (DKDV_WIDE if wide else []), dkdv_launch, f"{label} dkdv",
+              check=True)
     return 0
 
 
