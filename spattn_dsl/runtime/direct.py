@@ -27,7 +27,7 @@ except ImportError:  # Triton before 3.4: its runner starts the compiled kernels
     _knobs = None
 
 _MAX_ENTRIES = 4096  # signatures kept (decoding changes n_q every step); then start afresh
-_compiled: dict = {}  # (kernel, signature) -> (compiled kernel, constexpr values after args)
+_compiled: dict = {}  # signature (id(kernel) first) -> (compiled kernel, constexpr tail)
 _direct: dict = {}  # id(kernel) -> whether its launches may go direct (known after its first)
 _kernels: list = []  # the kernels in _direct
 
