@@ -9,7 +9,8 @@ forward, dQ and dK/dV plans; then the wall time of a step (``triton.testing.do_b
 where its host time goes (cProfile over ``--host-steps`` steps, by own time; then the step's
 time with direct launches, Triton's launch path and no launches at all; then the time inside
 the op's forward and backward bodies, and a cProfile of the backward, which runs on autograd's
-device thread).
+device thread; a timeline of do_bench's loop, GPU kernels and host events; and the op's bodies
+without autograd).
 """
 from __future__ import annotations
 
@@ -222,11 +223,12 @@ def main(argv=None) -> int:
     q, k, v = (torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     grad_out = torch.randn_like(q)
+    scale = D ** -0.5
     attn = compile(load(args.pattern, None))
     out = attn(q, k, v)
     torch.autograd.grad(out, (q, k, v), grad_out)  # tunes forward and backward
     describe("forward", next(iter(attn._plans.values())))
-    dq_plan, dkdv_plan = attn.backward_plans(q, k, v, D ** -0.5)
+    dq_plan, dkdv_plan = attn.backward_plans(q, k, v, scale)
     describe("dQ", dq_plan)
     describe("dK/dV", dkdv_plan)
     with torch.no_grad():
@@ -236,13 +238,14 @@ def main(argv=None) -> int:
             args.steps)
     with torch.no_grad():
         host_profile("forward", lambda: attn(q, k, v), args.host_steps)
-    host_profile("forward + backward",
-                 lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out), args.host_steps)
-    host_split(lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out), args.host_steps)
-    body_split(attn, lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out),
-               args.host_steps)
-    timeline(lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out))
-    scale = D ** -0.5
+
+    def step():
+        return torch.autograd.grad(attn(q, k, v), (q, k, v), grad_out)
+
+    host_profile("forward + backward", step, args.host_steps)
+    host_split(step, args.host_steps)
+    body_split(attn, step, args.host_steps)
+    timeline(step)
     with torch.no_grad():
         main_thread = wall_us(lambda: attn.run_backward(
             grad_out, None, q, k, v, *attn.run_forward(q, k, v, None, scale), None, scale),
