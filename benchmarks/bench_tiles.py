@@ -34,9 +34,10 @@ PATTERNS = [
     ("bigbird:bigbird", None),
     ("longformer:longformer_dilated", None),
     ("mistral:mistral_swa", None),
+    ("sparse_transformer:strided", None),
 ]
 BACKWARD = ("mistral:mistral_swa", "causal & window(1024)", "longformer:longformer",
-            "bigbird:bigbird")
+            "bigbird:bigbird", "longformer:longformer_dilated", "sparse_transformer:strided")
 
 
 def with_descriptors(*configs):
@@ -100,7 +101,8 @@ def sweep(attn, configs, launch, label, check=None):
             continue
         diff = ""
         if check is not None:
-            reference = result if reference is None else reference
+            # the backward launches write one buffer: keep a copy of the first config's
+            reference = result.clone() if reference is None else reference
             diff = f"{float((result.float() - reference.float()).norm() / reference.float().norm()):.1e}"
         times[config] = ms
         say(f"| {label} | {config} | {ms:.3f} | {diff} |")

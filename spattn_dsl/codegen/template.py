@@ -89,15 +89,35 @@ def _rows_descriptor(base, n_rows, stride_row, BLOCK: tl.constexpr, HEAD_DIM: tl
 
 
 @triton.jit
-def _gathered(Idx, offs, size, n, GATHER: tl.constexpr):
-    """(positions, valid) of a tile of virtual indices: read through the gather vector
-    ``Idx`` (-1 = a hole; holes read position 0, masked by ``valid``), or the indices
-    themselves (valid below ``n``)."""
-    if GATHER:
+def _gathered(Idx, start, offs, size, n, shift, step, length, GATHER: tl.constexpr):
+    """(positions, valid) of a tile ``offs`` (= ``start`` + 0, 1, ...) of virtual indices:
+    ``GATHER`` 1 reads them through the gather vector ``Idx`` (-1 = a hole; holes read position
+    0, masked by ``valid``); 2 computes them for residue classes of ``length`` (index
+    r * length + a is position r + step * (shift // step + a) - shift: the rows' bottom-right
+    shift, 0 for keys); 0 takes the indices themselves (valid below ``n``)."""
+    if GATHER == 2:  # classes are padded to whole tiles: one division per tile, not per row
+        virtual = offs.to(tl.int32)
+        cls = start // length
+        pos = cls + step * (shift // step + virtual - cls * length) - shift
+        ok = (pos >= 0) & (pos < n) & (virtual < size)
+        return tl.where(ok, pos, 0).to(offs.dtype), ok
+    elif GATHER == 1:
         idx = tl.load(Idx + offs, mask=offs < size, other=-1)
         return tl.maximum(idx, 0), idx >= 0
     else:
         return offs, offs < n
+
+
+@triton.jit
+def _class_view(first_virtual, step, length, n, GATHER: tl.constexpr):
+    """(its residue class r, the class's first virtual index, its row count, its row step) of
+    the tile at ``first_virtual``: a residue class is the strided view of rows r, r + step,
+    ...; without residue classes the whole ``n`` rows (class 0, step 1)."""
+    if GATHER == 2:
+        r = first_virtual // length
+        return r, r * length, tl.maximum((n - r + step - 1) // step, 1), step
+    else:
+        return first_virtual * 0, 0, n, 1
 
 
 @triton.jit
@@ -134,8 +154,8 @@ def ${name}(
     stride_vz, stride_vh, stride_vn, stride_vd,
     stride_oz, stride_oh, stride_om, stride_od,
     stride_lz, stride_lh, stride_pz, stride_sz,
-    n_batch, n_heads, kv_group, n_q, n_k, m_q, m_k, head_first, head_step,
-    n_tiles_q, full_width, partial_width,
+    n_batch, n_heads, kv_group, n_q, n_k, m_q, m_k, res_step, q_class, k_class,
+    head_first, head_step, n_tiles_q, full_width, partial_width,
     qk_scale$table_params,
     CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -159,7 +179,8 @@ def ${name}(
     pad_row = KeyPad + z * stride_pz                             # this batch's key_padding row
 
     offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)            # [BLOCK_M] (virtual) rows
-    rows, m_ok = _gathered(QIdx, offs_m, m_q, n_q, GATHER_Q)     # [BLOCK_M] query rows
+    rows, m_ok = _gathered(QIdx, tile_m * BLOCK_M, offs_m, m_q, n_q, n_k - n_q, res_step,
+                           q_class, GATHER_Q)                    # [BLOCK_M] query rows
     offs_n = tl.arange(0, BLOCK_N)                               # [BLOCK_N]
     offs_d = tl.arange(0, HEAD_DIM_PAD)                          # [HEAD_DIM_PAD]
     q_pos = (rows + (n_k - n_q))[:, None]                        # [BLOCK_M, 1] absolute
@@ -175,9 +196,14 @@ def ${name}(
     v_base = V + z * stride_vz + kv_h * stride_vh + offs_d[None, :] * stride_vd  # [1, HEAD_DIM_PAD]
     k_ptrs = k_base + offs_n[None, :] * stride_kn                # [HEAD_DIM_PAD, BLOCK_N] tile 0
     v_ptrs = v_base + offs_n[:, None] * stride_vn                # [BLOCK_N, HEAD_DIM_PAD] tile 0
-    if DESCRIPTORS:  # K and V tiles by bulk tensor copies (rows past n_k read as zeros)
-        k_desc = _rows_descriptor(K + z * stride_kz + kv_h * stride_kh, n_k, stride_kn, BLOCK_N, HEAD_DIM)
-        v_desc = _rows_descriptor(V + z * stride_vz + kv_h * stride_vh, n_k, stride_vn, BLOCK_N, HEAD_DIM)
+    if DESCRIPTORS:  # K and V tiles by bulk tensor copies (rows past the view read as zeros)
+        # the row's keys: its residue class (the same as its queries'), else every key
+        r, k_first, view_rows, view_step = _class_view(tile_m * BLOCK_M // q_class * k_class,
+                                                       res_step, k_class, n_k, GATHER_K)
+        k_desc = _rows_descriptor(K + z * stride_kz + kv_h * stride_kh + r * stride_kn, view_rows,
+                                  stride_kn * view_step, BLOCK_N, HEAD_DIM)
+        v_desc = _rows_descriptor(V + z * stride_vz + kv_h * stride_vh + r * stride_vn, view_rows,
+                                  stride_vn * view_step, BLOCK_N, HEAD_DIM)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)          # [BLOCK_M] running max (log2 units)
     l_i = tl.zeros([BLOCK_M], tl.float32)                        # [BLOCK_M] running sum
@@ -200,11 +226,14 @@ def ${name}(
                 tile_n = tl.load(full_row + j, mask=j < n_full, other=0) \
                     + tl.load(partial_row + (j - n_full), mask=partial, other=0)
             start_n = (tile_n * BLOCK_N).to(tl.int64)
-            offs_kn = tile_n * BLOCK_N + offs_n                  # [BLOCK_N] key positions
-            k_ok = offs_kn < n_k                                 # [BLOCK_N]
+            offs_kn, k_ok = _gathered(KIdx, tile_n * BLOCK_N, tile_n * BLOCK_N + offs_n, m_k,
+                                      n_k, 0, res_step, k_class, GATHER_K)  # [BLOCK_N] key positions
             if DESCRIPTORS:
-                k = tl.trans(k_desc.load([tile_n * BLOCK_N, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
-                v = v_desc.load([tile_n * BLOCK_N, 0])           # [BLOCK_N, HEAD_DIM_PAD]
+                k = tl.trans(k_desc.load([tile_n * BLOCK_N - k_first, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
+                v = v_desc.load([tile_n * BLOCK_N - k_first, 0])           # [BLOCK_N, HEAD_DIM_PAD]
+            elif GATHER_K:
+                k = tl.load(k_base + offs_kn[None, :] * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+                v = tl.load(v_base + offs_kn[:, None] * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
             elif EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
                 k = tl.load(k_ptrs + start_n * stride_kn)        # [HEAD_DIM_PAD, BLOCK_N]
                 v = tl.load(v_ptrs + start_n * stride_vn)        # [BLOCK_N, HEAD_DIM_PAD]
@@ -234,21 +263,20 @@ def ${name}(
             else:
                 tile_n = tl.load(full_row + j)
             start_n = (tile_n * BLOCK_N).to(tl.int64)
-            if GATHER_K:  # a FULL tile has no holes
-                cols = tl.load(KIdx + tile_n * BLOCK_N + offs_n)     # [BLOCK_N] key positions
+            cols, _ = _gathered(KIdx, tile_n * BLOCK_N, tile_n * BLOCK_N + offs_n, m_k, n_k, 0,
+                                res_step, k_class, GATHER_K)  # [BLOCK_N] key positions, no holes
+            if DESCRIPTORS:
+                k = tl.trans(k_desc.load([tile_n * BLOCK_N - k_first, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
+                v = v_desc.load([tile_n * BLOCK_N - k_first, 0])           # [BLOCK_N, HEAD_DIM_PAD]
+            elif GATHER_K:
                 k = tl.load(k_base + cols[None, :] * stride_kn, mask=d_ok[:, None], other=0.0)
                 v = tl.load(v_base + cols[:, None] * stride_vn, mask=d_ok[None, :], other=0.0)
+            elif HEAD_DIM == HEAD_DIM_PAD:
+                k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
+                v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
             else:
-                cols = start_n + offs_n
-                if DESCRIPTORS:
-                    k = tl.trans(k_desc.load([tile_n * BLOCK_N, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
-                    v = v_desc.load([tile_n * BLOCK_N, 0])           # [BLOCK_N, HEAD_DIM_PAD]
-                elif HEAD_DIM == HEAD_DIM_PAD:
-                    k = tl.load(k_ptrs + start_n * stride_kn)        # [HEAD_DIM_PAD, BLOCK_N]
-                    v = tl.load(v_ptrs + start_n * stride_vn)        # [BLOCK_N, HEAD_DIM_PAD]
-                else:
-                    k = tl.load(k_ptrs + start_n * stride_kn, mask=d_ok[:, None], other=0.0)
-                    v = tl.load(v_ptrs + start_n * stride_vn, mask=d_ok[None, :], other=0.0)
+                k = tl.load(k_ptrs + start_n * stride_kn, mask=d_ok[:, None], other=0.0)
+                v = tl.load(v_ptrs + start_n * stride_vn, mask=d_ok[None, :], other=0.0)
             qk = tl.dot(q, k, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
             if HAS_PAD:
                 qk = tl.where(_kept(pad_row, cols, n_k)[None, :], qk, float("-inf"))
@@ -272,13 +300,14 @@ def ${name}(
             else:
                 tile_n = tl.load(partial_row + j)
             start_n = (tile_n * BLOCK_N).to(tl.int64)
-            offs_kn, k_ok = _gathered(KIdx, tile_n * BLOCK_N + offs_n, m_k, n_k, GATHER_K)  # [BLOCK_N] key positions
-            if GATHER_K:
+            offs_kn, k_ok = _gathered(KIdx, tile_n * BLOCK_N, tile_n * BLOCK_N + offs_n, m_k,
+                                      n_k, 0, res_step, k_class, GATHER_K)  # [BLOCK_N] key positions
+            if DESCRIPTORS:
+                k = tl.trans(k_desc.load([tile_n * BLOCK_N - k_first, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
+                v = v_desc.load([tile_n * BLOCK_N - k_first, 0])           # [BLOCK_N, HEAD_DIM_PAD]
+            elif GATHER_K:
                 k = tl.load(k_base + offs_kn[None, :] * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
                 v = tl.load(v_base + offs_kn[:, None] * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
-            elif DESCRIPTORS:
-                k = tl.trans(k_desc.load([tile_n * BLOCK_N, 0]))     # [HEAD_DIM_PAD, BLOCK_N]
-                v = v_desc.load([tile_n * BLOCK_N, 0])               # [BLOCK_N, HEAD_DIM_PAD]
             elif EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
                 k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
                 v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
@@ -363,7 +392,7 @@ BACKWARD = Template('''
 
 @triton.jit
 def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, k_desc, v_desc, KIdx,
-              m_k, pad_row, tiles, count, q_pos, case, stride_kn, stride_vn, n_k, qk_scale,
+              m_k, res_step, k_class, k_first, pad_row, tiles, count, q_pos, case, stride_kn, stride_vn, n_k, qk_scale,
               doc_row, q_start, q_len, draw_pos$table_params,
               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
               PARTIAL: tl.constexpr, IS_RANGE: tl.constexpr, HAS_PAD: tl.constexpr,
@@ -381,17 +410,18 @@ def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, k_desc
         else:
             tile_n = tl.load(tiles + j)
         start_n = (tile_n * BLOCK_N).to(tl.int64)
-        offs_kn, k_ok = _gathered(KIdx, tile_n * BLOCK_N + offs_n, m_k, n_k, GATHER_K)  # [BLOCK_N] key positions
+        offs_kn, k_ok = _gathered(KIdx, tile_n * BLOCK_N, tile_n * BLOCK_N + offs_n, m_k, n_k, 0,
+                                  res_step, k_class, GATHER_K)   # [BLOCK_N] key positions
         if PARTIAL:
             load_ok = k_ok[None, :] & d_ok[:, None]
         else:
             load_ok = d_ok[:, None]
-        if GATHER_K:
+        if DESCRIPTORS:
+            kt = tl.trans(k_desc.load([tile_n * BLOCK_N - k_first, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
+            vt = tl.trans(v_desc.load([tile_n * BLOCK_N - k_first, 0]))
+        elif GATHER_K:
             kt = tl.load(kt_base + offs_kn[None, :] * stride_kn, mask=load_ok, other=0.0)
             vt = tl.load(vt_base + offs_kn[None, :] * stride_vn, mask=load_ok, other=0.0)
-        elif DESCRIPTORS:
-            kt = tl.trans(k_desc.load([tile_n * BLOCK_N, 0]))    # [HEAD_DIM_PAD, BLOCK_N]
-            vt = tl.trans(v_desc.load([tile_n * BLOCK_N, 0]))
         else:
             kt = tl.load(kt_ptrs + start_n * stride_kn, mask=load_ok, other=0.0)  # [HEAD_DIM_PAD, BLOCK_N]
             vt = tl.load(vt_ptrs + start_n * stride_vn, mask=load_ok, other=0.0)
@@ -425,8 +455,8 @@ def ${name}_dq(
     stride_oz, stride_oh, stride_om, stride_od,
     stride_gz, stride_gh, stride_gm, stride_gd,
     stride_lz, stride_lh, stride_pz, stride_sz,
-    n_batch, n_heads, kv_group, n_q, n_k, m_q, m_k, head_first, head_step,
-    n_tiles_q, full_width, partial_width,
+    n_batch, n_heads, kv_group, n_q, n_k, m_q, m_k, res_step, q_class, k_class,
+    head_first, head_step, n_tiles_q, full_width, partial_width,
     qk_scale, sm_scale$table_params,
     CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -451,7 +481,8 @@ def ${name}_dq(
     tile_m = tl.load(RowOrder + layout_row + slot)
 
     offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)            # [BLOCK_M] (virtual) rows
-    rows, m_ok = _gathered(QIdx, offs_m, m_q, n_q, GATHER_Q)     # [BLOCK_M] query rows
+    rows, m_ok = _gathered(QIdx, tile_m * BLOCK_M, offs_m, m_q, n_q, n_k - n_q, res_step,
+                           q_class, GATHER_Q)                    # [BLOCK_M] query rows
     offs_n = tl.arange(0, BLOCK_N)                               # [BLOCK_N]
     offs_d = tl.arange(0, HEAD_DIM_PAD)                          # [HEAD_DIM_PAD]
     q_pos = (rows + (n_k - n_q))[:, None]                        # [BLOCK_M, 1] absolute
@@ -470,9 +501,13 @@ def ${name}_dq(
     vt_base = V + z * stride_vz + kv_h * stride_vh + offs_d[:, None] * stride_vd
     kt_ptrs = kt_base + offs_n[None, :] * stride_kn              # [HEAD_DIM_PAD, BLOCK_N] tile 0
     vt_ptrs = vt_base + offs_n[None, :] * stride_vn              # [HEAD_DIM_PAD, BLOCK_N] tile 0
-    if DESCRIPTORS:
-        k_desc = _rows_descriptor(K + z * stride_kz + kv_h * stride_kh, n_k, stride_kn, BLOCK_N, HEAD_DIM)
-        v_desc = _rows_descriptor(V + z * stride_vz + kv_h * stride_vh, n_k, stride_vn, BLOCK_N, HEAD_DIM)
+    r, k_first, view_rows, view_step = _class_view(tile_m * BLOCK_M // q_class * k_class,
+                                                   res_step, k_class, n_k, GATHER_K)
+    if DESCRIPTORS:  # the row's residue class (as in the forward pass), else every key
+        k_desc = _rows_descriptor(K + z * stride_kz + kv_h * stride_kh + r * stride_kn, view_rows,
+                                  stride_kn * view_step, BLOCK_N, HEAD_DIM)
+        v_desc = _rows_descriptor(V + z * stride_vz + kv_h * stride_vh + r * stride_vn, view_rows,
+                                  stride_vn * view_step, BLOCK_N, HEAD_DIM)
     else:  # unused
         k_desc = K
         v_desc = V
@@ -481,12 +516,13 @@ def ${name}_dq(
 
     row = layout_row + case * n_tiles_q + tile_m
     dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, k_desc, v_desc,
-                   KIdx, m_k, pad_row, FullIndices + row * full_width, tl.load(FullCounts + row),
+                   KIdx, m_k, res_step, k_class, k_first, pad_row, FullIndices + row * full_width,
+                   tl.load(FullCounts + row),
                    q_pos, case, stride_kn, stride_vn, n_k, qk_scale, doc_row, q_start, q_len,
                    draw_pos$table_args, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, False, FULL_RANGE, HAS_PAD,
                    GATHER_K, DOT_PRECISION, DOCUMENTS, DESCRIPTORS)
     dq = _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, k_desc, v_desc,
-                   KIdx, m_k, pad_row, PartialIndices + row * partial_width,
+                   KIdx, m_k, res_step, k_class, k_first, pad_row, PartialIndices + row * partial_width,
                    tl.load(PartialCounts + row), q_pos, case, stride_kn, stride_vn, n_k, qk_scale,
                    doc_row, q_start, q_len, draw_pos$table_args, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, True,
                    PARTIAL_RANGE, HAS_PAD, GATHER_K, DOT_PRECISION, DOCUMENTS, DESCRIPTORS)
@@ -499,7 +535,8 @@ def ${name}_dq(
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, q_desc, do_desc, QIdx, m_q, Lse,
+def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, q_desc, do_desc, QIdx, m_q,
+                res_step, q_class, q_first, Lse,
                 Delta, stat_head, tiles, count, stride_qm, stride_qd, stride_om, stride_od, n_q,
                 n_k, qk_scale, case, doc_row, k_start, k_len, doc_base$table_params,
                 BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
@@ -517,22 +554,24 @@ def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, q_desc, do_desc, QId
             tile_m = first + j
         else:
             tile_m = tl.load(tiles + j)
-        start_m = (tile_m * BLOCK_M).to(tl.int64)
-        rows, m_ok = _gathered(QIdx, start_m + offs_m, m_q, n_q, GATHER_Q)  # [BLOCK_M] query rows
+        # 32-bit positions for the mask's arithmetic, 64-bit offsets for the pointers
+        rows, m_ok = _gathered(QIdx, tile_m * BLOCK_M, tile_m * BLOCK_M + offs_m, m_q, n_q,
+                               n_k - n_q, res_step, q_class, GATHER_Q)  # [BLOCK_M] query rows
+        row_offs = rows.to(tl.int64)[:, None]                    # [BLOCK_M, 1]
         if DESCRIPTORS:
-            q = q_desc.load([tile_m * BLOCK_M, 0])               # [BLOCK_M, HEAD_DIM_PAD]
-            do = do_desc.load([tile_m * BLOCK_M, 0])
+            q = q_desc.load([tile_m * BLOCK_M - q_first, 0])     # [BLOCK_M, HEAD_DIM_PAD]
+            do = do_desc.load([tile_m * BLOCK_M - q_first, 0])
             lse = tl.load(Lse + stat_head + rows, mask=m_ok, other=float("-inf"))  # [BLOCK_M]
             delta = tl.load(Delta + stat_head + rows, mask=m_ok, other=0.0)
         elif EVEN_M and HEAD_DIM == HEAD_DIM_PAD and not GATHER_Q:
-            q = tl.load(q_head + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd)  # [BLOCK_M, HEAD_DIM_PAD]
-            do = tl.load(do_head + rows[:, None] * stride_om + offs_d[None, :] * stride_od)
+            q = tl.load(q_head + row_offs * stride_qm + offs_d[None, :] * stride_qd)  # [BLOCK_M, HEAD_DIM_PAD]
+            do = tl.load(do_head + row_offs * stride_om + offs_d[None, :] * stride_od)
             lse = tl.load(Lse + stat_head + rows)                # [BLOCK_M]
             delta = tl.load(Delta + stat_head + rows)
         else:
             mask = m_ok[:, None] & d_ok[None, :]
-            q = tl.load(q_head + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=mask, other=0.0)
-            do = tl.load(do_head + rows[:, None] * stride_om + offs_d[None, :] * stride_od, mask=mask, other=0.0)
+            q = tl.load(q_head + row_offs * stride_qm + offs_d[None, :] * stride_qd, mask=mask, other=0.0)
+            do = tl.load(do_head + row_offs * stride_om + offs_d[None, :] * stride_od, mask=mask, other=0.0)
             lse = tl.load(Lse + stat_head + rows, mask=m_ok, other=float("-inf"))
             delta = tl.load(Delta + stat_head + rows, mask=m_ok, other=0.0)
         qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)   # [BLOCK_N, BLOCK_M]
@@ -566,8 +605,8 @@ def ${name}_dkdv(
     stride_oz, stride_oh, stride_om, stride_od,
     stride_gz, stride_gh, stride_gn, stride_gd,
     stride_lz, stride_lh, stride_pz, stride_sz,
-    n_batch, n_kv_heads, kv_group, n_q, n_k, m_q, m_k, head_first, head_step, kv_first, kv_step,
-    n_tiles_k, full_width, partial_width,
+    n_batch, n_kv_heads, kv_group, n_q, n_k, m_q, m_k, res_step, q_class, k_class,
+    head_first, head_step, kv_first, kv_step, n_tiles_k, full_width, partial_width,
     qk_scale, sm_scale$table_params,
     CASES: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -592,7 +631,11 @@ def ${name}_dkdv(
     tile_n = tl.load(ColOrder + layout_row + slot)
 
     offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)            # [BLOCK_N] (virtual) columns
-    cols, k_ok = _gathered(KIdx, offs_n, m_k, n_k, GATHER_K)     # [BLOCK_N] key positions
+    cols, k_ok = _gathered(KIdx, tile_n * BLOCK_N, offs_n, m_k, n_k, 0, res_step, k_class,
+                           GATHER_K)                             # [BLOCK_N] key positions
+    # the key tile's queries: its residue class (rows in step when descriptors read them)
+    r, q_first, view_rows, view_step = _class_view(tile_n * BLOCK_N // k_class * q_class,
+                                                   res_step, q_class, n_q, GATHER_Q)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     k_pos = cols[:, None]                                        # [BLOCK_N, 1] absolute
     doc_row, k_start, k_len = _document_of(DocStart, DocLength, z * stride_sz, k_pos, n_k, -2,
@@ -616,20 +659,22 @@ def ${name}_dkdv(
             do_head = DO + z * stride_oz + h * stride_oh
             stat_head = z * stride_lz + h * stride_lh
             if DESCRIPTORS:
-                q_desc = _rows_descriptor(q_head, n_q, stride_qm, BLOCK_M, HEAD_DIM)
-                do_desc = _rows_descriptor(do_head, n_q, stride_om, BLOCK_M, HEAD_DIM)
+                q_desc = _rows_descriptor(q_head + r * stride_qm, view_rows, stride_qm * view_step,
+                                          BLOCK_M, HEAD_DIM)
+                do_desc = _rows_descriptor(do_head + r * stride_om, view_rows, stride_om * view_step,
+                                           BLOCK_M, HEAD_DIM)
             else:  # unused
                 q_desc = q_head
                 do_desc = do_head
             row = layout_row + case * n_tiles_k + tile_n
             dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, q_desc, do_desc, QIdx,
-                                 m_q, Lse, Delta, stat_head, FullIndices + row * full_width,
+                                 m_q, res_step, q_class, q_first, Lse, Delta, stat_head, FullIndices + row * full_width,
                                  tl.load(FullCounts + row), stride_qm, stride_qd, stride_om,
                                  stride_od, n_q, n_k, qk_scale, case, doc_row, k_start, k_len,
                                  z * n_k$table_args, BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, False, FULL_RANGE,
                                  EVEN_M, HAS_PAD, GATHER_Q, DOT_PRECISION, DOCUMENTS, DESCRIPTORS)
             dk, dv = _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, q_desc, do_desc, QIdx,
-                                 m_q, Lse, Delta, stat_head, PartialIndices + row * partial_width,
+                                 m_q, res_step, q_class, q_first, Lse, Delta, stat_head, PartialIndices + row * partial_width,
                                  tl.load(PartialCounts + row), stride_qm, stride_qd, stride_om,
                                  stride_od, n_q, n_k, qk_scale, case, doc_row, k_start, k_len,
                                  z * n_k$table_args, BLOCK_M, HEAD_DIM, HEAD_DIM_PAD, True,

@@ -64,6 +64,9 @@ class Term:
     q_gather: torch.Tensor | None   # int32 [m_q]: query row of each virtual row, -1 = hole
     k_gather: torch.Tensor | None   # int32 [m_k]: key position of each virtual column
     note: str = ""
+    # residue terms: (step s, class length of rows, of keys); virtual index r * length + a is
+    # position r + s * a, which the kernels compute instead of reading the gather vectors
+    residue: tuple[int, int, int] | None = None
 
     @property
     def block_m(self) -> int:
@@ -96,8 +99,8 @@ class Term:
 
     @property
     def mergeable(self) -> bool:
-        """Whether a ``merged`` kernel visits it in one loop (no gather vectors)."""
-        return self.q_gather is None and self.k_gather is None
+        """Whether a ``merged`` kernel visits it in one loop (no gather vectors to read)."""
+        return self.residue is not None or (self.q_gather is None and self.k_gather is None)
 
     def cost(self, merged: bool = False) -> float:
         per_pair = TILE_COST.get((self.block_m, self.block_n), SMALL_TILE_COST)
@@ -399,7 +402,7 @@ def residue_term(expr, s, n_q, n_k, block_m, block_n) -> Term:
                              block_n, q_class, k_class)
     layout = from_states(states[None], len(q_gather), len(k_gather), block_m, block_n)
     return Term("residue", expr, layout, q_gather, k_gather,
-                f"positions reordered by (pos mod {s}, pos div {s})")
+                f"positions reordered by (pos mod {s}, pos div {s})", (s, q_len, k_len))
 
 
 def columns_term(expr, selector, keys, n_q, n_k, block_m, block_n) -> Term:

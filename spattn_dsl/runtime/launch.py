@@ -40,14 +40,20 @@ class TermLaunch:
     doc_length = None  # and lengths (the same strides)
 
     def __init__(self, module, layout, config, device, q_gather=None, k_gather=None,
-                 kind: str = "grid", n_k: int | None = None, tables: list | None = None):
+                 kind: str = "grid", n_k: int | None = None, tables: list | None = None,
+                 residue: tuple[int, int, int] | None = None):
         self.module = module
         self.config = config
         self.kind = kind
-        gathered = q_gather is not None or k_gather is not None
+        # the kernels' GATHER_Q / GATHER_K: 0 the identity, 1 read the gather vector, 2 a
+        # residue class's positions computed from (step, class length of rows, of keys)
+        self.residue = residue
+        self.gather_q = 2 if residue else int(q_gather is not None)
+        self.gather_k = 2 if residue else int(k_gather is not None)
+        self.residue_args = residue or (1, 1, 1)
         self.full_range = layout.full_is_range
         self.partial_range = layout.partial_is_range
-        self.merged = config.merged and not gathered
+        self.merged = config.merged and self.gather_q != 1 and self.gather_k != 1
         self.visit_range = layout.visit_is_range
         self.full_q_range = layout.full_q_is_range
         self.partial_q_range = layout.partial_q_is_range
@@ -150,15 +156,15 @@ def forward(plan: Plan, q, k, v, scale: float, key_padding=None, out=None, lse=N
             layout.partial_counts, layout.partial_indices, layout.row_order, term.visit_start,
             *q.stride(), *k.stride(), *v.stride(), *work.stride(), lse.stride(0), lse.stride(1),
             pad_stride, _doc_stride(term), batch, count, heads // k.shape[1], n_q, n_k, term.m_q,
-            term.m_k, first, step, n_tiles_q, layout.full_indices.shape[-1],
+            term.m_k, *term.residue_args, first, step, n_tiles_q, layout.full_indices.shape[-1],
             layout.partial_indices.shape[-1],
             scale * LOG2E, *_table_args(term.tables),
             MERGED=term.merged, VISIT_RANGE=term.visit_range,
-            EVEN_N=term.k_gather is None and n_k % config.block_n == 0,
+            EVEN_N=term.gather_k == 0 and n_k % config.block_n == 0,
             FULL_RANGE=term.full_range, PARTIAL_RANGE=term.partial_range,
-            GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
+            GATHER_Q=term.gather_q, GATHER_K=term.gather_k,
             ACCUMULATE=index > 0 or not first_writes, DOCUMENTS=term.doc_start is not None,
-            DESCRIPTORS=_descriptors(config, term.k_gather, k, v),
+            DESCRIPTORS=_descriptors(config, term.gather_k, k, v),
             **_common(term.module, q, config, key_padding),
         )
     if work is not out:
@@ -212,13 +218,13 @@ def backward_dq(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding, d
             layout.full_counts, layout.full_indices, layout.partial_counts, layout.partial_indices,
             layout.row_order, *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
             *work.stride(), lse.stride(0), lse.stride(1), pad_stride, _doc_stride(term),
-            batch, count, heads // kv_heads, n_q, n_k, term.m_q, term.m_k, first, step, n_tiles_q,
-            layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
+            batch, count, heads // kv_heads, n_q, n_k, term.m_q, term.m_k, *term.residue_args,
+            first, step, n_tiles_q, layout.full_indices.shape[-1], layout.partial_indices.shape[-1],
             scale * LOG2E, scale, *_table_args(term.tables),
             FULL_RANGE=term.full_range, PARTIAL_RANGE=term.partial_range,
-            GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
+            GATHER_Q=term.gather_q, GATHER_K=term.gather_k,
             ACCUMULATE=index > 0 or not first_writes, DOCUMENTS=term.doc_start is not None,
-            DESCRIPTORS=_descriptors(config, term.k_gather, k, v),
+            DESCRIPTORS=_descriptors(config, term.gather_k, k, v),
             **_common(term.module, q, config, key_padding),
         )
     if work is not dq:
@@ -250,15 +256,16 @@ def backward_dkdv(plan: Plan, grad_out, q, k, v, lse, delta, scale, key_padding,
             layout.partial_q_indices, term.col_order,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
             *work_k.stride(), lse.stride(0), lse.stride(1), pad_stride, _doc_stride(term),
-            batch, kv_count, kv_group, n_q, n_k, term.m_q, term.m_k, first, step, kv_first,
-            kv_step, n_tiles_k, layout.full_q_indices.shape[-1],
+            batch, kv_count, kv_group, n_q, n_k, term.m_q, term.m_k, *term.residue_args, first,
+            step, kv_first, kv_step, n_tiles_k, layout.full_q_indices.shape[-1],
             layout.partial_q_indices.shape[-1],
             scale * LOG2E, scale, *_table_args(term.tables),
-            EVEN_M=term.q_gather is None and n_q % config.block_m == 0,
+            EVEN_M=term.gather_q == 0 and n_q % config.block_m == 0,
             FULL_RANGE=term.full_q_range, PARTIAL_RANGE=term.partial_q_range,
-            GATHER_Q=term.q_gather is not None, GATHER_K=term.k_gather is not None,
+            GATHER_Q=term.gather_q, GATHER_K=term.gather_k,
             ACCUMULATE=index > 0 or not first_writes, DOCUMENTS=term.doc_start is not None,
-            DESCRIPTORS=_descriptors(config, term.q_gather, q, grad_out),
+            DESCRIPTORS=_descriptors(config, term.gather_q, q, grad_out,
+                                     shift=(n_k - n_q) % term.residue_args[0]),
             **_common(term.module, q, config, key_padding),
         )
     if work_k is not dk:
@@ -287,12 +294,13 @@ def _common(module, q, config, key_padding) -> dict:
                 num_warps=config.num_warps, num_stages=config.num_stages)
 
 
-def _descriptors(config, gather, *tensors) -> bool:
+def _descriptors(config, gather: int, *tensors, shift: int = 0) -> bool:
     """Whether a kernel reads its visited tiles of ``tensors`` (``[B, H, n, D]``) through
-    tensor descriptors: the config asks for it, no gather vector, a Hopper GPU (or the
-    interpreter), and tensors a bulk copy can read: a power-of-two head_dim of at least 16
-    bytes, the last stride 1, the others and the base 16-byte aligned."""
-    if not config.descriptors or gather is not None:
+    tensor descriptors: the config asks for it, no gather vector (a residue class is a strided
+    view, unless the rows' bottom-right ``shift`` leaves its first row out of step), a Hopper
+    GPU (or the interpreter), and tensors a bulk copy can read: a power-of-two head_dim of at
+    least 16 bytes, the last stride 1, the others and the base 16-byte aligned."""
+    if not config.descriptors or gather == 1 or (gather == 2 and shift):
         return False
     device = tensors[0].device
     if device.type == "cuda":

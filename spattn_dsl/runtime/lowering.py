@@ -60,7 +60,7 @@ def launch_plan(pattern, n_q: int, n_k: int, config: TileConfig, device,
             if term.block_m * term.block_n < 64 * 64:  # narrow tiles of gathered terms
                 term_config = replace(term_config, num_warps=min(config.num_warps, 4))
             terms.append(TermLaunch(module, term.layout, term_config, device, term.q_gather,
-                                    term.k_gather, term.kind, n_k))
+                                    term.k_gather, term.kind, n_k, residue=term.residue))
         cases.append(terms)
     assert len(cases) == head_count(pattern.at(n_k))
     return Plan(cases, config)

@@ -105,8 +105,8 @@ def test_plan_auto_never_costs_more_than_the_grid():
 
 
 def test_merged_costs_less_exactly_where_one_loop_visits_every_row():
-    """The one-loop kernel is cheaper on terms without gather vectors (rows that are ranges
-    of tiles or lists), the same on gathered terms."""
+    """The one-loop kernel is cheaper on terms without gather vectors to read (rows that are
+    ranges of tiles or lists, residue classes), the same on gathered columns and rows."""
     for text, mergeable in (("causal & window(40)", True), ("causal", True),
                             ("causal & (window(20) | sink(4))", True)):
         concrete = spattn_dsl.loads(f"pattern p {{ {text} }}").pattern("p").at(300)
@@ -115,7 +115,12 @@ def test_merged_costs_less_exactly_where_one_loop_visits_every_row():
         assert (plan.cost(merged=True) < plan.cost()) is mergeable
         assert plan.cost(merged=True) <= plan.cost()
     stride = plan_case(pattern(STRUCTURED["stride7"]).at(200), 200, 200, 16, 16, "terms")
-    assert not stride.terms[0].mergeable and stride.cost(merged=True) == stride.cost()
+    assert [t.kind for t in stride.terms] == ["residue"] and stride.terms[0].mergeable
+    assert stride.cost(merged=True) < stride.cost()
+    tokens = plan_case(pattern(STRUCTURED["tokens"]).at(200), 200, 200, 16, 16, "terms")
+    gathered = [t for t in tokens.terms if t.kind in ("columns", "rows")]
+    assert gathered and not any(t.mergeable for t in gathered)
+    assert all(t.cost(merged=True) == t.cost() for t in gathered)
 
 
 # Acceptance (issue 11): pairs computed / pairs allowed at n = 8192, the tiles the cost model

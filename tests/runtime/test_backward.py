@@ -225,7 +225,7 @@ DESCRIPTOR_CASES = [  # pattern, batch, heads, kv heads, n_q, n_k, head_dim, mer
     ("window40", 1, 2, 2, 63, 63, 16, True),      # the one-loop kernel
     ("heads", 2, 4, 2, 40, 111, 32, False),       # two head cases, GQA, n_q < n_k
     ("bigbird", 1, 2, 1, 33, 70, 16, False),      # random links, multi-query
-    ("dilated4-3", 1, 2, 2, 50, 50, 16, False),   # gathered residue classes: plain loads
+    ("dilated4-3", 1, 2, 2, 50, 50, 16, False),   # residue classes: strided views
 ]
 
 
@@ -234,12 +234,13 @@ DESCRIPTOR_CASES = [  # pattern, batch, heads, kv heads, n_q, n_k, head_dim, mer
 def test_tensor_descriptor_loads_match_float64(name, batch, heads, kv_heads, n_q, n_k, head_dim,
                                                merged, monkeypatch):
     """Tiles read by tensor descriptors (rows past n read as zeros) give the reference's values
-    and gradients on ragged lengths; every kernel without a gather vector uses them."""
+    and gradients on ragged lengths; every kernel without a gather vector to read uses them."""
     used = []
     real = launch._descriptors
 
-    def spy(config, gather, *tensors):
-        used.append((gather is None, real(config, gather, *tensors)))
+    def spy(config, gather, *tensors, shift=0):
+        in_step = gather == 0 or (gather == 2 and shift == 0)  # a residue class: a strided view
+        used.append((in_step, real(config, gather, *tensors, shift=shift)))
         return used[-1][1]
     monkeypatch.setattr(launch, "_descriptors", spy)
     p = pattern(name)
@@ -254,28 +255,31 @@ def test_tensor_descriptor_loads_match_float64(name, batch, heads, kv_heads, n_q
 def test_tensor_descriptors_only_for_tensors_a_bulk_copy_reads():
     config = compile(pattern("causal"), block_m=16, descriptors=True).forced
     q, k, v = inputs(1, 2, 40, 40, 16)
-    assert launch._descriptors(config, None, k, v)
-    assert not launch._descriptors(config, torch.arange(40), k, v)           # gathered
-    assert not launch._descriptors(dataclasses.replace(config, descriptors=False), None, k, v)
-    assert not launch._descriptors(config, None, k[..., :12], v[..., :12])  # head_dim 12
-    assert not launch._descriptors(config, None, k.transpose(2, 3), v)       # last stride not 1
+    assert launch._descriptors(config, 0, k, v)
+    assert not launch._descriptors(config, 1, k, v)                          # a gather vector
+    assert launch._descriptors(config, 2, k, v)                              # residue classes
+    assert not launch._descriptors(config, 2, q, q, shift=3)                 # rows out of step
+    assert not launch._descriptors(dataclasses.replace(config, descriptors=False), 0, k, v)
+    assert not launch._descriptors(config, 0, k[..., :12], v[..., :12])     # head_dim 12
+    assert not launch._descriptors(config, 0, k.transpose(2, 3), v)          # last stride not 1
     odd = torch.randn(1, 2, 40, 17)[..., 1:]                                 # rows 68 bytes apart
-    assert not launch._descriptors(config, None, odd, odd)
+    assert not launch._descriptors(config, 0, odd, odd)
     shifted = torch.randn(2 * 40 * 16 + 1)[1:].view(1, 2, 40, 16)           # base 4 bytes off
-    assert not launch._descriptors(config, None, shifted, shifted)
+    assert not launch._descriptors(config, 0, shifted, shifted)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("block_m,block_n,warps,stages,merged", [
     (64, 64, 4, 3, True), (64, 64, 4, 3, False), (128, 64, 8, 2, False)])
-@pytest.mark.parametrize("name", ["window40", "bigbird", "heads"])
+@pytest.mark.parametrize("name", ["window40", "bigbird", "heads", "dilated4-3"])
 def test_gpu_bf16_tensor_descriptors(name, block_m, block_n, warps, stages, merged, monkeypatch):
     """Bulk tensor copies on Hopper, ragged lengths, bf16: values and gradients (tiles whose
     dK/dV kernel fits in shared memory)."""
     used = []
     real = launch._descriptors
-    monkeypatch.setattr(launch, "_descriptors", lambda *a: used.append(real(*a)) or used[-1])
+    monkeypatch.setattr(launch, "_descriptors",
+                        lambda *a, **kw: used.append(real(*a, **kw)) or used[-1])
     p = pattern(name)
     attn = compile(p, block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
                    merged=merged, descriptors=True)

@@ -84,7 +84,7 @@ def test_documents_with_tensor_descriptor_loads(monkeypatch):
     used = []
     real = attention_module.launch._descriptors
     monkeypatch.setattr(attention_module.launch, "_descriptors",
-                        lambda *a: used.append(real(*a)) or used[-1])
+                        lambda *a, **shift: used.append(real(*a, **shift)) or used[-1])
     check(PATTERNS.pattern("two_heads"), kv_heads=1, key_padding=True, descriptors=True)
     assert used and all(used)
 

@@ -68,6 +68,33 @@ def test_plan_terms_match_reference(name, heads, kv_heads, n_q, n_k):
     assert torch.allclose(lse.double()[finite], ref_lse[finite], atol=1e-4)
 
 
+RESIDUE_CASES = [c for c in CASES if c[0] in ("stride7", "stride16-window", "dilated4-3", "heads")]
+
+
+@pytest.mark.parametrize("hints", [dict(merged=True), dict(descriptors=True),
+                                   dict(merged=True, descriptors=True)],
+                         ids=["merged", "descriptors", "merged-descriptors"])
+@pytest.mark.parametrize("name,heads,kv_heads,n_q,n_k", RESIDUE_CASES,
+                         ids=[f"{c[0]}-h{c[1]}-kv{c[2]}-nq{c[3]}-nk{c[4]}" for c in RESIDUE_CASES])
+def test_residue_terms_merged_and_strided_views(name, heads, kv_heads, n_q, n_k, hints):
+    """Residue classes computed in the kernels (no gather vectors read): in the merged loop,
+    and with their K/V (and dK/dV's Q/dO) tiles read as strided views by descriptors."""
+    p = pattern(EXPRS[name])
+    attn = compile(p, lowering="terms", block_m=16, block_n=16, num_warps=1, num_stages=1,
+                   **hints)
+    q, k, v = inputs(1, heads, n_q, n_k, 16, kv_heads=kv_heads)
+    plan = attn.plan(q, k, v, 0.25)
+    residue = [t for terms in plan.cases for t in terms if t.kind == "residue"]
+    assert residue and all(t.gather_q == t.gather_k == 2 for t in residue)
+    # the kernels take a tile's class from its first row: classes are padded to whole tiles
+    assert all(t.residue[1] % 16 == 0 and t.residue[2] % 16 == 0 for t in residue)
+    assert all(t.merged == hints.get("merged", False) for t in residue)
+    grad_out = torch.randn_like(q)
+    assert_close(grads(attn, q, k, v, grad_out), reference_grads(p, q, k, v, grad_out), 1e-4)
+    out, _ = forward(plan, q, k, v, 0.25, out=torch.full_like(q, float("nan")))
+    assert rel_err(out, attention_reference(p, q, k, v, 0.25)[0]) < 1e-4
+
+
 def test_plan_terms_structured_kinds_run():
     """The forced plans above really use gathered terms (not one grid layout)."""
     q, k, v = inputs(1, 2, 64, 64, 16)
