@@ -190,7 +190,7 @@ def ${name}(
     draw_pos = z * n_k + tl.minimum(q_pos, n_k - 1)                # [BLOCK_M, 1]
 
     q_ptrs = Q + z * stride_qz + h.to(tl.int64) * stride_qh \\
-        + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd
+        + rows.to(tl.int64)[:, None] * stride_qm + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, HEAD_DIM_PAD]
     k_base = K + z * stride_kz + kv_h * stride_kh + offs_d[:, None] * stride_kd  # [HEAD_DIM_PAD, 1]
     v_base = V + z * stride_vz + kv_h * stride_vh + offs_d[None, :] * stride_vd  # [1, HEAD_DIM_PAD]
@@ -232,8 +232,8 @@ def ${name}(
                 k = tl.trans(k_desc.load([tile_n * BLOCK_N - k_first, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
                 v = v_desc.load([tile_n * BLOCK_N - k_first, 0])           # [BLOCK_N, HEAD_DIM_PAD]
             elif GATHER_K:
-                k = tl.load(k_base + offs_kn[None, :] * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
-                v = tl.load(v_base + offs_kn[:, None] * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+                k = tl.load(k_base + offs_kn.to(tl.int64)[None, :] * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+                v = tl.load(v_base + offs_kn.to(tl.int64)[:, None] * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
             elif EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
                 k = tl.load(k_ptrs + start_n * stride_kn)        # [HEAD_DIM_PAD, BLOCK_N]
                 v = tl.load(v_ptrs + start_n * stride_vn)        # [BLOCK_N, HEAD_DIM_PAD]
@@ -269,8 +269,8 @@ def ${name}(
                 k = tl.trans(k_desc.load([tile_n * BLOCK_N - k_first, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
                 v = v_desc.load([tile_n * BLOCK_N - k_first, 0])           # [BLOCK_N, HEAD_DIM_PAD]
             elif GATHER_K:
-                k = tl.load(k_base + cols[None, :] * stride_kn, mask=d_ok[:, None], other=0.0)
-                v = tl.load(v_base + cols[:, None] * stride_vn, mask=d_ok[None, :], other=0.0)
+                k = tl.load(k_base + cols.to(tl.int64)[None, :] * stride_kn, mask=d_ok[:, None], other=0.0)
+                v = tl.load(v_base + cols.to(tl.int64)[:, None] * stride_vn, mask=d_ok[None, :], other=0.0)
             elif HEAD_DIM == HEAD_DIM_PAD:
                 k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
                 v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
@@ -306,8 +306,8 @@ def ${name}(
                 k = tl.trans(k_desc.load([tile_n * BLOCK_N - k_first, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
                 v = v_desc.load([tile_n * BLOCK_N - k_first, 0])           # [BLOCK_N, HEAD_DIM_PAD]
             elif GATHER_K:
-                k = tl.load(k_base + offs_kn[None, :] * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
-                v = tl.load(v_base + offs_kn[:, None] * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+                k = tl.load(k_base + offs_kn.to(tl.int64)[None, :] * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+                v = tl.load(v_base + offs_kn.to(tl.int64)[:, None] * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
             elif EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
                 k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
                 v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
@@ -339,7 +339,7 @@ def ${name}(
     out = acc / l_safe[:, None]                                  # [BLOCK_M, HEAD_DIM_PAD]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
     o_ptrs = Out + z * stride_oz + h.to(tl.int64) * stride_oh \\
-        + rows[:, None] * stride_om + offs_d[None, :] * stride_od
+        + rows.to(tl.int64)[:, None] * stride_om + offs_d[None, :] * stride_od
     lse_ptrs = Lse + z * stride_lz + h.to(tl.int64) * stride_lh + rows
     o_mask = m_ok[:, None] & d_ok[None, :]
     if ACCUMULATE:  # a later term of a plan: merge with the terms before
@@ -368,7 +368,7 @@ def _backward_delta(
     bh = tl.program_id(1)
     z = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)
-    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = (tile_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     mask = (offs_m[:, None] < n_q) & (offs_d[None, :] < HEAD_DIM)
     o = tl.load(Out + z * stride_oz + h * stride_oh + offs_m[:, None] * stride_om
@@ -420,8 +420,8 @@ def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, k_desc
             kt = tl.trans(k_desc.load([tile_n * BLOCK_N - k_first, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
             vt = tl.trans(v_desc.load([tile_n * BLOCK_N - k_first, 0]))
         elif GATHER_K:
-            kt = tl.load(kt_base + offs_kn[None, :] * stride_kn, mask=load_ok, other=0.0)
-            vt = tl.load(vt_base + offs_kn[None, :] * stride_vn, mask=load_ok, other=0.0)
+            kt = tl.load(kt_base + offs_kn.to(tl.int64)[None, :] * stride_kn, mask=load_ok, other=0.0)
+            vt = tl.load(vt_base + offs_kn.to(tl.int64)[None, :] * stride_vn, mask=load_ok, other=0.0)
         else:
             kt = tl.load(kt_ptrs + start_n * stride_kn, mask=load_ok, other=0.0)  # [HEAD_DIM_PAD, BLOCK_N]
             vt = tl.load(vt_ptrs + start_n * stride_vn, mask=load_ok, other=0.0)
@@ -490,9 +490,9 @@ def ${name}_dq(
                                            DOCUMENTS)            # [BLOCK_M, 1] document start, length
     draw_pos = z * n_k + tl.minimum(q_pos, n_k - 1)                # [BLOCK_M, 1]
     row_mask = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
-    q = tl.load(Q + z * stride_qz + h.to(tl.int64) * stride_qh + rows[:, None] * stride_qm
+    q = tl.load(Q + z * stride_qz + h.to(tl.int64) * stride_qh + rows.to(tl.int64)[:, None] * stride_qm
                 + offs_d[None, :] * stride_qd, mask=row_mask, other=0.0)   # [BLOCK_M, HEAD_DIM_PAD]
-    do = tl.load(DO + z * stride_oz + h.to(tl.int64) * stride_oh + rows[:, None] * stride_om
+    do = tl.load(DO + z * stride_oz + h.to(tl.int64) * stride_oh + rows.to(tl.int64)[:, None] * stride_om
                  + offs_d[None, :] * stride_od, mask=row_mask, other=0.0)  # [BLOCK_M, HEAD_DIM_PAD]
     stat = z * stride_lz + h.to(tl.int64) * stride_lh + rows
     lse2 = _log2_lse(tl.load(Lse + stat, mask=m_ok, other=float("-inf")))  # [BLOCK_M]
@@ -527,7 +527,7 @@ def ${name}_dq(
                    doc_row, q_start, q_len, draw_pos$table_args, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, True,
                    PARTIAL_RANGE, HAS_PAD, GATHER_K, DOT_PRECISION, DOCUMENTS, DESCRIPTORS)
     dq = dq * sm_scale
-    dq_ptrs = DQ + z * stride_gz + h.to(tl.int64) * stride_gh + rows[:, None] * stride_gm \\
+    dq_ptrs = DQ + z * stride_gz + h.to(tl.int64) * stride_gh + rows.to(tl.int64)[:, None] * stride_gm \\
         + offs_d[None, :] * stride_gd
     if ACCUMULATE:
         dq += tl.load(dq_ptrs, mask=row_mask, other=0.0).to(tl.float32)
@@ -641,9 +641,9 @@ def ${name}_dkdv(
     doc_row, k_start, k_len = _document_of(DocStart, DocLength, z * stride_sz, k_pos, n_k, -2,
                                            DOCUMENTS)            # [BLOCK_N, 1] document start, length
     key_mask = k_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
-    k = tl.load(K + z * stride_kz + kv_h.to(tl.int64) * stride_kh + cols[:, None] * stride_kn
+    k = tl.load(K + z * stride_kz + kv_h.to(tl.int64) * stride_kh + cols.to(tl.int64)[:, None] * stride_kn
                 + offs_d[None, :] * stride_kd, mask=key_mask, other=0.0)    # [BLOCK_N, HEAD_DIM_PAD]
-    v = tl.load(V + z * stride_vz + kv_h.to(tl.int64) * stride_vh + cols[:, None] * stride_vn
+    v = tl.load(V + z * stride_vz + kv_h.to(tl.int64) * stride_vh + cols.to(tl.int64)[:, None] * stride_vn
                 + offs_d[None, :] * stride_vd, mask=key_mask, other=0.0)
     keep = k_ok[:, None]                                         # [BLOCK_N, 1]
     if HAS_PAD:
@@ -682,7 +682,7 @@ def ${name}_dkdv(
                                  DESCRIPTORS)
 
     dk = dk * sm_scale
-    out_off = z * stride_gz + kv_h.to(tl.int64) * stride_gh + cols[:, None] * stride_gn \\
+    out_off = z * stride_gz + kv_h.to(tl.int64) * stride_gh + cols.to(tl.int64)[:, None] * stride_gn \\
         + offs_d[None, :] * stride_gd
     if ACCUMULATE:
         dk += tl.load(DK + out_off, mask=key_mask, other=0.0).to(tl.float32)

@@ -153,3 +153,35 @@ def test_plan_terms_opcheck_lse_gradient_and_determinism():
     grad_out = torch.randn_like(q)
     first, second = grads(attn, q, k, v, grad_out), grads(attn, q, k, v, grad_out)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("hints", [{}, dict(merged=True), dict(descriptors=True)],
+                         ids=["plain", "merged", "descriptors"])
+def test_row_offsets_past_32_bits(tmp_path, hints):
+    """Rows 2^27 elements apart (like a [batch, seq, heads, dim] model's tensors at ~512K
+    tokens): row offsets pass 2^31 elements, where 32-bit pointer arithmetic wraps. The
+    tensors are views of a sparse file, so only the rows read take memory."""
+    n, d, gap = 24, 16, 2 ** 27
+    path = tmp_path / "sparse.bin"
+    size = (n - 1) * gap + 8 * d
+    with open(path, "wb") as file:
+        file.truncate(size * 4)
+    storage = torch.from_file(str(path), shared=True, size=size, dtype=torch.float32)
+
+    def view(slot):  # two heads side by side in each row, as in a model's layout
+        t = storage.as_strided((1, 2, n, d), (0, d, gap, 1), storage_offset=2 * d * slot)
+        t.copy_(torch.randn(1, 2, n, d))
+        return t
+    q, k, v, grad_out = (view(slot) for slot in range(4))
+    p = pattern(EXPRS["heads"])
+    attn = compile(p, lowering="terms", block_m=16, block_n=16, num_warps=1, num_stages=1,
+                   **hints)
+    kinds = {t.kind for terms in attn.plan(q, k, v, 0.25).cases for t in terms}
+    assert kinds == {"grid", "columns", "rows", "residue"}
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    out = attn(q, k, v)
+    out.backward(grad_out)
+    got = out, q.grad, k.grad, v.grad
+    dense = [t.detach().contiguous() for t in (q, k, v, grad_out)]
+    assert_close(got, reference_grads(p, *dense), 1e-4)
