@@ -4,6 +4,9 @@ log-sum-exp) against float64 attention under the reference mask, forward and gra
 ``lowering="terms"`` forces every structured part into its own term (on these small sizes
 the cost model would keep the single grid layout). Fresh random inputs, ragged lengths,
 n_q < n_k, GQA, per-head mixes, key padding."""
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -185,3 +188,15 @@ def test_row_offsets_past_32_bits(tmp_path, hints):
     got = out, q.grad, k.grad, v.grad
     dense = [t.detach().contiguous() for t in (q, k, v, grad_out)]
     assert_close(got, reference_grads(p, *dense), 1e-4)
+
+
+def test_kernel_fuzz_cases():
+    """A few cases of benchmarks/fuzz_kernels.py (random patterns, lowerings, tile hints and
+    shapes; forward and gradients against the reference), which runs thousands."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "fuzz_kernels.py"
+    spec = importlib.util.spec_from_file_location("fuzz_kernels", path)
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    for seed in range(8):
+        text, errors = fuzz.case(seed)
+        assert all(e < 1e-4 for e in errors), (text, errors)
