@@ -148,27 +148,61 @@ def _covering(lo, hi, x):
     return first, last
 
 
+def _sorted_order(lo, hi):
+    """(the order sorting intervals by (lo, hi), whether hi is then non-decreasing too: what
+    ``_covering`` needs; false only for nested intervals)."""
+    order = torch.argsort(hi, stable=True)
+    order = order[torch.argsort(lo[order], stable=True)]
+    ends = hi[order]
+    return order, bool((ends[1:] >= ends[:-1]).all())
+
+
 def _random(expr, q_lo, q_hi, k_lo, k_hi, n):
     """Exact: count the drawn pairs falling in each rectangle (a draw may lie in several
-    rectangles when intervals repeat, as on a block grid coarser than the tiles)."""
+    rectangles when intervals repeat, as on a block grid coarser than the tiles, or overlap,
+    as the tiles of residue classes do)."""
     qa, qb, ka, kb = (t.reshape(-1).long() for t in (q_lo, q_hi, k_lo, k_hi))
     t_q, t_k = len(qa), len(ka)
-    counts = torch.zeros(t_q * t_k, dtype=torch.int64)
-    rows = torch.arange(int(qa.min()), int(qb.max()) + 1, dtype=torch.int64) if t_q else \
-        torch.zeros(0, dtype=torch.int64)
-    if expr.r > 0 and len(rows):
-        keys = torch.from_numpy(random_keys(expr.r, expr.seed, rows.numpy(), n))
-        draw_rows = rows[:, None].expand_as(keys).reshape(-1)
-        keys = keys.reshape(-1)
-        i0, i1 = _covering(qa, qb, draw_rows)
-        j0, j1 = _covering(ka, kb, keys)
-        for di in range(int((i1 - i0).max().clamp(min=-1)) + 1):
-            for dj in range(int((j1 - j0).max().clamp(min=-1)) + 1):
-                i, j = i0 + di, j0 + dj
-                ok = (i <= i1) & (j <= j1)
-                counts += torch.bincount((i * t_k + j)[ok], minlength=t_q * t_k)
     area = (qb - qa + 1)[:, None] * (kb - ka + 1)[None, :]
-    return _by_count(counts.view(t_q, t_k), area), None
+    if expr.r == 0 or t_q == 0 or t_k == 0:
+        return _by_count(torch.zeros(t_q, t_k, dtype=torch.int64), area), None
+    q_order, q_sorted = _sorted_order(qa, qb)
+    k_order, k_sorted = _sorted_order(ka, kb)
+    if not (q_sorted and k_sorted):
+        return _by_count(_random_counts_per_row_interval(expr, qa, qb, ka, kb, n), area), None
+    counts = torch.zeros(t_q, t_k, dtype=torch.int64)
+    counts[q_order[:, None], k_order[None, :]] = _random_counts_sorted(
+        expr, qa[q_order], qb[q_order], ka[k_order], kb[k_order], n)
+    return _by_count(counts, area), None
+
+
+def _random_counts_sorted(expr, qa, qb, ka, kb, n):
+    """Drawn pairs per rectangle, for intervals sorted as ``_covering`` needs."""
+    t_q, t_k = len(qa), len(ka)
+    counts = torch.zeros(t_q * t_k, dtype=torch.int64)
+    rows = torch.arange(int(qa.min()), int(qb.max()) + 1, dtype=torch.int64)
+    keys = torch.from_numpy(random_keys(expr.r, expr.seed, rows.numpy(), n))
+    draw_rows = rows[:, None].expand_as(keys).reshape(-1)
+    keys = keys.reshape(-1)
+    i0, i1 = _covering(qa, qb, draw_rows)
+    j0, j1 = _covering(ka, kb, keys)
+    for di in range(int((i1 - i0).max().clamp(min=-1)) + 1):
+        for dj in range(int((j1 - j0).max().clamp(min=-1)) + 1):
+            i, j = i0 + di, j0 + dj
+            ok = (i <= i1) & (j <= j1)
+            counts += torch.bincount((i * t_k + j)[ok], minlength=t_q * t_k)
+    return counts.view(t_q, t_k)
+
+
+def _random_counts_per_row_interval(expr, qa, qb, ka, kb, n):
+    """The same for any intervals (nested ones too): each row interval's draws against every
+    key interval."""
+    counts = torch.zeros(len(qa), len(ka), dtype=torch.int64)
+    for i in range(len(qa)):
+        rows = torch.arange(int(qa[i]), int(qb[i]) + 1, dtype=torch.int64)
+        keys = torch.from_numpy(random_keys(expr.r, expr.seed, rows.numpy(), n)).reshape(-1, 1)
+        counts[i] = ((keys >= ka[None, :]) & (keys <= kb[None, :])).sum(0)
+    return counts
 
 
 # ------------------------------------------------------------------ where(...)

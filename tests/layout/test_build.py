@@ -8,7 +8,7 @@ from spattn_dsl.ir import nodes as N
 from spattn_dsl.ir.evaluate import select_head
 from spattn_dsl.layout import EMPTY, FULL, PARTIAL, lower, pair_count, states_from_mask, \
     tile_states
-from spattn_dsl.layout.classify import _RULES
+from spattn_dsl.layout.classify import _RULES, _sorted_order, classify
 
 from .patterns import PRIMITIVES, pattern, random_tree
 
@@ -39,6 +39,40 @@ def test_tile_states_random_trees(seed):
     n_q = rng.choice([n_k, rng.randint(1, n_k)])
     bm, bn = rng.choice([(8, 8), (16, 32), (32, 16)])
     assert_layout_exact(p, n_q, n_k, bm, bn)
+
+
+def _shuffled_intervals(gen, n, kind):
+    """Tile ranges out of order: ``overlapping`` ones like a residue term's (class r, tile t:
+    [r + 4 * 8t, r + 4 * (8t + 7)]), or ``nested`` ones of random lengths."""
+    if kind == "overlapping":
+        lo = torch.tensor([r + 32 * t for t in range(n // 32 + 1) for r in range(4)])
+        hi = (lo + 28).clamp(max=n - 1)
+    else:
+        lo = torch.randint(0, n, (40,), generator=gen)
+        hi = (lo + torch.randint(0, 30, (40,), generator=gen)).clamp(max=n - 1)
+    keep = lo < n
+    order = torch.randperm(int(keep.sum()), generator=gen)
+    return lo[keep][order], hi[keep][order]
+
+
+@pytest.mark.parametrize("kind", ["overlapping", "nested"])
+@pytest.mark.parametrize("seed", range(3))
+def test_random_links_on_intervals_in_any_order(kind, seed):
+    """The random classifier counts draws per rectangle: intervals out of order, overlapping
+    (what the residue terms' tiles are) or nested, give the reference mask's states."""
+    n = 97
+    p = pattern(N.Random(N.Num(3), N.Num(seed)))
+    mask = p.mask(n, n)
+    gen = torch.Generator().manual_seed(seed)
+    q_lo, q_hi = _shuffled_intervals(gen, n, kind)
+    k_lo, k_hi = _shuffled_intervals(gen, n, kind)
+    assert _sorted_order(q_lo, q_hi)[1] == (kind == "overlapping")  # both counting paths
+    got, _ = classify(p.at(n), q_lo[:, None], q_hi[:, None], k_lo[None, :], k_hi[None, :], n)
+    for i in range(len(q_lo)):
+        for j in range(len(k_lo)):
+            block = mask[q_lo[i]:q_hi[i] + 1, k_lo[j]:k_hi[j] + 1]
+            want = FULL if block.all() else PARTIAL if block.any() else EMPTY
+            assert int(got[i, j]) == want, (i, j)
 
 
 def test_every_primitive_has_a_classifier():

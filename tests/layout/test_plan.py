@@ -64,6 +64,7 @@ STRUCTURED = {
                                N.Window(num(6))),
     "heads": PRIMITIVES["heads"],
     "global-rows": N.Union(N.Causal(), N.Global(num(3))),
+    "stride-random": N.Union(N.Intersect(N.Causal(), N.Stride(num(4))), N.Random(num(2), num(1))),
 }
 
 

@@ -30,6 +30,8 @@ EXPRS = {
                                N.Window(num(6))),
     "longformer": PRIMITIVES["longformer"],
     "heads": N.Heads((PRIMITIVES["longformer"], N.Intersect(N.Causal(), N.Stride(num(9))))),
+    # random links beside residue classes: the residue term subtracts the draws
+    "stride-random": N.Union(N.Intersect(N.Causal(), N.Stride(num(4))), N.Random(num(2), num(1))),
     # only global rows: the first term writes some rows, the others stay empty (0)
     "rows-only": N.Union(N.Compare("<", N.Var("q"), num(3)),
                          N.Compare("==", N.Var("q"), num(120))),
@@ -41,6 +43,7 @@ CASES = [  # name, heads, kv heads, n_q, n_k
     ("stride16-window", 1, 1, 64, 64),
     ("dilated4-3", 2, 1, 130, 130),
     ("dilated4-3", 1, 1, 5, 5),
+    ("stride-random", 1, 1, 130, 130),
     ("fixed", 1, 1, 111, 111),
     ("tokens", 1, 1, 64, 64),
     ("tokens", 1, 1, 40, 130),
