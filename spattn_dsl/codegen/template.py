@@ -81,6 +81,28 @@ def _document_of(DocStart, DocLength, row_offset, pos, n_k, outside, DOCUMENTS: 
 
 
 @triton.jit
+def _kv_tile(k_desc, v_desc, k_base, v_base, k_ptrs, v_ptrs, desc_row, start_n, offs_kn, k_ok, d_ok,
+             stride_kn, stride_vn, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+             DESCRIPTORS: tl.constexpr, GATHER_K: tl.constexpr, EVEN_N: tl.constexpr):
+    """K^T ``[HEAD_DIM_PAD, BLOCK_N]`` and V ``[BLOCK_N, HEAD_DIM_PAD]`` of a key tile that may
+    hold holes or run past n_k: by descriptor (from row ``desc_row`` of its view), at gathered
+    positions ``offs_kn``, or from tile 0's pointers moved by ``start_n`` rows."""
+    if DESCRIPTORS:
+        k = tl.trans(k_desc.load([desc_row, 0]))
+        v = v_desc.load([desc_row, 0])
+    elif GATHER_K:
+        k = tl.load(k_base + offs_kn.to(tl.int64)[None, :] * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+        v = tl.load(v_base + offs_kn.to(tl.int64)[:, None] * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+    elif EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
+        k = tl.load(k_ptrs + start_n * stride_kn)
+        v = tl.load(v_ptrs + start_n * stride_vn)
+    else:
+        k = tl.load(k_ptrs + start_n * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+        v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+    return k, v
+
+
+@triton.jit
 def _rows_descriptor(base, n_rows, stride_row, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
     """A tensor descriptor of one (batch, head)'s ``[n_rows, HEAD_DIM]`` rows, read in
     ``[BLOCK, HEAD_DIM]`` tiles (Hopper's bulk tensor copies; out-of-range rows read 0)."""
@@ -196,14 +218,17 @@ def ${name}(
     v_base = V + z * stride_vz + kv_h * stride_vh + offs_d[None, :] * stride_vd  # [1, HEAD_DIM_PAD]
     k_ptrs = k_base + offs_n[None, :] * stride_kn                # [HEAD_DIM_PAD, BLOCK_N] tile 0
     v_ptrs = v_base + offs_n[:, None] * stride_vn                # [BLOCK_N, HEAD_DIM_PAD] tile 0
+    # the row's keys: its residue class (the same as its queries'), else every key
+    r, k_first, view_rows, view_step = _class_view(tile_m * BLOCK_M // q_class * k_class,
+                                                   res_step, k_class, n_k, GATHER_K)
     if DESCRIPTORS:  # K and V tiles by bulk tensor copies (rows past the view read as zeros)
-        # the row's keys: its residue class (the same as its queries'), else every key
-        r, k_first, view_rows, view_step = _class_view(tile_m * BLOCK_M // q_class * k_class,
-                                                       res_step, k_class, n_k, GATHER_K)
         k_desc = _rows_descriptor(K + z * stride_kz + kv_h * stride_kh + r * stride_kn, view_rows,
                                   stride_kn * view_step, BLOCK_N, HEAD_DIM)
         v_desc = _rows_descriptor(V + z * stride_vz + kv_h * stride_vh + r * stride_vn, view_rows,
                                   stride_vn * view_step, BLOCK_N, HEAD_DIM)
+    else:  # unused
+        k_desc = K
+        v_desc = V
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)          # [BLOCK_M] running max (log2 units)
     l_i = tl.zeros([BLOCK_M], tl.float32)                        # [BLOCK_M] running sum
@@ -228,18 +253,9 @@ def ${name}(
             start_n = (tile_n * BLOCK_N).to(tl.int64)
             offs_kn, k_ok = _gathered(KIdx, tile_n * BLOCK_N, tile_n * BLOCK_N + offs_n, m_k,
                                       n_k, 0, res_step, k_class, GATHER_K)  # [BLOCK_N] key positions
-            if DESCRIPTORS:
-                k = tl.trans(k_desc.load([tile_n * BLOCK_N - k_first, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
-                v = v_desc.load([tile_n * BLOCK_N - k_first, 0])           # [BLOCK_N, HEAD_DIM_PAD]
-            elif GATHER_K:
-                k = tl.load(k_base + offs_kn.to(tl.int64)[None, :] * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
-                v = tl.load(v_base + offs_kn.to(tl.int64)[:, None] * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
-            elif EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
-                k = tl.load(k_ptrs + start_n * stride_kn)        # [HEAD_DIM_PAD, BLOCK_N]
-                v = tl.load(v_ptrs + start_n * stride_vn)        # [BLOCK_N, HEAD_DIM_PAD]
-            else:
-                k = tl.load(k_ptrs + start_n * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
-                v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+            k, v = _kv_tile(k_desc, v_desc, k_base, v_base, k_ptrs, v_ptrs, tile_n * BLOCK_N - k_first,
+                            start_n, offs_kn, k_ok, d_ok, stride_kn, stride_vn, HEAD_DIM, HEAD_DIM_PAD,
+                            DESCRIPTORS, GATHER_K, EVEN_N)  # [HEAD_DIM_PAD, BLOCK_N], [BLOCK_N, HEAD_DIM_PAD]
             qk = tl.dot(q, k, input_precision=DOT_PRECISION)   # [BLOCK_M, BLOCK_N]
             if partial:
                 allowed = _allowed(q_pos, offs_kn[None, :], case, q_len, draw_pos$table_args) & k_ok[None, :]
@@ -302,18 +318,9 @@ def ${name}(
             start_n = (tile_n * BLOCK_N).to(tl.int64)
             offs_kn, k_ok = _gathered(KIdx, tile_n * BLOCK_N, tile_n * BLOCK_N + offs_n, m_k,
                                       n_k, 0, res_step, k_class, GATHER_K)  # [BLOCK_N] key positions
-            if DESCRIPTORS:
-                k = tl.trans(k_desc.load([tile_n * BLOCK_N - k_first, 0]))  # [HEAD_DIM_PAD, BLOCK_N]
-                v = v_desc.load([tile_n * BLOCK_N - k_first, 0])           # [BLOCK_N, HEAD_DIM_PAD]
-            elif GATHER_K:
-                k = tl.load(k_base + offs_kn.to(tl.int64)[None, :] * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
-                v = tl.load(v_base + offs_kn.to(tl.int64)[:, None] * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
-            elif EVEN_N and HEAD_DIM == HEAD_DIM_PAD:
-                k = tl.load(k_ptrs + start_n * stride_kn)            # [HEAD_DIM_PAD, BLOCK_N]
-                v = tl.load(v_ptrs + start_n * stride_vn)            # [BLOCK_N, HEAD_DIM_PAD]
-            else:
-                k = tl.load(k_ptrs + start_n * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
-                v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+            k, v = _kv_tile(k_desc, v_desc, k_base, v_base, k_ptrs, v_ptrs, tile_n * BLOCK_N - k_first,
+                            start_n, offs_kn, k_ok, d_ok, stride_kn, stride_vn, HEAD_DIM, HEAD_DIM_PAD,
+                            DESCRIPTORS, GATHER_K, EVEN_N)  # [HEAD_DIM_PAD, BLOCK_N], [BLOCK_N, HEAD_DIM_PAD]
             k_pos = offs_kn[None, :]                                 # [1, BLOCK_N] absolute
             if DOCUMENTS:  # the pattern on document-relative positions, same document only
                 allowed = _allowed(q_pos - q_start, k_pos - q_start, case, q_len, draw_pos$table_args) \\
