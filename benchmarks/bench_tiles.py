@@ -3,12 +3,14 @@ autotuning spaces of codegen/space.py (forward, dQ, dK/dV), and measure where a 
 time goes (the whole op against its kernel launches alone).
 
     python benchmarks/bench_tiles.py [--seq-len 8192] [--only causal bigbird] [--no-backward]
-                                     [--no-forward] [--wide-backward] [--out tiles.md]
+                                     [--no-forward] [--wide-backward] [--head-major]
+                                     [--out tiles.md]
 
 bf16, batch 2, 16 heads, head_dim 128, random normal inputs; ``triton.testing.do_bench``
 medians (ms). Configs that do not compile or launch (shared memory, registers) are listed as
 failed. Each output is checked against the space's first config. ``--out`` also writes every
-line to a file (a device call returns only the end of its output).
+line to a file (a device call returns only the end of its output). ``--head-major``: the
+fastest configs of each space, each in both program orders (slot-major and head-major).
 """
 from __future__ import annotations
 
@@ -58,6 +60,12 @@ DQ_WIDE = [TileConfig(*c) for c in ((128, 32, 4, 3), (128, 32, 4, 4), (128, 64, 
                                     (64, 64, 4, 4), (64, 32, 4, 4))]
 DKDV_WIDE = [TileConfig(*c) for c in ((32, 128, 4, 3), (32, 128, 4, 4), (64, 128, 4, 3),
                                       (32, 64, 4, 5), (64, 64, 8, 3))]
+# --head-major: the fastest shapes of each space, plain and descriptors, in both orders.
+ORDER_SPACES = {kind: [TileConfig(*c, descriptors=d, head_major=h) for c in shapes
+                       for d in (False, True) for h in (False, True)]
+                for kind, shapes in (("fwd", ((128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3))),
+                                     ("dq", ((64, 64, 4, 2), (128, 64, 8, 3))),
+                                     ("dkdv", ((64, 64, 4, 2), (32, 64, 4, 3))))}
 
 
 OUT: Path | None = None  # --out: every line is appended here as it is printed
@@ -148,6 +156,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="also write every line to this file")
     parser.add_argument("--wide-backward", action="store_true",
                         help="backward: more tile shapes, and dense causal too")
+    parser.add_argument("--head-major", action="store_true",
+                        help="the fastest shapes in both program orders")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_tiles needs a CUDA GPU", file=sys.stderr)
@@ -170,8 +180,10 @@ def main(argv=None) -> int:
             return forward(plan, q, k, v, scale)[0]
         fwd.n = n
         if not args.no_forward:
-            sweep(attn, FORWARD_SPACE, fwd, f"{label} fwd", check=True)
-        backward = BACKWARD + (("dense causal",) if args.wide_backward else ())
+            space = ORDER_SPACES["fwd"] if args.head_major else FORWARD_SPACE
+            sweep(attn, space, fwd, f"{label} fwd", check=True)
+        backward = BACKWARD + (("dense causal",) if args.wide_backward or args.head_major
+                               else ())
         if args.no_backward or label not in backward:
             continue
         base = attn._make_plan(n, n, FORWARD_SPACE[0], "cuda")
@@ -187,9 +199,12 @@ def main(argv=None) -> int:
             return backward_dkdv(plan, grad_out, q, k, v, lse, delta, scale, None, dk, dv)[0]
         dkdv_launch.n = n
         wide = args.wide_backward
-        sweep(attn, DQ_SPACE + (DQ_WIDE if wide else []), dq_launch, f"{label} dq", check=True)
-        sweep(attn, DKDV_SPACE + (DKDV_WIDE if wide else []), dkdv_launch, f"{label} dkdv",
-              check=True)
+        dq_space = DQ_SPACE + (DQ_WIDE if wide else [])
+        dkdv_space = DKDV_SPACE + (DKDV_WIDE if wide else [])
+        if args.head_major:
+            dq_space, dkdv_space = ORDER_SPACES["dq"], ORDER_SPACES["dkdv"]
+        sweep(attn, dq_space, dq_launch, f"{label} dq", check=True)
+        sweep(attn, dkdv_space, dkdv_launch, f"{label} dkdv", check=True)
     return 0
 
 

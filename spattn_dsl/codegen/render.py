@@ -15,7 +15,7 @@ from ..ir.printer import text as expr_text
 from .predicate import Emitter, TableSpec
 from .template import BACKWARD, BACKWARD_HELPERS, HELPERS, KERNEL
 
-GENERATOR_VERSION = "16"
+GENERATOR_VERSION = "17"
 
 
 @dataclass(frozen=True)
@@ -26,11 +26,13 @@ class TileConfig:
     num_stages: int = 2
     merged: bool = False  # one loop over a range of key tiles, predicate on its end tiles only
     descriptors: bool = False  # visited tiles by tensor descriptors (Hopper's bulk copies)
+    head_major: bool = False  # programs ordered head by head (tiles of one head together)
 
     def __str__(self) -> str:
         return f"BLOCK_M={self.block_m} BLOCK_N={self.block_n} num_warps={self.num_warps} " \
                f"num_stages={self.num_stages}" + (" merged" if self.merged else "") \
-               + (" descriptors" if self.descriptors else "")
+               + (" descriptors" if self.descriptors else "") \
+               + (" head-major" if self.head_major else "")
 
 
 @dataclass(frozen=True)

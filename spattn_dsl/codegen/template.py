@@ -17,6 +17,17 @@ from string import Template
 
 HELPERS = '''
 @triton.jit
+def _program_slot(n_bh, n_tiles, HEAD_MAJOR: tl.constexpr):
+    """(slot in the tile order, batch*head index) of this program. Slot-major: concurrent
+    programs are one tile of every head; head-major: the tiles of one head run together and
+    share its K/V (or Q/dO) in L2."""
+    pid = tl.program_id(0)
+    if HEAD_MAJOR:
+        return pid % n_tiles, pid // n_tiles
+    return pid // n_bh, pid % n_bh
+
+
+@triton.jit
 def _floordiv(a, b):
     quot = a // b
     rem = a - quot * b
@@ -185,10 +196,9 @@ def ${name}(
     MERGED: tl.constexpr, VISIT_RANGE: tl.constexpr, HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr,
     GATHER_K: tl.constexpr, ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     DOCUMENTS: tl.constexpr, DESCRIPTORS: tl.constexpr,
+    HEAD_MAJOR: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    slot = pid // (n_batch * n_heads)
-    bh = pid % (n_batch * n_heads)
+    slot, bh = _program_slot(n_batch * n_heads, n_tiles_q, HEAD_MAJOR)
     z = (bh // n_heads).to(tl.int64)
     h = head_first + head_step * (bh % n_heads)                  # the heads of one case
     kv_h = (h // kv_group).to(tl.int64)
@@ -470,13 +480,11 @@ def ${name}_dq(
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr,
     HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, GATHER_K: tl.constexpr,
     ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOCUMENTS: tl.constexpr,
-    DESCRIPTORS: tl.constexpr,
+    DESCRIPTORS: tl.constexpr, HEAD_MAJOR: tl.constexpr,
 ):
     """dQ of one (virtual) query tile: its key tiles, as in the forward pass; ``ACCUMULATE``
     adds to what earlier terms wrote."""
-    pid = tl.program_id(0)
-    slot = pid // (n_batch * n_heads)
-    bh = pid % (n_batch * n_heads)
+    slot, bh = _program_slot(n_batch * n_heads, n_tiles_q, HEAD_MAJOR)
     z = (bh // n_heads).to(tl.int64)
     h = head_first + head_step * (bh % n_heads)
     kv_h = (h // kv_group).to(tl.int64)
@@ -620,15 +628,13 @@ def ${name}_dkdv(
     FULL_RANGE: tl.constexpr, PARTIAL_RANGE: tl.constexpr, EVEN_M: tl.constexpr,
     HAS_PAD: tl.constexpr, GATHER_Q: tl.constexpr, GATHER_K: tl.constexpr,
     ACCUMULATE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOCUMENTS: tl.constexpr,
-    DESCRIPTORS: tl.constexpr,
+    DESCRIPTORS: tl.constexpr, HEAD_MAJOR: tl.constexpr,
 ):
     """dK and dV of one (virtual) key tile of one key/value head: the query tiles of the
     transposed layout (``FullCounts``... are the ``*_q_*`` lists), for every query head of its
     group that belongs to this case (h = head_first mod head_step). DK and DV share their
     strides; ``ACCUMULATE`` adds to what earlier terms wrote."""
-    pid = tl.program_id(0)
-    slot = pid // (n_batch * n_kv_heads)
-    bh = pid % (n_batch * n_kv_heads)
+    slot, bh = _program_slot(n_batch * n_kv_heads, n_tiles_k, HEAD_MAJOR)
     z = (bh // n_kv_heads).to(tl.int64)
     kv_h = kv_first + kv_step * (bh % n_kv_heads)
     if DOCUMENTS:  # per-call lists, one set per batch row

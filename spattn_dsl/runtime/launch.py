@@ -290,6 +290,7 @@ def _common(module, q, config, key_padding) -> dict:
     return dict(CASES=module.CASES, HEAD_DIM=head_dim,
                 HEAD_DIM_PAD=_padded(head_dim),
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, HAS_PAD=key_padding is not None,
+                HEAD_MAJOR=config.head_major,
                 DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
                 num_warps=config.num_warps, num_stages=config.num_stages)
 
