@@ -90,17 +90,17 @@ def _collect(errors, check, *args):
 
 
 def _check_pattern(decl, table, errors):
-    seen = []
+    seen = set()  # a set, not a list: 20,000 parameters must stay linear
     for param in decl.params:
         if param.name in RESERVED or param.name in FUNCTIONS:
             errors.append(PatternError(f"'{param.name}' is reserved and cannot be a parameter name",
                                        param.span))
         elif param.name in seen:
             errors.append(PatternError(f"duplicate parameter '{param.name}'", param.span))
-        if param.default is not None:
-            _collect(errors, _check_int, param.default, set(seen), False)
-        seen.append(param.name)
-    _check_mask(decl.body, set(seen), table, errors, in_body=True)
+        if param.default is not None:  # sees only earlier parameters: ``seen`` grows after
+            _collect(errors, _check_int, param.default, seen, False)
+        seen.add(param.name)
+    _check_mask(decl.body, seen, table, errors, in_body=True)
 
 
 def _check_items(items, table, errors):
@@ -169,9 +169,10 @@ def _match_args(ref, names, defaults, what) -> dict:
         raise PatternError(f"{what} takes {_count(len(names), 'argument')}, got {len(ref.args) + len(ref.kwargs)}",
                            extra.span or ref.span)
     given = dict(zip(names, ref.args))
+    known_names = set(names)  # a tuple lookup per argument would be quadratic
     for i, (key, value) in enumerate(ref.kwargs):
         span = ref.kwarg_spans[i] if ref.kwarg_spans else ref.span
-        if key not in names:
+        if key not in known_names:
             known = ", ".join(names) or "no parameters"
             raise PatternError(f"{what} has no parameter '{key}' (it has {known})", span)
         if key in given:
@@ -460,9 +461,10 @@ def _check_now(node):
 def bind(name: str, params: dict, table: dict, span=None):
     """Bind the pattern ``name`` with keyword arguments (Python ints) -> bound expression."""
     decl = table[name]
+    names = {p.name for p in decl.params}
     given = {}
     for key, value in params.items():
-        if key not in {p.name for p in decl.params}:
+        if key not in names:
             known = ", ".join(p.name for p in decl.params) or "no parameters"
             raise PatternError(f"pattern '{name}' has no parameter '{key}' (it has {known})", decl.span)
         if isinstance(value, bool) or not isinstance(value, int):
