@@ -6,8 +6,10 @@ what it needs (torch, sympy, triton) when it runs, so ``check`` and ``--help`` s
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import stat
 import sys
 import traceback
 from pathlib import Path
@@ -27,6 +29,11 @@ REPORT_MAX_SEQ_LEN = 1 << 24
 REPORT_MAX_LAYERS = 1024
 COMPILE_MAX_SEQ_LEN = 1 << 30  # the layout's tile bounds are int32 (layout/classify.py)
 EXIT_USER_ERROR = 2
+# A pattern file is a few KB; a larger input is a mistake (``spattn check /dev/zero``), and
+# reading it whole would take the machine's memory.
+MAX_SOURCE_BYTES = 8 << 20
+# errors of a write to stdout (`> /dev/full`, a full disk, a broken terminal): reported, exit 2
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EBADF, errno.EFBIG, errno.EDQUOT}
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool stopped by SIGPIPE
 
 
@@ -158,28 +165,60 @@ def _natural(text: str) -> int:
 # ---------------------------------------------------------------- running
 def main(argv=None) -> int:
     """Run the CLI; returns the exit status instead of exiting."""
+    if sys.stdout is None:  # `spattn ... >&-`: refuse before any work, whose output would be lost
+        _say("spattn: error: standard output is closed; redirect it (to a file or /dev/null)")
+        return EXIT_USER_ERROR
     try:
         status = _run(argv)
-        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        sys.stdout.flush()  # a closed pipe or a full device shows up here, not at exit
         return status
     except PatternError as error:
-        print(_diagnostics(error), file=sys.stderr)
+        _say(_diagnostics(error))
         return EXIT_USER_ERROR
     except UsageError as error:
-        print(error, file=sys.stderr)
+        _say(error)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # `spattn show ... | head -1`: the reader left, nothing to say
         _silence_stdout()
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        print("spattn: interrupted", file=sys.stderr)
+        _say("spattn: interrupted")
         return 130
+    except OSError as error:
+        if not _is_output_error(error):
+            return _internal_error(error)
+        _silence_stdout()  # the unwritten rest would fail again at interpreter exit
+        _say(f"spattn: error: cannot write to standard output: {error.strerror}")
+        return EXIT_USER_ERROR
+    except ValueError as error:  # a value the library refused (AnalysisError and the like)
+        _say(f"spattn{_command(argv)}: error: {error}")
+        return EXIT_USER_ERROR
     except Exception as error:  # a bug of ours: say so briefly, keep the traceback on request
-        if os.environ.get("SPATTN_DEBUG"):
-            traceback.print_exc()
-        print(f"spattn: internal error: {type(error).__name__}: {error} "
-              "(set SPATTN_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
+        return _internal_error(error)
+
+
+def _internal_error(error: Exception) -> int:
+    if os.environ.get("SPATTN_DEBUG"):
+        traceback.print_exc()
+    _say(f"spattn: internal error: {type(error).__name__}: {error} "
+         "(set SPATTN_DEBUG=1 for the traceback)")
+    return 1
+
+
+def _is_output_error(error: OSError) -> bool:
+    """A failed write to stdout: no file name (commands report their own files' errors)."""
+    return error.filename is None and error.errno in _OUTPUT_ERRNOS
+
+
+def _command(argv) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return f" {args[0]}" if args and args[0] in COMMANDS else ""
+
+
+def _say(message) -> None:
+    """A line on stderr, if there is one (``2>&-`` closes it)."""
+    if sys.stderr is not None:
+        print(message, file=sys.stderr)
 
 
 def _run(argv) -> int:
@@ -204,6 +243,39 @@ def _silence_stdout():
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):  # stdout is not a real file (tests)
         pass
+
+
+def _load(path: str):
+    """``api.load``, after refusing what is not a pattern file: a FIFO or device (reading one
+    may hang or never end) or a file larger than MAX_SOURCE_BYTES."""
+    from .api import load
+
+    problem = _source_problem(path)
+    if problem:
+        raise PatternError(f"cannot read {path}: {problem}", filename=path)
+    return load(path)
+
+
+def _source_problem(path: str) -> str | None:
+    try:
+        info = os.stat(path)  # not opened: opening a FIFO without a writer blocks
+    except (OSError, ValueError):
+        return None  # load reports it in its own words
+    if stat.S_ISDIR(info.st_mode):
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return (f"not a regular file (a {_file_kind(info.st_mode)}); spattn reads pattern "
+                "files only (save the text to a file first)")
+    if info.st_size > MAX_SOURCE_BYTES:
+        return (f"{info.st_size} bytes, more than the {MAX_SOURCE_BYTES >> 20} MiB a pattern "
+                "file may have")
+    return None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def _usage(args, message: str) -> UsageError:
@@ -264,6 +336,13 @@ def _count(table, noun: str) -> str:
 # ---------------------------------------------------------------- output paths
 def _check_output_file(args, path: Path):
     """Refuse, before any work, an output file that could not be written."""
+    try:
+        _check_output_file_at(args, path)
+    except OSError as error:  # a name too long for the file system, a loop of links
+        raise _write_error(args, path, error) from None
+
+
+def _check_output_file_at(args, path: Path):
     if path.is_dir():
         raise _usage(args, f"argument -o: {path} is a directory; name a file")
     folder = path.parent
@@ -278,6 +357,13 @@ def _check_output_file(args, path: Path):
 
 def _check_output_dir(args, path: Path):
     """Refuse, before any work, an output folder that could not be made or written."""
+    try:
+        _check_output_dir_at(args, path)
+    except OSError as error:  # a name too long for the file system, a loop of links
+        raise _write_error(args, path, error) from None
+
+
+def _check_output_dir_at(args, path: Path):
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -289,7 +375,13 @@ def _check_output_dir(args, path: Path):
 
 
 def _write_error(args, path, error: OSError) -> UsageError:
-    return _usage(args, f"cannot write {path}: {error.strerror or error}")
+    return _usage(args, f"cannot write {_short(path)}: {error.strerror or error}")
+
+
+def _short(path) -> str:
+    """A path for a message: a name too long for the file system is cut in the middle."""
+    text = str(path)
+    return text if len(text) <= 120 else f"{text[:60]}...{text[-40:]}"
 
 
 def _report_format(args) -> str:
@@ -320,9 +412,7 @@ def _check_at_most(args, flag: str, value: int, limit: int, why: str = ""):
 
 # ---------------------------------------------------------------- commands
 def cmd_check(args) -> int:
-    from .api import load
-
-    program = load(args.file)
+    program = _load(args.file)
     errors = []
     print(f"{args.file}: {len(program.patterns)} pattern(s), {len(program.models)} model(s)")
     for name, decl in program.patterns.items():
@@ -370,11 +460,9 @@ def _schedule(model) -> str:
 
 
 def cmd_show(args) -> int:
-    from .api import load
-
     _check_at_most(args, "--seq-len", args.seq_len, picture.MAX_SEQ_LEN)
     _check_at_most(args, "--width", args.width, picture.MAX_WIDTH)
-    pattern = _only_pattern(load(args.file), args)
+    pattern = _only_pattern(_load(args.file), args)
     if args.plan:  # drawn by the runtime's plan picture (needs torch)
         from .runtime.plan_picture import draw_plan
         print(draw_plan(pattern, args.seq_len, head=args.head, width=args.width))
@@ -403,9 +491,8 @@ def cmd_report(args) -> int:
                      "markdown or json, not html")
 
     from .analysis import AnalysisError, analyze, render
-    from .api import load
 
-    target = _report_target(load(args.file), args)
+    target = _report_target(_load(args.file), args)
     try:
         if args.documents is None:
             text = render(analyze(target, args.seq_len, layers=args.layers), fmt=fmt)
@@ -454,10 +541,9 @@ def cmd_compile(args) -> int:
         raise _usage(args, f"argument --head-dim: the kernels take {low} to {high}, "
                      f"got {args.head_dim}")
 
-    from .api import load
     from .runtime.artifacts import write_artifacts
 
-    pattern = _only_pattern(load(args.file), args)
+    pattern = _only_pattern(_load(args.file), args)
     out = Path(args.output or f"spattn_{pattern.name}")
     _check_output_dir(args, out)
     try:
