@@ -16,11 +16,24 @@ _EXPORTS = {
     "load": ".api", "loads": ".api",
     "Program": ".ir.program", "Pattern": ".ir.program", "Model": ".ir.program",
     "PatternError": ".errors",
-    "analyze": ".analysis", "render": ".analysis", "Report": ".analysis",
+    "render": ".analysis", "Report": ".analysis",
     "compile": ".runtime",  # SPEC's name, shadows the builtin only inside this namespace
     "sparse_attention": ".decorator",
 }
-__all__ = list(_EXPORTS)
+__all__ = [*_EXPORTS, "analyze"]
+
+
+def analyze(pattern_or_model, n, layers=None, **options):
+    """SPEC's ``analyze`` (``analysis.analyze``: the graph-diameter report), its arguments
+    checked first so that a wrong one is named: ``n`` an integer in [1, 2**48], ``layers``
+    None or an integer >= 1."""
+    from .analysis import analyze as run
+    from .ir.program import integer_argument, length_argument
+
+    n = length_argument("analyze", "n", n, low=1)
+    if layers is not None:
+        layers = integer_argument("analyze", "layers", layers, 1)
+    return run(pattern_or_model, n, layers, **options)
 
 
 def __getattr__(name: str):

@@ -2,15 +2,41 @@
 from __future__ import annotations
 
 import hashlib
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import PatternError, SourceSpan
 from . import nodes as N
 from .evaluate import eval_int, head_count, instantiate
-from .limits import INT_LIMIT
+from .limits import INT_LIMIT, MAX_LENGTH
 from .printer import text as expr_text
 from .resolve import _Session, bind, bind_layer, check
+
+
+# The largest mask ``Pattern.mask`` builds: 2**32 pairs is a 4 GiB bool tensor (n = 65536),
+# before the evaluation's temporaries; past it a [n_q, n_k] tensor is not what anyone wants.
+MASK_MAX_PAIRS = 1 << 32
+
+
+def integer_argument(call: str, name: str, value, low: int | None = None,
+                     high: int | None = None, high_text: str | None = None) -> int:
+    """``value`` as an int, or a TypeError / ValueError naming ``call``'s argument ``name``
+    (bool is refused: ``mask(True)`` is a mistake, not a length of 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{call}: {name} must be an integer, got {value!r} "
+                        f"({type(value).__name__})")
+    value = int(value)
+    if low is not None and value < low:
+        raise ValueError(f"{call}: {name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{call}: {name} must be <= {high_text or high}, got {value}")
+    return value
+
+
+def length_argument(call: str, name: str, value, low: int = 0) -> int:
+    """A sequence length: an integer in [low, 2**48] (the documented limit)."""
+    return integer_argument(call, name, value, low, MAX_LENGTH, "2**48")
 
 
 @dataclass(frozen=True)
@@ -63,12 +89,17 @@ class Pattern:
         from ..semantics import documents as docs
         from ..semantics.reference import mask
 
-        n_k = n_q if n_k is None else n_k
-        if not 0 <= n_q <= n_k:
-            raise ValueError(f"need 0 <= n_q <= n_k, got n_q = {n_q}, n_k = {n_k}")
-        if documents is not None:
-            return docs.mask(self, n_q, n_k, head, documents)
-        return mask(self.at(n_k), n_q, n_k, head)
+        n_q, n_k, head = _mask_arguments(n_q, n_k, head)
+        try:
+            if documents is not None:
+                return docs.mask(self, n_q, n_k, head, documents)
+            return mask(self.at(n_k), n_q, n_k, head)
+        except (MemoryError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and "alloc" not in str(error):
+                raise  # torch's allocator fails with a RuntimeError; any other is not ours
+            raise ValueError(f"mask: a [{n_q}, {n_k}] bool mask takes {n_q * n_k:,} bytes "
+                             "(more while it is evaluated), more than this machine could "
+                             "allocate") from None
 
     def __str__(self) -> str:
         text = self.text
@@ -314,6 +345,22 @@ class Program:
                 raise PatternError("a model has at most 2**63 - 1 layers (the documented limit)",
                                    item.count.span)
         return tuple(out)
+
+
+def _mask_arguments(n_q, n_k, head) -> tuple:
+    """``mask``'s arguments checked: lengths within the documented limit, n_q <= n_k, a
+    head >= 0, and a mask small enough to allocate (MASK_MAX_PAIRS)."""
+    n_q = length_argument("mask", "n_q", n_q)
+    n_k = n_q if n_k is None else length_argument("mask", "n_k", n_k)
+    head = integer_argument("mask", "head", head, 0)
+    if n_q > n_k:
+        raise ValueError(f"mask: need n_q <= n_k (queries are the last n_q of the n_k "
+                         f"positions), got n_q = {n_q}, n_k = {n_k}")
+    if n_q * n_k > MASK_MAX_PAIRS:
+        raise ValueError(f"mask: a [{n_q}, {n_k}] bool mask would take {n_q * n_k:,} bytes, "
+                         f"past the limit of 2**32 pairs (4 GiB); analyze() and the "
+                         "kernels take longer sequences")
+    return n_q, n_k, head
 
 
 def _choices(table: dict) -> str:

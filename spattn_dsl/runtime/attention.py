@@ -68,13 +68,13 @@ class SparseAttention:
             raise TypeError(f"compile() needs a Pattern (from spattn_dsl.load(...).pattern(name)), "
                             f"got {type(pattern).__name__}")
         self.pattern = pattern
+        _check_hints(block_m=block_m, block_n=block_n, num_warps=num_warps,
+                     num_stages=num_stages, merged=merged, descriptors=descriptors,
+                     autotune=autotune, verbose=verbose)
         self.forced = None
         if block_m or block_n or num_warps or num_stages or merged or descriptors:
             self.forced = TileConfig(block_m or 64, block_n or 64, num_warps or 4, num_stages or 2,
                                      merged, descriptors)
-            for size in (self.forced.block_m, self.forced.block_n):
-                if size < 16 or size & (size - 1):
-                    raise ValueError(f"tile sizes must be powers of two >= 16, got {size}")
         if lowering not in MODES:
             raise ValueError(f"lowering must be one of {', '.join(MODES)}, got {lowering!r}")
         self.lowering = lowering
@@ -265,6 +265,31 @@ class SparseAttention:
                                                       self.lowering), q.device)
         from .autotune import tune
         return tune(self, q, k, v, scale, configs)
+
+
+# what compile() accepts for each numeric hint: (smallest, largest, powers of two only)
+HINT_RANGES = {"block_m": (16, 256, True), "block_n": (16, 256, True),
+               "num_warps": (1, 32, True), "num_stages": (1, 8, False)}
+
+
+def _check_hints(**hints):
+    """compile()'s hints, each named in its error: tile sizes and warps powers of two in
+    HINT_RANGES, stages in range, flags bool (None: the hint is not given)."""
+    from ..ir.program import integer_argument
+
+    for name, value in hints.items():
+        if value is None:
+            continue
+        if name not in HINT_RANGES:
+            if not isinstance(value, bool):
+                raise TypeError(f"compile: {name} must be True or False, got {value!r}")
+            continue
+        low, high, power = HINT_RANGES[name]
+        value = integer_argument("compile", name, value)
+        if not low <= value <= high or (power and value & (value - 1)):
+            kind = "a power of two" if power else "an integer"
+            raise ValueError(f"compile: {name} must be {kind} from {low} to {high}, "
+                             f"got {value}")
 
 
 def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
