@@ -65,9 +65,17 @@ def draw(pattern, n: int, head: int = 0, width: int = 64) -> str:
         body = ["".join(_shade(f) * 2 for f in row) for row in fraction.tolist()]
         legend = (f"each cell is {tile} x {tile} tokens: ' ' none, ░ <25%, ▒ <75%, ▓ partial, "
                   f"█ all allowed" + ("  (rows sampled)" if sampled else ""))
-    head_note = f", head {head}" if pattern.heads > 1 else ""
-    title = f"{pattern}  (n = {n}{head_note})"
+    title = f"{pattern}  (n = {n}{head_note(pattern.heads, head)})"
     return "\n".join([title, *(f"|{line}|" for line in body), legend])
+
+
+def head_note(cases: int, head: int) -> str:
+    """``, head 2 (case 0 of 2: heads wrap)``: which ``heads`` case a head index draws (SPEC:
+    head h uses case h mod cases); nothing for a pattern without cases."""
+    if cases <= 1:
+        return ""
+    case = head % cases
+    return f", head {head}" + (f" (case {case} of {cases}: heads wrap)" if case != head else "")
 
 
 def _shade(fraction: float) -> str:

@@ -94,3 +94,43 @@ def test_compile_hints_are_named(pattern, hints, error, message):
 def test_compile_takes_good_hints(pattern):
     attn = spattn_dsl.compile(pattern, block_m=32, block_n=16, num_warps=2, num_stages=3)
     assert (attn.forced.block_m, attn.forced.block_n, attn.forced.num_warps) == (32, 16, 2)
+
+
+# ------------------------------------------------------------------ heads wrap (item 11)
+FOUR_CASES = "pattern h { heads { causal; dense; causal & window(2); none } }"
+
+
+def _head_warnings(attn, heads):
+    import warnings
+
+    import torch
+
+    q = torch.randn(1, heads, 8, 16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attn(q, q, q)
+    return [str(w.message) for w in caught if "head cases" in str(w.message)]
+
+
+def test_head_count_not_a_multiple_of_the_cases_warns_once():
+    attn = spattn_dsl.compile(loads(FOUR_CASES).pattern("h"))
+    assert _head_warnings(attn, 2) == [
+        "spattn: pattern 'h' has 4 head cases but the tensors have 2 heads, not a multiple: "
+        "head h uses case h mod 4; cases 2 to 3 are never used"]
+    assert _head_warnings(attn, 2) == []  # once per compiled object and head count
+    assert len(_head_warnings(attn, 6)) == 1
+    assert "case 3 is never used" in _head_warnings(attn, 3)[0]
+    assert _head_warnings(attn, 8) == [] and _head_warnings(attn, 4) == []
+
+
+def test_show_names_the_case_a_head_wraps_to(tmp_path, capsys):
+    from spattn_dsl.cli import main
+
+    path = tmp_path / "two.spattn"
+    path.write_text("pattern two { heads { causal; dense } }\n")
+    assert main(["show", str(path), "--seq-len", "4", "--head", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "two: heads { causal; dense }  (n = 4, head 2 (case 0 of 2: heads wrap))"
+    assert lines[1:3] == ["|██· · · |", "|████· · |"]  # head 2 draws case 0: causal
+    assert main(["show", str(path), "--seq-len", "4", "--head", "1"]) == 0
+    assert "(n = 4, head 1)" in capsys.readouterr().out

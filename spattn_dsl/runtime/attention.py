@@ -81,6 +81,7 @@ class SparseAttention:
         self.autotune = autotune
         self.verbose = verbose
         self._plans: dict = {}
+        self._warned_heads: set = set()  # head counts warned about (see _check_head_count)
         self._document_rules = None
         self._document_modules: dict = {}
         self._valid_lengths: set = set()  # document lengths the pattern was checked at
@@ -97,10 +98,26 @@ class SparseAttention:
         ``[batch, n_k]`` non-decreasing document ids (packed sequences: every document is its
         own sequence)."""
         scale = check_inputs(q, k, v, scale)
+        self._check_head_count(q.shape[1])
         key_padding = check_padding(key_padding, q, k)
         if documents is not None:
             documents = check_document_ids(documents, q, k)
         return op.apply(q, k, v, key_padding, scale, self.op_id, documents)
+
+    def _check_head_count(self, heads: int):
+        """Warn, once per head count, where heads wrap unevenly over the pattern's cases
+        (head h uses case h mod cases): a 4-case pattern on 2 heads never uses cases 2-3."""
+        cases = self.pattern.heads
+        if heads % cases == 0 or heads in self._warned_heads:
+            return
+        self._warned_heads.add(heads)
+        unused = ""
+        if heads < cases:
+            unused = (f"; case {heads} is" if heads == cases - 1 else
+                      f"; cases {heads} to {cases - 1} are") + " never used"
+        warnings.warn(f"spattn: pattern '{self.pattern.name}' has {cases} head cases but the "
+                      f"tensors have {heads} heads, not a multiple: head h uses case h mod "
+                      f"{cases}{unused}", UserWarning, stacklevel=4)
 
     def layout(self, n_q: int, n_k: int, config: TileConfig) -> BlockLayout:
         return layout_for(self.pattern, n_q, n_k, config)
