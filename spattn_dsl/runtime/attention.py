@@ -336,7 +336,8 @@ def layout_for(pattern, n_q: int, n_k: int, config: TileConfig) -> BlockLayout:
     concrete = pattern.at(n_k)
     bm, bn = config.block_m, config.block_n
     name = f"{kernel_key(concrete)}-q{n_q}-k{n_k}-m{bm}-n{bn}"
-    return cache.layout(name, n_q, n_k, bm, bn, lambda: lower(concrete, n_q, n_k, bm, bn))
+    return cache.layout(name, n_q, n_k, bm, bn, lambda: lower(concrete, n_q, n_k, bm, bn),
+                        expr=concrete)
 
 
 def check_inputs(q, k, v, scale):
