@@ -11,6 +11,16 @@ no allowed key give 0. The log-sum-exp (natural log) is saved for the backward p
 the visited tiles through tensor descriptors (Hopper's bulk tensor copies) instead of
 pointer loads.
 
+Non-finite inputs: a pair the mask hides contributes nothing, even where its key or value is
+NaN or inf (a masked probability is 0, but ``0 * NaN`` is NaN inside ``tl.dot``), exactly as in
+the reference (``codegen.reference``): padding keys are zeroed in every tile that reads them;
+on PARTIAL tiles, where a key may be hidden from some rows and seen by others, hidden pairs are
+selected away (the dS of the backward too) and a tile of V (of K in dQ) whose sum is not finite
+takes a slow path (``_hide_nonfinite``) that adds its non-finite entries only where a row sees
+them. FULL tiles (every pair seen) pay nothing. A row that sees a non-finite value gets the
+non-finite result IEEE arithmetic gives (and NaN gradients); rows with no allowed key give 0.
+Not covered: a NaN in Q or dO reaches dK of the keys its row cannot see in PARTIAL tiles.
+
 Backward (``BACKWARD_HELPERS``, ``BACKWARD``): see the comment above them.
 """
 from string import Template
@@ -111,6 +121,36 @@ def _kv_tile(k_desc, v_desc, k_base, v_base, k_ptrs, v_ptrs, desc_row, start_n, 
         k = tl.load(k_ptrs + start_n * stride_kn, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
         v = tl.load(v_ptrs + start_n * stride_vn, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
     return k, v
+
+
+@triton.jit
+def _hide_nonfinite(acc, w, x, seen):
+    """(acc, x) for ``tl.dot(w, x, acc)`` in which a pair outside ``seen`` (bool, broadcast to
+    ``w``'s [M, N]; ``w`` is 0 there) contributes nothing although ``x`` [N, D] holds a NaN or
+    inf (``0 * NaN`` is NaN inside a dot). Only a tile whose sum is not finite pays: its
+    non-finite entries are zeroed in ``x`` and their terms at the seen pairs put into ``acc``
+    as IEEE gives them (a weight times +-inf is +-inf by the weight's sign, NaN for a weight
+    0; NaN times anything is NaN), counted by dots of 0 / +-1 matrices (exact, no loop: a loop
+    here would stop the caller's loop from being software-pipelined)."""
+    total = tl.sum(tl.sum(x.to(tl.float32), 1), 0)
+    if total - total != 0.0:  # NaN or inf somewhere (or an overflowing sum: exact too)
+        xf = x.to(tl.float32)
+        finite = tl.abs(xf) < float("inf")
+        inf_sign = tl.where(finite, 0.0, tl.where(xf > 0.0, 1.0, tl.where(xf < 0.0, -1.0, 0.0)))
+        is_nan = tl.where(xf != xf, 1.0, 0.0)                    # [N, D]
+        seen_w = tl.broadcast_to(seen, w.shape)                  # [M, N]
+        wf = w.to(tl.float32)
+        w_sign = tl.where(seen_w, tl.where(wf > 0.0, 1.0, tl.where(wf < 0.0, -1.0, 0.0)), 0.0)
+        w_zero = tl.where(seen_w & (wf == 0.0), 1.0, 0.0)
+        signed = tl.dot(w_sign, inf_sign)                         # (+inf terms) - (-inf terms)
+        both = tl.dot(tl.abs(w_sign), tl.abs(inf_sign))           # (+inf terms) + (-inf terms)
+        nans = tl.dot(w_zero, tl.abs(inf_sign), tl.dot(tl.where(seen_w, 1.0, 0.0), is_nan))
+        pos = both + signed > 0.0
+        neg = both - signed > 0.0
+        fix = tl.where(pos, float("inf"), 0.0) + tl.where(neg, float("-inf"), 0.0)
+        acc = tl.where(nans > 0.0, float("nan"), acc + fix)
+        x = tl.where(finite, x, 0.0).to(x.dtype)
+    return acc, x
 
 
 @triton.jit
@@ -270,14 +310,19 @@ def ${name}(
             if partial:
                 allowed = _allowed(q_pos, offs_kn[None, :], case, q_len, draw_pos$table_args) & k_ok[None, :]
                 qk = tl.where(allowed, qk, float("-inf"))
-            if HAS_PAD:
-                qk = tl.where(_kept(pad_row, offs_kn, n_k)[None, :], qk, float("-inf"))
+            if HAS_PAD:  # padding keys: hidden from every row, their values zeroed
+                kept = _kept(pad_row, offs_kn, n_k)
+                qk = tl.where(kept[None, :], qk, float("-inf"))
+                v = tl.where(kept[:, None], v, 0.0)
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)    # [BLOCK_M]
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.math.exp2(qk * qk_scale - m_use[:, None])     # [BLOCK_M, BLOCK_N]
             alpha = tl.math.exp2(m_i - m_use)                    # [BLOCK_M]
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+            acc = acc * alpha[:, None]
+            if partial:  # a NaN/inf value at a pair some row cannot see must not reach it
+                acc, v = _hide_nonfinite(acc, p, v, qk != float("-inf"))
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
             m_i = m_new
     else:
         n_full = tl.load(FullCounts + row)
@@ -304,8 +349,10 @@ def ${name}(
                 k = tl.load(k_ptrs + start_n * stride_kn, mask=d_ok[:, None], other=0.0)
                 v = tl.load(v_ptrs + start_n * stride_vn, mask=d_ok[None, :], other=0.0)
             qk = tl.dot(q, k, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
-            if HAS_PAD:
-                qk = tl.where(_kept(pad_row, cols, n_k)[None, :], qk, float("-inf"))
+            if HAS_PAD:  # padding keys: hidden from every row, their values zeroed
+                kept = _kept(pad_row, cols, n_k)
+                qk = tl.where(kept[None, :], qk, float("-inf"))
+                v = tl.where(kept[:, None], v, 0.0)
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)        # [BLOCK_M]
             if HAS_PAD:
                 m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -348,7 +395,8 @@ def ${name}(
             p = tl.math.exp2(qk * qk_scale - m_use[:, None])         # [BLOCK_M, BLOCK_N]
             alpha = tl.math.exp2(m_i - m_use)                        # [BLOCK_M]
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+            acc, v = _hide_nonfinite(acc * alpha[:, None], p, v, allowed)  # hidden NaN/inf: no leak
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
             m_i = m_new
 
     empty = l_i == 0.0                                           # [BLOCK_M] rows with no key
@@ -453,12 +501,18 @@ def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, k_desc
                 allowed = _allowed(q_pos, offs_kn[None, :], case, q_len, draw_pos$table_args) & k_ok[None, :]
             if HAS_PAD:
                 allowed = allowed & _kept(pad_row, offs_kn, n_k)[None, :]
-            p = tl.where(allowed, p, 0.0)
-        elif HAS_PAD:
-            p = tl.where(_kept(pad_row, offs_kn, n_k)[None, :], p, 0.0)
+        elif HAS_PAD:  # padding keys: hidden from every row, their keys and values zeroed
+            kept = _kept(pad_row, offs_kn, n_k)[None, :]
+            p = tl.where(kept, p, 0.0)
+            kt = tl.where(kept, kt, 0.0)
+            vt = tl.where(kept, vt, 0.0)
         dp = tl.dot(do, vt, input_precision=DOT_PRECISION)       # [BLOCK_M, BLOCK_N]
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
+        k_rows = tl.trans(kt)                                    # [BLOCK_N, HEAD_DIM_PAD]
+        if PARTIAL:  # a hidden pair: 0, even where dp or delta is NaN; its K must not leak
+            ds = tl.where(allowed, ds, 0.0)
+            dq, k_rows = _hide_nonfinite(dq, ds, k_rows, allowed)
+        dq += tl.dot(ds.to(kt.dtype), k_rows, input_precision=DOT_PRECISION)
     return dq
 
 
@@ -600,12 +654,15 @@ def _dkdv_tiles(dk, dv, k, v, keep, k_pos, q_head, do_head, q_desc, do_desc, QId
                     & (k_start == q_start)
             else:
                 allowed = _allowed(q_pos, k_pos, case, k_len, draw_pos$table_args)
-            p_t = tl.where(allowed & keep, p_t, 0.0)
+            seen = allowed & keep
+            p_t = tl.where(seen, p_t, 0.0)
         elif HAS_PAD:
             p_t = tl.where(keep, p_t, 0.0)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
         ds_t = p_t * (dp_t - delta[None, :])
+        if PARTIAL:  # a hidden pair: 0, even where dp (a NaN in v) or delta (a NaN row) is NaN
+            ds_t = tl.where(seen, ds_t, 0.0)
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
     return dk, dv
 
@@ -695,6 +752,9 @@ def ${name}_dkdv(
                                  DESCRIPTORS)
 
     dk = dk * sm_scale
+    if HAS_PAD:  # no row sees a padding key (FULL tiles leave 0 * NaN there)
+        dk = tl.where(keep, dk, 0.0)
+        dv = tl.where(keep, dv, 0.0)
     out_off = z * stride_gz + kv_h.to(tl.int64) * stride_gh + cols.to(tl.int64)[:, None] * stride_gn \\
         + offs_d[None, :] * stride_gd
     if ACCUMULATE:
