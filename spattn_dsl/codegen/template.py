@@ -51,17 +51,22 @@ def _floormod(a, b):
 
 @triton.jit
 def _isqrt(x):
-    root = tl.sqrt(x.to(tl.float64)).to(tl.int64)
+    """floor(sqrt(x)), exact for x in [0, 2**62] (where(...)'s range): a float estimate, corrected."""
+    x = x.to(tl.int64)
+    root = tl.sqrt(tl.maximum(x, 0).to(tl.float64)).to(tl.int64)
     root = tl.where(root * root > x, root - 1, root)
     return tl.where((root + 1) * (root + 1) <= x, root + 1, root)
 
 
 @triton.jit
 def _log2(x):
-    bits = tl.log2(x.to(tl.float64)).to(tl.int64)
-    one = tl.full(bits.shape, 1, tl.int64)
-    bits = tl.where((one << bits) > x, bits - 1, bits)
-    return tl.where((one << (bits + 1)) <= x, bits + 1, bits)
+    """floor(log2(x)), exact for x in [1, 2**62]: a float estimate, corrected by right shifts
+    (2**(bits + 1) would overflow at 2**62). Shift counts stay in [0, 63] on every lane, even
+    lanes the caller masks (a larger count is undefined)."""
+    x = x.to(tl.int64)
+    bits = tl.minimum(tl.log2(tl.maximum(x, 1).to(tl.float64)).to(tl.int64), 62)
+    bits = tl.where((x >> bits) == 0, bits - 1, bits)           # 2**bits > x
+    return tl.where((x >> (bits + 1)) > 0, bits + 1, bits)      # 2**(bits + 1) <= x
 
 
 @triton.jit

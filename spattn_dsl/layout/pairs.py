@@ -13,6 +13,7 @@ import torch
 
 from ..ir import nodes as N
 from ..semantics.random import random_keys
+from ..semantics.reference import floor_log2, floor_sqrt
 
 
 def allowed(expr, q, k, n: int, tables: dict | None = None):
@@ -120,13 +121,7 @@ def int_value(expr, q, k):
         if expr.func in ("min", "max"):
             return (torch.minimum if expr.func == "min" else torch.maximum)(*args)
         x = args[0]
-        if expr.func == "isqrt":
-            root = torch.sqrt(x.double()).floor().long()
-            root = root - (root * root > x).long()
-            return root + ((root + 1) * (root + 1) <= x).long()
-        bits = torch.floor(torch.log2(x.double())).long()
-        bits = bits - ((1 << bits) > x).long()
-        return bits + ((1 << (bits + 1)) <= x).long()
+        return (floor_sqrt if expr.func == "isqrt" else floor_log2)(x)
     a, b = int_value(expr.left, q, k), int_value(expr.right, q, k)
     if expr.op == "+":
         return a + b

@@ -122,13 +122,9 @@ def _int(expr, q, k):
         x = args[0]
         if expr.func == "isqrt":
             _require(bool((x >= 0).all()), "isqrt() of a negative value", expr)
-            root = torch.sqrt(x.double()).floor().long()
-            root = root - (root * root > x).long()  # float rounding guard
-            return root + ((root + 1) * (root + 1) <= x).long()
+            return floor_sqrt(x)
         _require(bool((x > 0).all()), "log2() of a value <= 0", expr)
-        bits = torch.floor(torch.log2(x.double())).long()
-        bits = bits - ((1 << bits) > x).long()
-        return bits + ((1 << (bits + 1)) <= x).long()
+        return floor_log2(x)
     a, b = _int(expr.left, q, k), _int(expr.right, q, k)
     if expr.op == "+":
         return a + b
@@ -142,6 +138,21 @@ def _int(expr, q, k):
     if expr.op == "%":
         return torch.remainder(_as_tensor(a), b)
     raise PatternError("'/' is not allowed on q or k: use '//'", expr.span)
+
+
+def floor_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """isqrt on int64, exact for x in [0, 2**62] (where(...)'s range): a float estimate, corrected."""
+    root = torch.sqrt(x.clamp(min=0).double()).floor().long()
+    root = root - (root * root > x).long()
+    return root + ((root + 1) * (root + 1) <= x).long()
+
+
+def floor_log2(x: torch.Tensor) -> torch.Tensor:
+    """log2 (floor) on int64, exact for x in [1, 2**62]: a float estimate corrected by right
+    shifts (``1 << (bits + 1)`` overflows at 2**62); shift counts stay in [0, 63]."""
+    bits = torch.log2(x.clamp(min=1).double()).floor().long().clamp(max=62)
+    bits = bits - ((x >> bits) == 0).long()  # 2**bits > x
+    return bits + ((x >> (bits + 1)) > 0).long()  # 2**(bits + 1) <= x
 
 
 def _as_tensor(x):
