@@ -81,6 +81,14 @@ class Pattern:
             self._concrete[n] = concrete
         return concrete
 
+    def live(self, t: int):
+        """Bool ``[t]``: the positions ``0..t-1`` that a query at a position ``>= t`` may still
+        attend, for any head (SPEC section 9); all True where that is not known exactly
+        (``random``, ``where``, a parameter that mentions ``n``)."""
+        from ..semantics.liveness import live
+
+        return live(self, t)
+
     def mask(self, n_q: int, n_k: int | None = None, head: int = 0, documents=None):
         """The exact ``[n_q, n_k]`` torch.bool mask (SPEC section 2), queries bottom-right.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..ir.printer import text
+from ..picture import head_note
 from ..semantics.reference import evaluate
 from .artifacts import default_config
 from .lowering import case_plans
@@ -40,8 +41,7 @@ def draw_plan(pattern, n: int, head: int = 0, width: int = 64, head_dim: int = 1
     plan = plans[head % len(plans)]
     owner, tile = ownership(plan.terms, n, max(1, min(width, n)))
     body = ["".join(" ." if o < 0 else LETTERS[o % 26] * 2 for o in row) for row in owner.tolist()]
-    head_note = f", head {head}" if len(plans) > 1 else ""
-    lines = [f"plan of {pattern}  (n = {n}{head_note}; each cell {tile} x {tile} tokens, "
+    lines = [f"plan of {pattern}  (n = {n}{head_note(len(plans), head)}; each cell {tile} x {tile} tokens, "
              f"letter = the term owning most of its pairs)"]
     lines += [f"|{line}|" for line in body]
     for i, term in enumerate(plan.terms):
