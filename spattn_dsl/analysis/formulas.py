@@ -29,6 +29,7 @@ from functools import lru_cache
 
 import sympy as sp
 
+from ..errors import PatternError
 from ..ir import nodes as N
 from ..ir.evaluate import eval_int
 
@@ -85,9 +86,16 @@ def evaluate(expr, params, n_value: int, layers: int):
 
 
 def _environment(params, n_value: int) -> dict:
+    """Symbol -> value. A parameter whose value is an error at this n (``4 // (n - 1)`` at
+    n = 1) is left out: the mask never evaluates an unused parameter, so neither do we (a
+    used one would have failed when the pattern was bound)."""
     env = {n: Fraction(n_value)}
     for name, value in params:
-        env[_symbol(name)] = Fraction(value if isinstance(value, int) else eval_int(value, n_value))
+        try:
+            env[_symbol(name)] = Fraction(value if isinstance(value, int)
+                                          else eval_int(value, n_value))
+        except PatternError:
+            continue
     return env
 
 
