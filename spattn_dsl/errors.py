@@ -87,3 +87,8 @@ class PatternError(ValueError):
 
     def __str__(self) -> str:
         return self.render()
+
+
+class AnalysisError(ValueError):
+    """No analysis method fits this pattern at this length (or it would not fit in time or
+    memory): said up front, with the limit that was passed."""

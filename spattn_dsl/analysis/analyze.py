@@ -21,7 +21,9 @@ Method, chosen per stack (every layer must fit the same one):
 7. ``sampled sources`` -- what even that misses, for n <= sources.SAMPLED_MAX: the full stack
    (term form) from sampled sources only (``_sample``). Reach to first is exact; receptive
    fields, coverage and hop distances are lower bounds, listed under ``bounds``.
-``AnalysisError`` only when even that fails.
+``AnalysisError`` only when even that fails, or up front when the length or the random keys
+would not fit in memory (``_check_size``). Whatever a method cannot represent after all is
+answered by the token graph where n is small (``_fallback``), never by an internal error.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import PatternError
+from ..errors import AnalysisError, PatternError
+from ..ir import nodes as N
 from ..ir.program import Model, Pattern
 from . import sources as S
 from .engines import GridEngine, ResidueEngine, SpanEngine
@@ -52,10 +55,10 @@ BOUND_FIGURES = ("rf_min", "rf_mean", "rf_max", "rf_last", "reach", "span", "cov
                  "diameter", "reach_to_first", "coverage_depth")
 DENSITY_FIGURES = ("density", "admissible_density", "keys_per_query")
 STEP_LIMIT_WORK = 1 << 34  # word operations a stepping engine may spend past the records
-
-
-class AnalysisError(ValueError):
-    """No exact method fits this pattern at this length."""
+# Every method keeps a few int64 arrays per token (about 6 GB at 2**24, as the CLI says)
+MAX_LENGTH = 1 << 24
+RANDOM_KEYS_MAX = 1 << 24  # drawn keys held at once (n * min(r, n) per random term): 128 MiB
+CAUSAL_CHECK_MAX = 1 << 14  # rows evaluated one block at a time to prove a bound causal
 
 
 def analyze(pattern_or_model, n: int, layers: int | None = None, *, tile=(128, 128),
@@ -71,9 +74,55 @@ def analyze(pattern_or_model, n: int, layers: int | None = None, *, tile=(128, 1
         raise ValueError(f"the sequence length must be >= 1, got {n}")
     schedule, name, kind = _schedule(pattern_or_model, layers)
     distinct = list(dict.fromkeys(schedule))
+    _check_size(distinct, n)
+    try:
+        return _analyze(schedule, distinct, name, kind, n, layers, tile, method)
+    except (NotRepresentable, MemoryError) as why:
+        return _fallback(why, schedule, distinct, name, kind, n, layers, tile, method)
+
+
+def _fallback(why, schedule, distinct, name, kind, n, layers, tile, method):
+    """A method that accepted the stack but could not finish it (a count with too many
+    terms, two random draws intersected): the token graph at small n, else AnalysisError."""
+    reason = "out of memory" if isinstance(why, MemoryError) else str(why)
+    if method == "auto" and n <= BRUTE_FORCE_MAX:
+        return _analyze(schedule, distinct, name, kind, n, layers, tile, "tokens")
+    raise AnalysisError(f"no analysis method finishes at n = {n} ({reason}); the token graph "
+                        f"takes any pattern up to n = {BRUTE_FORCE_MAX}") from None
+
+
+def _check_size(distinct, n: int):
+    """Refuse up front what would not fit: the length, or the random keys to draw."""
+    if n > MAX_LENGTH:
+        raise AnalysisError(f"analysis keeps several arrays per token: n = {n} is past its "
+                            f"limit of 2**{MAX_LENGTH.bit_length() - 1} = {MAX_LENGTH}")
+    for pattern in distinct:
+        for r, grid in _random_terms(pattern.at(n), n):
+            if grid * min(r, grid) > RANDOM_KEYS_MAX:
+                raise AnalysisError(
+                    f"random({r}) at n = {n} draws {grid * min(r, grid):,} keys (n * r), more "
+                    f"than the analysis holds ({RANDOM_KEYS_MAX:,}): use a shorter length or "
+                    "fewer random keys")
+
+
+def _random_terms(expr, n: int):
+    """(r, grid length) of every random(...) in a concrete expression."""
+    stack = [(expr, n)]
+    while stack:
+        node, size = stack.pop()
+        if isinstance(node, N.Random):
+            yield node.r, size
+        inner = -(-size // node.size) if isinstance(node, N.Blocks) else size
+        stack.extend((child, inner) for child in N.children(node))
+
+
+def _analyze(schedule, distinct, name, kind, n, layers, tile, method) -> Report:
     chosen = _choose(distinct, n, method)
     masks, engine_name, exact = chosen.masks, chosen.name, chosen.exact
     causal = all(m.is_causal() for m in masks.values())
+    unproven = causal and chosen.partial and not _proven_causal(distinct, n)
+    if unproven:  # all pairs admissible: every bound stays true whatever the truth is
+        causal = False
     engine = chosen.engine(causal)
     relation_of = {p: _relation(engine, masks[p]) for p in distinct}
     relations = [relation_of[p] for p in schedule]
@@ -100,7 +149,8 @@ def analyze(pattern_or_model, n: int, layers: int | None = None, *, tile=(128, 1
             coverage_depth = least_depth(engine, relations, all_full(engine), powers)
         if reach_to_first is None:
             reach_to_first = least_depth(engine, relations, has_pair(engine, n - 1, 0), powers)
-    uncovered = found.get("uncovered")
+    # a pair missing from a subset of the pairs is not proven missing
+    uncovered = found.get("uncovered") if exact or chosen.sampled or capped else None
     bounds = () if exact else BOUND_FIGURES + (DENSITY_FIGURES if chosen.partial else ())
     if capped:
         exact = False
@@ -123,6 +173,11 @@ def analyze(pattern_or_model, n: int, layers: int | None = None, *, tile=(128, 1
     elif "random keys" in chosen.dropped:
         _sample(report, schedule, n, causal)
     report.notes.extend(_notes(report, chosen, capped))
+    if unproven:
+        report.notes.append(
+            "not proven causal: parts were left out and the mask was too long to check pair "
+            "by pair, so every pair counts as admissible (coverage is a lower bound over all "
+            "pairs, hop distances upper bounds)")
     report.pictures.extend(_pictures(distinct, masks, n))
     return annotate(report, distinct)
 
@@ -301,6 +356,37 @@ def _step_limit(engine, relations, n):
     pieces = max(1.0, sum(len(term.cover()) + 1 for rel in relations for term in rel)
                  / len(relations))
     return max(64, int(STEP_LIMIT_WORK // (n * words * pieces * 8)))
+
+
+def _proven_causal(distinct, n: int) -> bool:
+    """Whether every layer's full mask (not the subset a bound propagates) is causal: by the
+    terms of a superset (what has no term form replaced so as to allow more pairs:
+    ``causal & where(...)`` is causal whatever the comparison), else row block by row
+    block up to CAUSAL_CHECK_MAX tokens."""
+    from .terms import is_causal
+    try:
+        supersets = [subset_expr(p.at(n), n, [], negated=True) for p in distinct]
+        if is_causal([layer_terms(e, n) for e in supersets], n):
+            return True
+    except NotRepresentable:
+        pass
+    if n > CAUSAL_CHECK_MAX:
+        return False
+    import torch
+
+    from ..ir.evaluate import head_count, select_head
+    from ..semantics.reference import evaluate
+    keys = torch.arange(n, dtype=torch.int64)
+    rows = max(1, (1 << 22) // n)
+    for pattern in distinct:
+        expr = pattern.at(n)
+        for start in range(0, n, rows):
+            q = torch.arange(start, min(start + rows, n), dtype=torch.int64)
+            for head in range(head_count(expr)):
+                ahead = evaluate(select_head(expr, head), q, n) & (keys[None, :] > q[:, None])
+                if bool(ahead.any()):
+                    return False
+    return True
 
 
 def _records(engine, relations, layers, kind, admissible, period_length):

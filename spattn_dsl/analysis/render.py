@@ -73,24 +73,43 @@ def summary_rows(report) -> list:
         ("reach to first token" + mark("reach_to_first"), fmt_number(report.reach_to_first)),
         ("coverage depth" + mark("coverage_depth"), fmt_number(report.coverage_depth)),
         (f"coverage at depth {report.depth}" + mark("coverage"), fmt_percent(report.coverage)),
-        ("density", fmt_percent(report.density)),
-        ("admissible density", fmt_percent(report.admissible_density)),
-        ("mean keys per query", fmt_number(report.keys_per_query)),
+        ("density" + mark("density"), fmt_percent(report.density)),
+        ("admissible density" + mark("admissible_density"),
+         fmt_percent(report.admissible_density)),
+        ("mean keys per query" + mark("keys_per_query"), fmt_number(report.keys_per_query)),
         (f"tile density ({report.tile[0]}x{report.tile[1]})", fmt_percent(report.tile_density)),
         ("waste (pairs computed / allowed)", fmt_number(report.waste)),
     ]
     if report.layers:
-        rows.insert(3, ("theoretical attention span (largest reach)",
+        rows.insert(3, ("theoretical attention span (largest reach)" + mark("reach"),
                         fmt_number(max(x.reach for x in report.layers))))
     if report.uncovered_pair is not None:
-        q, k = report.uncovered_pair
-        rows.append(("uncovered pair", f"query {q} never sees key {k}"))
+        rows.append(("uncovered pair", uncovered_text(report)))
     if report.certificate is not None:
         rows.append((CERTIFICATE_LABEL, report.certificate.line()))
     return rows
 
 
 CERTIFICATE_LABEL = "universal approximation (Yun et al. 2020)"
+
+
+def uncovered_text(report) -> str:
+    """"never" only where the coverage depth is exactly inf; else within the analysed depth."""
+    q, k = report.uncovered_pair
+    never = report.coverage_depth == math.inf and "coverage_depth" not in report.bounds
+    return f"query {q} never sees key {k}" if never else \
+        f"query {q} does not see key {k} within {report.depth} layers"
+
+
+def layer_columns(report) -> tuple:
+    """The layer table's headers, a figure that is a bound marked as one."""
+    return tuple(f"{c} (bound)" if c in report.bounds else c for c in LAYER_COLUMNS)
+
+
+def pattern_columns(report) -> tuple:
+    names = dict(zip(PATTERN_COLUMNS[3:6], ("density", "admissible_density", "keys_per_query")))
+    return tuple(f"{c} (bound)" if names.get(c) in report.bounds else c
+                 for c in PATTERN_COLUMNS)
 
 
 def certificate_rows(report) -> list:
@@ -145,7 +164,7 @@ def text(report) -> str:
     if report.certificate is not None:
         lines += ["", f"certificate ({SOURCE}): {report.certificate.line()}"]
         lines += [f"  {condition}: {finding}" for condition, finding in certificate_rows(report)]
-    lines += ["", _text_table(LAYER_COLUMNS, _shown_layers(report))]
+    lines += ["", _text_table(layer_columns(report), _shown_layers(report))]
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines) + "\n"
 
@@ -185,9 +204,9 @@ def markdown(report) -> str:
                   f"{SOURCE}: {report.certificate.line()}.", "",
                   _md_table(("condition", "finding"), certificate_rows(report))]
     parts += ["", "## Patterns", "",
-              _md_table(PATTERN_COLUMNS, [pattern_cells(p) for p in report.patterns])]
+              _md_table(pattern_columns(report), [pattern_cells(p) for p in report.patterns])]
     parts += ["", "## Receptive field per layer", "",
-              _md_table(LAYER_COLUMNS, [layer_cells(r) for r in report.layers])]
+              _md_table(layer_columns(report), [layer_cells(r) for r in report.layers])]
     if report.notes:
         parts += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
     return "\n".join(parts) + "\n"
@@ -226,9 +245,9 @@ def to_html(report) -> str:
                   _html_table(("condition", "finding"), certificate_rows(report))]
     parts += ["<h2>Figures</h2>", _figures_html(report)]
     parts += ["<h2>Patterns</h2>",
-              _html_table(PATTERN_COLUMNS, [pattern_cells(p) for p in report.patterns]),
+              _html_table(pattern_columns(report), [pattern_cells(p) for p in report.patterns]),
               "<h2>Receptive field per layer</h2>",
-              _html_table(LAYER_COLUMNS, [layer_cells(r) for r in report.layers])]
+              _html_table(layer_columns(report), [layer_cells(r) for r in report.layers])]
     if report.notes:
         parts += ["<h2>Notes</h2><ul>"] + [f"<li>{esc(n)}</li>" for n in report.notes] + \
             ["</ul>"]

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..ir import nodes as N
 from ..ir.evaluate import head_count, select_head
-from ..semantics.random import random_keys
+from .draws import random_keys
 
 
 class NotRepresentable(Exception):
@@ -125,9 +125,13 @@ def _global_tokens(tokens, q, n) -> Rows:
 
 
 def _compare(expr, q, n) -> Rows:
-    """``where`` comparisons on q - k, q or k alone whose allowed set is one interval."""
+    """``where`` comparisons on q - k, q or k alone whose allowed set is one interval, or
+    of ``k`` against any expression of ``q`` (``_threshold``)."""
     from .terms import layer_terms
-    terms = layer_terms(expr, n)
+    try:
+        terms = layer_terms(expr, n)
+    except NotRepresentable:
+        return _threshold(expr, q, n)
     if not terms:
         return _prefix(q, np.zeros_like(q), n)
     (term,) = terms
@@ -139,6 +143,56 @@ def _compare(expr, q, n) -> Rows:
             _interval(q, np.full_like(q, lo), np.full_like(q, hi), n)
     lo, hi = _one_run(term.offsets, "offsets")
     return _interval(q, q - (hi - (n - 1)), q - (lo - (n - 1)), n)
+
+
+# k OP t, with OP flipped when k comes with a minus sign
+_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+def _threshold(expr, q, n) -> Rows:
+    """``a*k + h(q, n) OP 0`` with ``a = +-1`` and ``h`` free of k (a NATTEN neighbourhood:
+    ``k >= min(max(q - 2, 0), n - 5) & k < ... + 5``): ``k OP t(q)`` with ``t`` evaluated
+    for every row at once, so each row is a prefix, an interval or both (``!=``). O(n)."""
+    import torch
+
+    from ..semantics.reference import _int
+    difference = N.BinOp("-", expr.left, expr.right)
+    a = _k_coefficient(difference)
+    if a not in (1, -1):
+        raise NotRepresentable("a where(...) comparison that mixes q and k beyond q - k")
+    rows = torch.from_numpy(np.ascontiguousarray(q))
+    h = _int(difference, rows, torch.zeros(1, dtype=torch.int64))  # the value at k = 0
+    h = np.broadcast_to(np.asarray(h.numpy() if hasattr(h, "numpy") else h, dtype=np.int64),
+                        q.shape)
+    t, op = (-h, expr.op) if a == 1 else (h, _FLIP[expr.op])
+    none = np.zeros_like(q)
+    if op in ("<", "<="):
+        return _prefix(q, t + (op == "<="), n)
+    if op in (">", ">="):
+        return _interval(q, t + (op == ">"), np.full_like(q, n - 1), n)
+    if op == "==":
+        return _interval(q, t, t, n)
+    return Rows(np.clip(t, 0, n), np.maximum(t + 1, 0), np.full_like(q, n - 1)) \
+        if len(q) else Rows(none, none, none)
+
+
+def _k_coefficient(expr):
+    """``a`` when the expression is ``a*k`` plus terms free of k, joined by + and - (k only
+    as a summand), else None."""
+    from ..ir.evaluate import mentions
+    if not mentions(expr, {"k"}):
+        return 0
+    if isinstance(expr, N.Var):
+        return 1
+    if isinstance(expr, N.Neg):
+        inner = _k_coefficient(expr.operand)
+        return None if inner is None else -inner
+    if isinstance(expr, N.BinOp) and expr.op in "+-":
+        left, right = _k_coefficient(expr.left), _k_coefficient(expr.right)
+        if left is None or right is None:
+            return None
+        return left + right if expr.op == "+" else left - right
+    return None
 
 
 def _one_run(flags, what):

@@ -27,7 +27,7 @@ import torch
 
 from ..ir import nodes as N
 from ..ir.evaluate import head_count, select_head
-from ..semantics.random import random_keys
+from .draws import random_keys
 from .rows import NotRepresentable
 
 MAX_TERMS = 64
@@ -392,8 +392,21 @@ def _any_in(flags, piece: Piece, n: int) -> bool:
 
 
 # ---------------------------------------------------------------- exact pair counts
+COUNT_BITS_MAX = 1 << 26  # n * n / 64 words: counting by bits, at most 64K tokens
+
+
 def pairs_per_query(terms: list, n: int) -> np.ndarray:
-    """How many keys each query may attend, by inclusion-exclusion over the terms."""
+    """How many keys each query may attend, by inclusion-exclusion over the terms; where
+    that fails (many terms, two random draws or chunks that do not nest meet), by bits."""
+    try:
+        return _inclusion_exclusion(terms, n)
+    except NotRepresentable:
+        if n * -(-n // 64) > COUNT_BITS_MAX:
+            raise
+    return _count_by_bits(terms, n)
+
+
+def _inclusion_exclusion(terms: list, n: int) -> np.ndarray:
     total = np.zeros(n, dtype=np.int64)
     if len(terms) > 12:
         raise NotRepresentable("too many terms to count pairs exactly")
@@ -404,6 +417,24 @@ def pairs_per_query(terms: list, n: int) -> np.ndarray:
                 both = meet(both, other) if both is not None else None
             if both is not None:
                 total += (-1) ** (size + 1) * _count(both)
+    return total
+
+
+def _count_by_bits(terms: list, n: int) -> np.ndarray:
+    """Each key a source bit, a few thousand at a time: a query's allowed keys are the OR of
+    the terms' images, counted by popcount. O(n^2 / 64) words per piece, small memory."""
+    from . import bitsets as B
+    total = np.zeros(n, dtype=np.int64)
+    width = 64 * max(1, (1 << 16) // max(n, 1))  # keys per pass: n * width / 64 words
+    for first in range(0, n, width):
+        keys = np.arange(first, min(first + width, n))
+        state = np.zeros((n, -(-len(keys) // 64)), dtype=np.uint64)
+        j = np.arange(len(keys))
+        np.bitwise_or.at(state, (keys, j // 64), np.uint64(1) << (j % 64).astype(np.uint64))
+        hit = np.zeros_like(state)
+        for term in terms:
+            hit |= B.image(term, state)
+        total += B.popcount(hit)
     return total
 
 
