@@ -3,12 +3,15 @@
 The layout is shaped like FlexAttention's BlockMask, one slice per distinct head pattern
 ("case"; head ``h`` uses case ``h % cases``):
 
-- ``states`` int8 ``[cases, T_q, T_k]``: the exact EMPTY / PARTIAL / FULL class of each tile;
 - per query tile, the key tiles to visit: ``full_counts`` / ``full_indices`` (no predicate
   needed) and ``partial_counts`` / ``partial_indices`` (predicate and bounds applied), as
   ``[cases, T_q]`` counts and ``[cases, T_q, width]`` ascending indices;
 - the transpose, per key tile its query tiles (``full_q_*``, ``partial_q_*``), for dK/dV;
-- ``row_order``: query tiles heaviest first, so the longest programs start first.
+- ``row_order``: query tiles heaviest first, so the longest programs start first;
+- ``states`` int8 ``[cases, T_q, T_k]``: the exact EMPTY / PARTIAL / FULL class of each tile,
+  kept only for small grids (at most ``DENSE_STATES_MAX`` tiles; else None): a layout is
+  built from its candidate tiles only (``classify.candidates``), in time and memory
+  proportional to the tiles it visits, never a dense grid.
 
 In the kernel lists, a FULL tile that runs past ``n_k`` (the ragged last key tile) is moved
 to the PARTIAL list, so that FULL tiles need neither a predicate nor a bounds mask.
@@ -20,10 +23,13 @@ from dataclasses import dataclass
 import torch
 
 from ..ir.evaluate import head_count, select_head
-from .classify import EMPTY, FULL, PARTIAL, classify
+from .classify import EMPTY, FULL, PARTIAL, Grid, LayoutLimitError, candidates, classify, \
+    check_tiles, classify_codes, diff_interval
 from .pairs import allowed
 
 TILES_PER_CHECK = 256  # unsure tiles resolved per batch against the exact predicate
+DENSE_STATES_MAX = 1 << 22  # grids up to this many tiles keep their dense ``states``
+MAX_TABLE_ENTRIES = 1 << 27  # a padded index table's entries (rows x widest row), 512 MiB
 
 
 @dataclass
@@ -32,7 +38,6 @@ class BlockLayout:
     n_k: int
     block_m: int
     block_n: int
-    states: torch.Tensor
     full_counts: torch.Tensor
     full_indices: torch.Tensor
     partial_counts: torch.Tensor
@@ -42,14 +47,24 @@ class BlockLayout:
     partial_q_counts: torch.Tensor
     partial_q_indices: torch.Tensor
     row_order: torch.Tensor
+    states: torch.Tensor | None = None
 
     @property
     def cases(self) -> int:
-        return self.states.shape[0]
+        return self.full_counts.shape[0]
 
     @property
     def tiles(self) -> tuple[int, int]:
-        return self.states.shape[1], self.states.shape[2]
+        return self.full_counts.shape[1], self.full_q_counts.shape[1]
+
+    def tile_counts(self) -> tuple:
+        """(FULL, PARTIAL) tiles per case, int64 ``[cases]``, as the kernels visit them (a FULL
+        tile on a ragged last key column is in the PARTIAL list)."""
+        return self.full_counts.long().sum(-1), self.partial_counts.long().sum(-1)
+
+    def visited_tiles(self) -> torch.Tensor:
+        """int64 ``[cases]``: tiles visited per case (FULL and PARTIAL)."""
+        return (self.full_counts.long() + self.partial_counts.long()).sum(-1)
 
     @property
     def full_is_range(self) -> bool:
@@ -100,7 +115,9 @@ class BlockLayout:
 
     def density(self) -> float:
         """Visited tiles / all tiles (over every case)."""
-        return float((self.states != EMPTY).float().mean()) if self.states.numel() else 0.0
+        t_q, t_k = self.tiles
+        total = self.cases * t_q * t_k
+        return int(self.visited_tiles().sum()) / total if total else 0.0
 
     def to(self, device) -> "BlockLayout":
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -112,6 +129,9 @@ class BlockLayout:
                 if isinstance(getattr(self, name), torch.Tensor)}
 
 
+Tiles = tuple  # (codes int64 [P] ascending, code = row * T_k + col; state int8 [P]), non-EMPTY
+
+
 def tile_bounds(n: int, block: int, offset: int = 0):
     """(lo, hi) int64 ``[T]``: the first and last absolute position of each tile."""
     lo = torch.arange(0, n, block, dtype=torch.int64)
@@ -120,16 +140,35 @@ def tile_bounds(n: int, block: int, offset: int = 0):
 
 
 def tile_states(expr, n_q: int, n_k: int, block_m: int, block_n: int) -> torch.Tensor:
-    """int8 ``[T_q, T_k]``: exact tile classes of a concrete, head-selected expression."""
+    """int8 ``[T_q, T_k]``: exact tile classes of a concrete, head-selected expression (dense:
+    for small grids and tests; layouts use ``sparse_states``)."""
+    t_q, t_k = -(-n_q // block_m), -(-n_k // block_n)
+    return densify(sparse_states(expr, n_q, n_k, block_m, block_n), t_q, t_k)
+
+
+def sparse_states(expr, n_q: int, n_k: int, block_m: int, block_n: int) -> Tiles:
+    """The non-EMPTY tiles and their exact classes: only candidate tiles are classified
+    (``classify.candidates``), the unsure ones resolved against the pair predicate."""
+    check_tiles(-(-n_q // block_m), -(-n_k // block_n))
     q_lo, q_hi = tile_bounds(n_q, block_m, n_k - n_q)
     k_lo, k_hi = tile_bounds(n_k, block_n)
-    state, unsure = classify(expr, q_lo[:, None], q_hi[:, None], k_lo[None, :], k_hi[None, :], n_k)
-    state = state.contiguous()
-    if unsure is not None and bool(unsure.any()):
-        rows, cols = unsure.nonzero(as_tuple=True)
-        state[rows, cols] = resolve(expr, q_lo[rows], q_hi[rows], k_lo[cols], k_hi[cols],
-                                    block_m, block_n, n_k)
-    return state
+    grid = Grid(q_lo, q_hi, k_lo, k_hi, n_k)
+    codes = candidates(expr, grid)
+    state, unsure = classify_codes(expr, grid, codes, classify)
+    if bool(unsure.any()):
+        at = unsure.nonzero().squeeze(1)
+        rows, cols = codes[at] // len(k_lo), codes[at] % len(k_lo)
+        state[at] = resolve(expr, q_lo[rows], q_hi[rows], k_lo[cols], k_hi[cols],
+                            block_m, block_n, n_k)
+    keep = state != EMPTY
+    return codes[keep], state[keep]
+
+
+def densify(tiles: Tiles, t_q: int, t_k: int) -> torch.Tensor:
+    codes, state = tiles
+    dense = torch.zeros(t_q * t_k, dtype=torch.int8)
+    dense[codes] = state
+    return dense.view(t_q, t_k)
 
 
 def resolve(expr, q_lo, q_hi, k_lo, k_hi, block_m, block_n, n_k,
@@ -154,43 +193,71 @@ def lower(concrete, n_q: int, n_k: int, block_m: int, block_n: int) -> BlockLayo
     if not 0 <= n_q <= n_k:
         raise ValueError(f"need 0 <= n_q <= n_k, got n_q = {n_q}, n_k = {n_k}")
     cases = head_count(concrete)
-    states = torch.stack([tile_states(select_head(concrete, c), n_q, n_k, block_m, block_n)
-                          for c in range(cases)])
-    return from_states(states, n_q, n_k, block_m, block_n)
+    tiles = [sparse_states(select_head(concrete, c), n_q, n_k, block_m, block_n)
+             for c in range(cases)]
+    return from_tiles(tiles, n_q, n_k, block_m, block_n)
 
 
 def from_states(states: torch.Tensor, n_q: int, n_k: int, block_m: int, block_n: int) -> BlockLayout:
-    """Index lists of a ``[cases, T_q, T_k]`` state tensor."""
-    full = states == FULL
-    partial = states == PARTIAL
-    if n_k % block_n and states.shape[2]:
-        partial[:, :, -1] |= full[:, :, -1]
-        full[:, :, -1] = False
-    full_counts, full_indices = _lists(full)
-    partial_counts, partial_indices = _lists(partial)
-    full_q_counts, full_q_indices = _lists(full.transpose(1, 2))
-    partial_q_counts, partial_q_indices = _lists(partial.transpose(1, 2))
-    work = (full_counts + partial_counts).sum(0)
+    """Index lists of a dense ``[cases, T_q, T_k]`` state tensor."""
+    tiles = []
+    for case in states:
+        codes = (case.reshape(-1) != EMPTY).nonzero().squeeze(1)
+        tiles.append((codes, case.reshape(-1)[codes]))
+    return from_tiles(tiles, n_q, n_k, block_m, block_n)
+
+
+def from_tiles(tiles: list, n_q: int, n_k: int, block_m: int, block_n: int) -> BlockLayout:
+    """Index lists of each case's non-EMPTY tiles (``Tiles``): work and memory in proportion
+    to those tiles and the index tables."""
+    t_q, t_k = -(-n_q // block_m), -(-n_k // block_n)
+    cases = len(tiles)
+    case = torch.cat([torch.full((len(c),), i, dtype=torch.int64) for i, (c, _) in enumerate(tiles)])
+    codes = torch.cat([c for c, _ in tiles]).to(torch.int64)
+    state = torch.cat([s for _, s in tiles])
+    row, col = codes // max(t_k, 1), codes % max(t_k, 1)
+    full = state == FULL
+    if n_k % block_n:  # the ragged last key tile needs the bounds mask: PARTIAL list
+        full &= col != t_k - 1
+    lists = {}
+    for name, sel in (("full", full), ("partial", ~full)):
+        c, r, k = case[sel], row[sel], col[sel]  # sorted by (case, row, col)
+        lists[name] = _sparse_lists(c, r, k, cases, t_q)
+        by_col = torch.argsort((c * t_k + k) * t_q + r)
+        lists[name + "_q"] = _sparse_lists(c[by_col], k[by_col], r[by_col], cases, t_k)
+    work = (lists["full"][0] + lists["partial"][0]).sum(0)
     row_order = torch.argsort(work, descending=True, stable=True).to(torch.int32)
-    return BlockLayout(n_q, n_k, block_m, block_n, states, full_counts, full_indices,
-                       partial_counts, partial_indices, full_q_counts, full_q_indices,
-                       partial_q_counts, partial_q_indices, row_order)
+    dense = None
+    if cases * t_q * t_k <= DENSE_STATES_MAX:
+        dense = torch.stack([densify(t, t_q, t_k) for t in tiles]) if tiles else \
+            torch.zeros(0, t_q, t_k, dtype=torch.int8)
+    return BlockLayout(n_q, n_k, block_m, block_n, *lists["full"], *lists["partial"],
+                       *lists["full_q"], *lists["partial_q"], row_order, dense)
 
 
 def _lists(selected: torch.Tensor):
-    """CSR-like lists of a bool ``[cases, R, C]``: counts int32 ``[cases, R]`` and ascending
-    column indices int32 ``[cases, R, width]`` (width >= 1, padded with 0)."""
-    cases, rows, _ = selected.shape
-    counts = selected.sum(-1, dtype=torch.int32)
-    width = max(1, int(counts.max())) if counts.numel() else 1
-    indices = torch.zeros(cases, rows, width, dtype=torch.int32)
+    """The lists of a dense bool ``[cases, R, C]`` (per-call document layouts)."""
     c, r, col = selected.nonzero(as_tuple=True)
+    return _sparse_lists(c, r, col, selected.shape[0], selected.shape[1])
+
+
+def _sparse_lists(case, row, col, cases: int, rows: int):
+    """CSR-like lists of entries sorted by (case, row, col): counts int32 ``[cases, rows]`` and
+    ascending column indices int32 ``[cases, rows, width]`` (width >= 1, padded with 0)."""
+    flat = case * rows + row
+    counts = torch.bincount(flat, minlength=cases * rows)[:cases * rows]
+    width = max(1, int(counts.max())) if counts.numel() else 1
+    if cases * rows * width > MAX_TABLE_ENTRIES:
+        raise LayoutLimitError(
+            f"a padded index table of {cases * rows} rows x {width} tiles (the widest row) "
+            f"exceeds {MAX_TABLE_ENTRIES} entries: too large to build; a shorter sequence or "
+            f"larger tiles fit")
+    indices = torch.zeros(cases * rows, width, dtype=torch.int32)
     if len(col):
-        flat_row = c * rows + r
-        starts = torch.cumsum(counts.flatten(), 0) - counts.flatten()
-        slot = torch.arange(len(col)) - starts[flat_row]
-        indices.view(cases * rows, width)[flat_row, slot] = col.to(torch.int32)
-    return counts, indices
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(len(col)) - starts[flat]
+        indices[flat, slot] = col.to(torch.int32)
+    return counts.to(torch.int32).view(cases, rows), indices.view(cases, rows, width)
 
 
 def _is_range(counts, indices) -> bool:
@@ -213,15 +280,21 @@ def states_from_mask(mask: torch.Tensor, block_m: int, block_n: int) -> torch.Te
 
 
 def pair_count(concrete, n_q: int, n_k: int, head: int = 0, block: int = 128) -> int:
-    """Allowed pairs of one head, from its layout: FULL tile areas plus PARTIAL tiles counted
-    with the pair predicate (no n x n mask)."""
+    """Allowed pairs of one head: closed form for a band (``q - k`` in one interval), else
+    from its tiles: FULL tile areas plus PARTIAL tiles counted with the pair predicate (no
+    n x n mask)."""
     expr = select_head(concrete, head)
-    states = tile_states(expr, n_q, n_k, block, block)
+    band = diff_interval(expr)
+    if band is not None:
+        return band_pairs(n_q, n_k, *band)
+    codes, state = sparse_states(expr, n_q, n_k, block, block)
     q_lo, q_hi = tile_bounds(n_q, block, n_k - n_q)
     k_lo, k_hi = tile_bounds(n_k, block)
-    area = (q_hi - q_lo + 1)[:, None] * (k_hi - k_lo + 1)[None, :]
-    total = int(area[states == FULL].sum())
-    rows, cols = (states == PARTIAL).nonzero(as_tuple=True)
+    t_k = len(k_lo)
+    rows, cols = codes // max(t_k, 1), codes % max(t_k, 1)
+    full = state == FULL
+    total = int(((q_hi - q_lo + 1)[rows[full]] * (k_hi - k_lo + 1)[cols[full]]).sum())
+    rows, cols = rows[~full], cols[~full]
     r, c = torch.arange(block), torch.arange(block)
     for start in range(0, len(rows), TILES_PER_CHECK):
         i, j = rows[start:start + TILES_PER_CHECK], cols[start:start + TILES_PER_CHECK]
@@ -230,3 +303,16 @@ def pair_count(concrete, n_q: int, n_k: int, head: int = 0, block: int = 128) ->
         valid = (q <= q_hi[i, None, None]) & (k <= k_hi[j, None, None])
         total += int((allowed(expr, q, k, n_k) & valid).sum())
     return total
+
+
+def band_pairs(n_q: int, n_k: int, lo: int, hi: int) -> int:
+    """Pairs (q in [n_k - n_q, n_k), k in [0, n_k)) with ``lo <= q - k <= hi``: per diagonal
+    d = q - k, n_q + d rows below the offset, n_q up to it, n_k - d past it."""
+    offset = n_k - n_q
+
+    def series(a, b, c, s):  # sum of c + s * d for d in [a, b]
+        return 0 if a > b else (b - a + 1) * c + s * (a + b) * (b - a + 1) // 2
+
+    return (series(max(lo, -n_q + 1), min(hi, -1), n_q, 1)
+            + series(max(lo, 0), min(hi, offset), n_q, 0)
+            + series(max(lo, offset + 1), min(hi, n_k - 1), n_k, -1))

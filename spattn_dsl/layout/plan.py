@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..ir import nodes as N
-from .build import BlockLayout, from_states, tile_states
-from .classify import EMPTY, FULL, PARTIAL, classify
+from .build import BlockLayout, band_pairs, diff_interval, from_tiles, sparse_states
+from .classify import EMPTY, FULL, PARTIAL, Grid, candidates, classify_codes
 from .pairs import allowed
 
 TILES_PER_CHECK = 256
@@ -78,7 +78,7 @@ class Term:
 
     @property
     def visited_tiles(self) -> int:
-        return int((self.layout.states != EMPTY).sum())
+        return int(self.layout.visited_tiles().sum())
 
     @property
     def pairs_computed(self) -> int:
@@ -329,36 +329,39 @@ def _tile_ranges(positions: torch.Tensor, block: int):
     return lo, hi, hole.any(1), all_hole
 
 
-def gathered_states(classify_expr, exact_expr, q_pos, k_pos, n_k: int, block_m: int,
-                    block_n: int, q_class=None, k_class=None) -> torch.Tensor:
-    """int8 ``[T_q, T_k]`` exact states of a term on a virtual grid whose rows have absolute
-    query positions ``q_pos`` and columns key positions ``k_pos`` (-1 = hole).
+def gathered_tiles(classify_expr, exact_expr, q_pos, k_pos, n_k: int, block_m: int,
+                   block_n: int, q_class=None, k_class=None):
+    """The non-EMPTY tiles (``build.Tiles``) of a term on a virtual grid whose rows have
+    absolute query positions ``q_pos`` and columns key positions ``k_pos`` (-1 = hole); only
+    candidate tiles are classified (O(visited tiles), no dense grid).
 
     ``classify_expr`` must equal ``exact_expr`` on every gathered pair of tiles of the same
     class (``q_class``/``k_class``: per tile; tiles of different classes are EMPTY)."""
     q_lo, q_hi, q_holes, q_void = _tile_ranges(q_pos, block_m)
     k_lo, k_hi, k_holes, k_void = _tile_ranges(k_pos, block_n)
-    state, unsure = classify(classify_expr, q_lo[:, None], q_hi[:, None], k_lo[None, :],
-                             k_hi[None, :], n_k)
-    state = state.clone()
-    unsure = torch.zeros_like(state, dtype=torch.bool) if unsure is None else unsure.clone()
+    q_tag = torch.zeros(len(q_lo), dtype=torch.int64) if q_class is None else q_class.long()
+    k_tag = torch.zeros(len(k_lo), dtype=torch.int64) if k_class is None else k_class.long()
+    # tiles of holes only pair with nothing: tags no other tile has
+    grid = Grid(q_lo, q_hi, k_lo, k_hi, n_k, torch.where(q_void, -1, q_tag),
+                torch.where(k_void, -2, k_tag))
+    t_k = len(k_lo)
+    codes = candidates(classify_expr, grid)
+    rows, cols = codes // t_k, codes % t_k
+    same = grid.q_tag[rows] == grid.k_tag[cols]
+    codes, rows, cols = codes[same], rows[same], cols[same]
+    state, unsure = classify_codes(classify_expr, grid, codes)
     # an interval PARTIAL may be EMPTY or FULL on the gathered subset: check those too
     # (only when the tile's positions are not contiguous)
     q_gap = (q_hi - q_lo + 1) != (block_m - (q_pos.view(-1, block_m) < 0).sum(1))
     k_gap = (k_hi - k_lo + 1) != (block_n - (k_pos.view(-1, block_n) < 0).sum(1))
-    unsure |= (state == PARTIAL) & (q_gap[:, None] | k_gap[None, :])
-    void = q_void[:, None] | k_void[None, :]
-    if q_class is not None:
-        void = void | (q_class[:, None] != k_class[None, :])
-    state[void] = EMPTY
-    unsure &= ~void
+    unsure |= (state == PARTIAL) & (q_gap[rows] | k_gap[cols])
     if bool(unsure.any()):
-        rows, cols = unsure.nonzero(as_tuple=True)
-        state[rows, cols] = _resolve(exact_expr, q_pos.view(-1, block_m), k_pos.view(-1, block_n),
-                                     rows, cols, n_k)
-    holes = q_holes[:, None] | k_holes[None, :]
-    state[holes & (state == FULL)] = PARTIAL
-    return state
+        at = unsure.nonzero().squeeze(1)
+        state[at] = _resolve(exact_expr, q_pos.view(-1, block_m), k_pos.view(-1, block_n),
+                             rows[at], cols[at], n_k)
+    state[(q_holes[rows] | k_holes[cols]) & (state == FULL)] = PARTIAL
+    keep = state != EMPTY
+    return codes[keep], state[keep]
 
 
 def _resolve(expr, q_tiles, k_tiles, rows, cols, n_k) -> torch.Tensor:
@@ -383,8 +386,8 @@ def _fill_holes(tiles: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------ terms
 def grid_layout(expr, n_q, n_k, block_m, block_n) -> BlockLayout:
     """The token-grid layout of one expression (``layout.build``)."""
-    states = tile_states(expr, n_q, n_k, block_m, block_n)[None]
-    return from_states(states, n_q, n_k, block_m, block_n)
+    return from_tiles([sparse_states(expr, n_q, n_k, block_m, block_n)], n_q, n_k, block_m,
+                      block_n)
 
 
 def grid_term(expr, n_q, n_k, block_m, block_n, grid=grid_layout) -> Term:
@@ -398,9 +401,9 @@ def residue_term(expr, s, n_q, n_k, block_m, block_n) -> Term:
     q_pos = torch.where(q_gather >= 0, q_gather + offset, -1)
     q_class = torch.arange(len(q_gather) // block_m) * block_m // q_len
     k_class = torch.arange(len(k_gather) // block_n) * block_n // k_len
-    states = gathered_states(same_class_form(expr, s), expr, q_pos, k_gather, n_k, block_m,
-                             block_n, q_class, k_class)
-    layout = from_states(states[None], len(q_gather), len(k_gather), block_m, block_n)
+    tiles = gathered_tiles(same_class_form(expr, s), expr, q_pos, k_gather, n_k, block_m,
+                           block_n, q_class, k_class)
+    layout = from_tiles([tiles], len(q_gather), len(k_gather), block_m, block_n)
     return Term("residue", expr, layout, q_gather, k_gather,
                 f"positions reordered by (pos mod {s}, pos div {s})", (s, q_len, k_len))
 
@@ -408,9 +411,9 @@ def residue_term(expr, s, n_q, n_k, block_m, block_n) -> Term:
 def columns_term(expr, selector, keys, n_q, n_k, block_m, block_n) -> Term:
     k_gather = _pad(keys, block_n)
     q_pos = _pad(torch.arange(n_q) + (n_k - n_q), block_m)
-    states = gathered_states(replace(expr, selector, N.Dense()), expr, q_pos, k_gather, n_k,
-                             block_m, block_n)
-    layout = from_states(states[None], n_q, len(k_gather), block_m, block_n)
+    tiles = gathered_tiles(replace(expr, selector, N.Dense()), expr, q_pos, k_gather, n_k,
+                           block_m, block_n)
+    layout = from_tiles([tiles], n_q, len(k_gather), block_m, block_n)
     return Term("columns", expr, layout, None, k_gather, f"{len(keys)} gathered key columns")
 
 
@@ -419,9 +422,9 @@ def rows_term(expr, selector, rows, n_q, n_k, block_m, block_n) -> Term:
     offset = n_k - n_q
     q_pos = torch.where(q_gather >= 0, q_gather + offset, -1)
     k_pos = _pad(torch.arange(n_k), block_n)
-    states = gathered_states(replace(expr, selector, N.Dense()), expr, q_pos, k_pos, n_k,
-                             block_m, block_n)
-    layout = from_states(states[None], len(q_gather), n_k, block_m, block_n)
+    tiles = gathered_tiles(replace(expr, selector, N.Dense()), expr, q_pos, k_pos, n_k,
+                           block_m, block_n)
+    layout = from_tiles([tiles], len(q_gather), n_k, block_m, block_n)
     return Term("rows", expr, layout, q_gather, None, f"{len(rows)} gathered query rows")
 
 
@@ -528,23 +531,34 @@ def plan_pattern(concrete, n_q: int, n_k: int, tiles, mode: str = "auto",
 
 
 def term_pairs(term: Term, n_q: int, n_k: int) -> int:
-    """Pairs the term allows: FULL tiles by area, PARTIAL tiles by the predicate on their
-    gathered positions (holes excluded)."""
+    """Pairs the term allows: closed form for a band on the token grid, else FULL tiles by
+    area, PARTIAL tiles by the predicate on their gathered positions (holes excluded)."""
     layout = term.layout
-    states = layout.states[0]
+    band = diff_interval(term.expr)
+    if band is not None and term.q_gather is None and term.k_gather is None:
+        return band_pairs(n_q, n_k, *band)
+    t_q, t_k = layout.tiles
     offset = n_k - n_q
     q_rows = term.q_gather if term.q_gather is not None else _pad(torch.arange(n_q), layout.block_m)
-    q_pos = torch.where(q_rows >= 0, q_rows + offset, -1).view(-1, layout.block_m)[:states.shape[0]]
+    q_pos = torch.where(q_rows >= 0, q_rows + offset, -1).view(-1, layout.block_m)[:t_q]
     k_cols = term.k_gather if term.k_gather is not None else _pad(torch.arange(n_k), layout.block_n)
-    k_pos = k_cols.view(-1, layout.block_n)[:states.shape[1]]
+    k_pos = k_cols.view(-1, layout.block_n)[:t_k]
     real_rows = (q_pos >= 0).sum(1).to(torch.int64)          # per tile: rows that are not holes
     real_cols = (k_pos >= 0).sum(1).to(torch.int64)
-    full = (states == FULL).to(torch.int64)
-    total = int((real_rows[:, None] * full * real_cols[None, :]).sum())
-    rows, cols = (states == PARTIAL).nonzero(as_tuple=True)
+    rows, cols = _listed(layout.full_counts, layout.full_indices)
+    total = int((real_rows[rows] * real_cols[cols]).sum())
+    rows, cols = _listed(layout.partial_counts, layout.partial_indices)
     for start in range(0, len(rows), TILES_PER_CHECK):
         q = q_pos[rows[start:start + TILES_PER_CHECK]].to(torch.int64)[:, :, None]
         k = k_pos[cols[start:start + TILES_PER_CHECK]].to(torch.int64)[:, None, :]
         ok = allowed(term.expr, q.clamp(min=0), k.clamp(min=0), n_k) & (q >= 0) & (k >= 0)
         total += int(ok.sum())
     return total
+
+
+def _listed(counts, indices):
+    """(rows, cols) int64 of the entries of one case's CSR lists."""
+    counts, indices = counts[0].long(), indices[0]
+    live = torch.arange(indices.shape[1])[None, :] < counts[:, None]
+    rows = torch.arange(len(counts))[:, None].expand_as(live)[live]
+    return rows, indices[live].long()

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from ..codegen.render import TileConfig, render_term, term_key
 from ..ir.evaluate import head_count
+from ..layout.classify import LayoutLimitError
 from ..layout.plan import grid_layout, plan_pattern
 from . import cache
 from .launch import Plan, TermLaunch
@@ -42,8 +43,20 @@ def plan_cost(pattern, n_q: int, n_k: int, config: TileConfig, mode: str = "auto
 
 
 def cheapest(pattern, n_q: int, n_k: int, configs, mode: str = "auto") -> TileConfig:
-    """The config whose plan costs least (the first of equals: the space's preference)."""
-    return min(configs, key=lambda c: plan_cost(pattern, n_q, n_k, c, mode))
+    """The config whose plan costs least (the first of equals: the space's preference);
+    configs whose layouts are too large to build are skipped (the first such error is
+    raised when none fits)."""
+    costs, refused = [], None
+    for config in configs:
+        try:
+            costs.append((plan_cost(pattern, n_q, n_k, config, mode), config))
+        except LayoutLimitError as error:
+            refused = refused or error
+    if not costs:
+        if refused is None:
+            raise ValueError("no tile configuration to choose from")
+        raise refused
+    return min(costs, key=lambda pair: pair[0])[1]
 
 
 def launch_plan(pattern, n_q: int, n_k: int, config: TileConfig, device,
