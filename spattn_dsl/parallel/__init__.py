@@ -1,0 +1,1 @@
+"""Context parallel: one sequence split across the ranks of a torch.distributed group."""
