@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__, picture
 from .errors import PatternError
+from .ir.program import require_static
 
 # Shown in --help without importing the modules that define them; tests/test_cli.py checks
 # that they agree with runtime.attention.HEAD_DIMS and analysis.render.FORMATS.
@@ -88,6 +89,11 @@ def _add_show(commands):
                       help=f"cells across the picture (default 64, at most {picture.MAX_WIDTH})")
     show.add_argument("--plan", action="store_true",
                       help="draw which term of the lowering plan covers which pairs")
+    show.add_argument("--sample-selection", type=_natural, default=None, metavar="SEED",
+                      help="dynamic patterns: draw the mask under one selection on random "
+                      f"inputs drawn from SEED (at most {picture.MAX_SELECTION_SEQ_LEN} tokens); "
+                      f"by default the static part is drawn, '{picture.CANDIDATE}' marking "
+                      "where the budget may go")
 
 
 def _add_report(commands):
@@ -427,6 +433,7 @@ def cmd_check(args) -> int:
             pattern.at(args.seq_len)
             heads = f"  [{pattern.heads} heads]" if pattern.heads > 1 else ""
             print(f"{line}: {pattern.text}{heads}")
+            _print_dynamic(pattern.dynamic_terms)
         except PatternError as error:
             print(f"{line}: ERROR")
             errors.append(error)
@@ -436,6 +443,8 @@ def cmd_check(args) -> int:
             for layer in model.distinct:  # the schedule stays run-length encoded
                 layer.at(args.seq_len)
             print(f"  model {name}: {len(model)} layers: {_schedule(model)}")
+            _print_dynamic(tuple(dict.fromkeys(t for p in model.distinct
+                                               for t in p.dynamic_terms)))
         except PatternError as error:
             print(f"  model {name}: ERROR")
             errors.append(error)
@@ -443,6 +452,14 @@ def cmd_check(args) -> int:
     for error in errors:
         print(_diagnostics(error), file=sys.stderr)
     return EXIT_USER_ERROR if errors else 0
+
+
+def _print_dynamic(terms):
+    """The dynamic terms of a pattern or model, one line (nothing for a static one)."""
+    if terms:
+        from .ir.printer import text
+        print(f"    dynamic terms (chosen from the inputs at run time): "
+              f"{'; '.join(text(t) for t in terms)}")
 
 
 def _int_text(expr) -> str:
@@ -463,7 +480,17 @@ def cmd_show(args) -> int:
     _check_at_most(args, "--seq-len", args.seq_len, picture.MAX_SEQ_LEN)
     _check_at_most(args, "--width", args.width, picture.MAX_WIDTH)
     pattern = _only_pattern(_load(args.file), args)
+    if args.sample_selection is not None:
+        if not pattern.dynamic:
+            raise _usage(args, f"argument --sample-selection: {pattern.name} has no dynamic "
+                         "terms (it has no selection to sample)")
+        _check_at_most(args, "--seq-len", args.seq_len, picture.MAX_SELECTION_SEQ_LEN,
+                       " with --sample-selection")
+        print(picture.draw_selection(pattern, args.seq_len, args.sample_selection,
+                                     head=args.head, width=args.width))
+        return 0
     if args.plan:  # drawn by the runtime's plan picture (needs torch)
+        require_static(pattern, "spattn show --plan")
         from .runtime.plan_picture import draw_plan
         print(draw_plan(pattern, args.seq_len, head=args.head, width=args.width))
         return 0
@@ -544,6 +571,7 @@ def cmd_compile(args) -> int:
     from .runtime.artifacts import write_artifacts
 
     pattern = _only_pattern(_load(args.file), args)
+    require_static(pattern, "spattn compile")
     out = Path(args.output or f"spattn_{pattern.name}")
     _check_output_dir(args, out)
     try:

@@ -31,6 +31,9 @@ CONSTRAINTS = {
     N.Prefix: (("p", 0),),
     N.Random: (("r", 0),),
     N.Blocks: (("size", 1),),
+    N.TopK: (("k", 0), ("unit", 1), ("rows", 1)),
+    N.Vertical: (("k", 0), ("probe", 1)),
+    N.Slash: (("k", 0), ("probe", 1)),
 }
 
 
@@ -161,10 +164,23 @@ def _clamp(node, values: dict, n: int) -> dict:
         out[name] = min(values[name], n)
     if t is N.GlobalTokens:
         out["tokens"] = tuple(min(x, n) for x in values["tokens"])
+    if t in N.DYNAMIC:
+        out.update(_clamp_dynamic(t, values, n))
     if t is N.Summary and values["l"] > n:
         # k < n <= l: allowed iff k >= l - c; say the same with l = n (or nothing at all)
         rest = values["l"] - values["c"]
         out["l"], out["c"] = (n, n - rest) if rest < n else (n + 1, 1)
+    return out
+
+
+def _clamp_dynamic(t, values: dict, n: int) -> dict:
+    """A unit, row group or probe of more than ``n`` means "all of them"; a budget past the
+    number of units (columns, diagonals) selects every candidate, as that number does."""
+    m = max(n, 1)
+    out = {name: min(values[name], m) for name in ("unit", "rows", "probe") if name in values}
+    units = {N.TopK: -(-n // out.get("unit", 1)), N.Vertical: n,
+             N.Slash: max(2 * n - 1, 0)}[t]
+    out["k"] = min(values["k"], units)
     return out
 
 
@@ -214,6 +230,9 @@ def _instantiate_node(expr, n, memo):
         if f.name == "span":
             continue
         value = getattr(expr, f.name)
+        if isinstance(value, str):  # a dynamic term's estimator or sharing name
+            values[f.name] = value
+            continue
         values[f.name] = tuple(eval_int(v, n) for v in value) if isinstance(value, tuple) \
             else eval_int(value, n)
     _check(expr, values)

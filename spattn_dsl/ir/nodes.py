@@ -4,7 +4,9 @@ Three families:
 - integer expressions (``Num``, ``Var``, ``Param``, ``BinOp``, ``Neg``, ``Call``) used as
   primitive arguments and inside ``where``;
 - mask expressions: primitives (``Window``, ``Causal``, ...), the comparison leaf ``Compare``
-  (what ``where(...)`` holds), and combinators (``Union``, ``Intersect``, ``Difference``,
+  (what ``where(...)`` holds), dynamic terms (``TopK``, ``Vertical``, ``Slash``: chosen from the
+  inputs at run time, SPEC section 8; kept out of ``PRIMITIVES`` so that static passes never
+  mistake them for a primitive they know), and combinators (``Union``, ``Intersect``, ``Difference``,
   ``Complement``, ``Blocks``, ``Heads``); ``Ref`` exists only before resolution;
 - declarations (``PatternDecl``, ``ModelDecl`` and their parts).
 
@@ -177,6 +179,49 @@ class Compare:
     span: SourceSpan | None = _span()
 
 
+# ---------------------------------------------------------------- dynamic terms (SPEC section 8)
+ESTIMATORS = ("mean_key", "minmax", "scores")  # values of topk's ``by``
+SHARING = ("head", "group", "all")  # values of ``shared``; "head": each query head for itself
+
+
+@dataclass(frozen=True)
+class TopK:
+    """``topk(k, unit = u, rows = r, by = E, shared = S)``: for each aligned run of ``rows``
+    queries, the ``k`` units of ``unit`` keys with the highest estimate ``by``."""
+
+    k: Int
+    unit: Int
+    rows: Int
+    by: str  # one of ESTIMATORS
+    shared: str  # one of SHARING
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Vertical:
+    """``vertical(k, probe = m)``: ``k`` key columns per head, estimated by the attention of
+    the last ``probe`` queries."""
+
+    k: Int
+    probe: Int
+    shared: str
+    span: SourceSpan | None = _span()
+
+
+@dataclass(frozen=True)
+class Slash:
+    """``slash(k, probe = m)``: ``k`` diagonals (values of ``q - k``) per head, estimated by the
+    attention of the last ``probe`` queries."""
+
+    k: Int
+    probe: Int
+    shared: str
+    span: SourceSpan | None = _span()
+
+
+DYNAMIC = (TopK, Vertical, Slash)
+
+
 # ---------------------------------------------------------------- combinators
 @dataclass(frozen=True)
 class Union:
@@ -236,7 +281,7 @@ class Ref:
 PRIMITIVES = (Dense, Empty, Causal, Window, Band, Dilated, Stride, Chunk, Summary, Global,
               GlobalTokens, Sink, Prefix, Random, Compare)
 COMBINATORS = (Union, Intersect, Difference, Complement, Blocks, Heads)
-MaskExpr = _U[PRIMITIVES + COMBINATORS + (Ref,)]
+MaskExpr = _U[PRIMITIVES + DYNAMIC + COMBINATORS + (Ref,)]
 
 
 # ---------------------------------------------------------------- declarations
@@ -294,3 +339,16 @@ def walk(expr):
     yield expr
     for child in children(expr):
         yield from walk(child)
+
+
+def dynamic_terms(expr) -> tuple:
+    """The distinct dynamic terms of an expression, in walk order. Equal terms (the same
+    arguments, wherever they stand) are one term: they make one selection."""
+    found = {}
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, DYNAMIC):
+            found.setdefault(node, None)
+        stack.extend(reversed(children(node)))
+    return tuple(found)

@@ -10,8 +10,9 @@ PRIMITIVE_NAMES = {
     N.Dense: "dense", N.Empty: "none", N.Causal: "causal", N.Window: "window", N.Band: "band",
     N.Dilated: "dilated", N.Stride: "stride", N.Chunk: "chunk", N.Summary: "summary",
     N.Global: "global", N.GlobalTokens: "global", N.Sink: "sink", N.Prefix: "prefix",
-    N.Random: "random",
+    N.Random: "random", N.TopK: "topk", N.Vertical: "vertical", N.Slash: "slash",
 }
+
 
 # binding strength of integer operators, loosest first
 _INT_LEVEL = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
@@ -33,6 +34,23 @@ def int_text(expr, level: int = 0) -> str:
     return _wrap(text, mine < level)
 
 
+def _dynamic_text(expr) -> str:
+    """``topk(8, unit = 64)``: the budget, then every argument that differs from its default."""
+    from .resolve import DYNAMIC_TERMS
+
+    term = PRIMITIVE_NAMES[type(expr)]
+    _, names, defaults = DYNAMIC_TERMS[term]
+    args = [int_text(expr.k)]
+    for name in names[1:]:
+        value, default = getattr(expr, name), defaults[name]
+        if isinstance(value, str):
+            if value != default:
+                args.append(f"{name} = {value}")
+        elif value not in (default, N.Num(default)):
+            args.append(f"{name} = {int_text(value)}")
+    return f"{term}({', '.join(args)})"
+
+
 def _wrap(text: str, parens: bool) -> str:
     return f"({text})" if parens else text
 
@@ -47,6 +65,8 @@ def text(expr, level: int = 0) -> str:
         return f"global(first = {int_text(expr.first)})"
     if t is N.Random:
         return f"random({int_text(expr.r)}, seed = {int_text(expr.seed)})"
+    if t in N.DYNAMIC:
+        return _dynamic_text(expr)
     if t is N.GlobalTokens:
         return f"global({', '.join(int_text(x) for x in expr.tokens)})"
     if t in PRIMITIVE_NAMES:

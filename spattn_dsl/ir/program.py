@@ -39,6 +39,23 @@ def length_argument(call: str, name: str, value, low: int = 0) -> int:
     return integer_argument(call, name, value, low, MAX_LENGTH, "2**48")
 
 
+class DynamicNotSupported(PatternError, NotImplementedError):
+    """A pass that does not handle dynamic terms yet was given a pattern that has some.
+    Located at the first dynamic term; a ``PatternError`` (so the CLI reports it on one line)
+    and a ``NotImplementedError`` (so callers can tell it from a bad pattern)."""
+
+
+def require_static(target, what: str):
+    """Raise ``DynamicNotSupported`` when ``target`` (a Pattern, or a Model's layers) has
+    dynamic terms: the entry-point guard of passes that cannot handle them yet."""
+    patterns = target.distinct if isinstance(target, Model) else (target,)
+    for pattern in patterns:
+        terms = getattr(pattern, "dynamic_terms", ())
+        if terms:
+            raise DynamicNotSupported(f"dynamic terms are not supported by {what} yet "
+                                      f"({expr_text(terms[0])})", terms[0].span)
+
+
 @dataclass(frozen=True)
 class Pattern:
     """A pattern with its parameters bound. ``expr`` may still mention ``n``.
@@ -62,6 +79,17 @@ class Pattern:
     def hash(self) -> str:
         """A short stable hash of the canonical text (cache keys, kernel names)."""
         return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the pattern has dynamic terms (topk, vertical, slash: SPEC section 8)."""
+        return bool(self.dynamic_terms)
+
+    @property
+    def dynamic_terms(self) -> tuple:
+        """The distinct dynamic terms of the bound expression, in walk order: the order of a
+        ``Selection``'s ``terms``. Equal terms are one term (one selection)."""
+        return N.dynamic_terms(self.expr)
 
     @property
     def heads(self) -> int:
@@ -89,15 +117,24 @@ class Pattern:
 
         return live(self, t)
 
-    def mask(self, n_q: int, n_k: int | None = None, head: int = 0, documents=None):
+    def mask(self, n_q: int, n_k: int | None = None, head: int = 0, documents=None,
+             selection=None):
         """The exact ``[n_q, n_k]`` torch.bool mask (SPEC section 2), queries bottom-right.
 
         ``documents``: None, or ``n_k`` non-decreasing integer ids, one per key position; each
-        document is then its own sequence (SPEC section 7)."""
+        document is then its own sequence (SPEC section 7).
+
+        ``selection``: a ``Selection`` (``spattn_dsl.select``); then the mask of every batch
+        row and query head under it, ``[batch, heads, n_q, n_k]`` (SPEC section 8). A dynamic
+        pattern needs one."""
         from ..semantics import documents as docs
         from ..semantics.reference import mask
 
         n_q, n_k, head = _mask_arguments(n_q, n_k, head)
+        if selection is not None or self.dynamic:
+            from ..semantics.select import selection_mask
+
+            return selection_mask(self, n_q, n_k, head, documents, selection)
         try:
             if documents is not None:
                 return docs.mask(self, n_q, n_k, head, documents)

@@ -35,6 +35,19 @@ PRIMITIVES = {
     "random": (N.Random, ("r", "seed"), {"seed": 0}),
     "global": (None, (), {}),  # two forms, handled by _global
 }
+# dynamic term name -> (node class, argument names in order, defaults) (SPEC section 8).
+# ``by`` and ``shared`` take a name (NAME_ARGUMENTS), never an integer or a parameter; every
+# other argument is an integer expression. Default ``by``: mean_key (MoBA's, and the cheapest);
+# default ``shared``: head (each query head selects for itself); default ``probe``: 64 (the
+# last 64 queries, as MInference's vertical-slash heads).
+DYNAMIC_TERMS = {
+    "topk": (N.TopK, ("k", "unit", "rows", "by", "shared"),
+             {"unit": 1, "rows": 1, "by": "mean_key", "shared": "head"}),
+    "vertical": (N.Vertical, ("k", "probe", "shared"), {"probe": 64, "shared": "head"}),
+    "slash": (N.Slash, ("k", "probe", "shared"), {"probe": 64, "shared": "head"}),
+}
+NAME_ARGUMENTS = {"by": ("an estimator", N.ESTIMATORS), "shared": ("a sharing", N.SHARING)}
+SYMBOLS = set(N.ESTIMATORS) | set(N.SHARING)  # names that mean something only after by/shared
 FUNCTIONS = {"min": 2, "max": 2, "isqrt": 1, "log2": 1}
 RESERVED = {"n", "q", "k"}
 
@@ -51,7 +64,8 @@ def check(decls: list) -> dict:
         if decl.name in table:
             errors.append(PatternError(f"'{decl.name}' is already declared at line "
                                        f"{table[decl.name].span.line}", decl.span))
-        elif decl.name in PRIMITIVES or decl.name in FUNCTIONS or decl.name in RESERVED:
+        elif decl.name in PRIMITIVES or decl.name in DYNAMIC_TERMS or decl.name in FUNCTIONS \
+                or decl.name in RESERVED:
             errors.append(PatternError(f"'{decl.name}' is a built-in name and cannot be redeclared",
                                        decl.span))
         else:
@@ -137,6 +151,9 @@ def _mask_nodes(expr, in_body):
 
 
 def _check_ref(ref, params, table, errors):
+    if ref.name in DYNAMIC_TERMS:
+        _collect(errors, _dynamic_args, ref, params)
+        return
     before = len(errors)
     for value in ref.args:
         _collect(errors, _check_int, value, params, False)
@@ -184,6 +201,47 @@ def _match_args(ref, names, defaults, what) -> dict:
     return given
 
 
+def _dynamic_args(ref, params: set) -> dict:
+    """A dynamic term's arguments checked: names where a name belongs (``by``, ``shared``),
+    integer expressions everywhere else. Returns them by argument name, defaults not filled."""
+    _, names, defaults = DYNAMIC_TERMS[ref.name]
+    given = _match_args(ref, names, defaults, ref.name)
+    for name, value in given.items():
+        if name in NAME_ARGUMENTS:
+            _symbol(ref.name, name, value)
+            continue
+        if isinstance(value, N.Param) and value.name in SYMBOLS and value.name not in params:
+            raise PatternError(f"{ref.name}: {name} must be an integer, but '{value.name}' is "
+                               f"{_symbol_kind(value.name)} name", value.span)
+        _check_int(value, params, False)
+    return given
+
+
+def _symbol(term: str, name: str, value) -> str:
+    """The name given to ``by`` or ``shared``, checked against the names it may take."""
+    kind, allowed = NAME_ARGUMENTS[name]
+    choices = ", ".join(allowed)
+    if not isinstance(value, N.Param):
+        raise PatternError(f"{term}: {name} takes {kind} name ({choices}), not an integer "
+                           "expression", value.span)
+    if value.name not in allowed:
+        raise PatternError(f"{term}: unknown {kind.split()[-1]} '{value.name}' for {name} "
+                           f"(have {choices})", value.span)
+    return value.name
+
+
+def _symbol_hint(name: str) -> str:
+    """Why an estimator or sharing name is not a parameter, for an error message."""
+    if name not in SYMBOLS:
+        return ""
+    where = "by" if name in N.ESTIMATORS else "shared"
+    return f" ('{name}' is {_symbol_kind(name)} name, for a dynamic term's {where} = ...)"
+
+
+def _symbol_kind(name: str) -> str:
+    return "an estimator" if name in N.ESTIMATORS else "a sharing"
+
+
 def _count(k: int, word: str) -> str:
     return f"{k} {word}" + ("" if k == 1 else "s")
 
@@ -199,7 +257,7 @@ def _global_args(ref):
 
 def _check_int(expr, params: set, in_where: bool):
     if isinstance(expr, N.Param) and expr.name not in params:
-        raise PatternError(f"unknown parameter '{expr.name}'", expr.span)
+        raise PatternError(f"unknown parameter '{expr.name}'{_symbol_hint(expr.name)}", expr.span)
     if isinstance(expr, N.Var) and expr.name in ("q", "k") and not in_where:
         raise PatternError(f"'{expr.name}' is only defined inside where(...)", expr.span)
     if isinstance(expr, N.Call):
@@ -393,10 +451,13 @@ def bind_body(expr, env: dict, table: dict, session: _Session | None = None):
             expr.op, _fold(substitute(expr.left, env), session, where=True),
             _fold(substitute(expr.right, env), session, where=True), expr.span))
     if isinstance(expr, N.Blocks):
-        return N.Blocks(_fold(substitute(expr.size, env), session),
-                        bind_body(expr.body, env, table, session), expr.span)
+        body = bind_body(expr.body, env, table, session)
+        _refuse_dynamic_in_blocks(body)
+        return N.Blocks(_fold(substitute(expr.size, env), session), body, expr.span)
     if isinstance(expr, N.Heads):
-        return N.Heads(tuple(bind_body(b, env, table, session) for b in expr.bodies), expr.span)
+        heads = N.Heads(tuple(bind_body(b, env, table, session) for b in expr.bodies), expr.span)
+        _check_shared_in_heads(heads)
+        return heads
     kids = N.children(expr)
     names = [f.name for f in dataclasses.fields(expr) if f.name != "span"]
     return dataclasses.replace(
@@ -404,6 +465,8 @@ def bind_body(expr, env: dict, table: dict, session: _Session | None = None):
 
 
 def _bind_ref(ref, env, table, session):
+    if ref.name in DYNAMIC_TERMS:
+        return _bind_dynamic(ref, env, session)
     args = tuple(_fold(substitute(a, env), session) for a in ref.args)
     kwargs = tuple((key, _fold(substitute(v, env), session)) for key, v in ref.kwargs)
     call = N.Ref(ref.name, args, kwargs, ref.span, ref.kwarg_spans)
@@ -420,6 +483,41 @@ def _bind_ref(ref, env, table, session):
     expr = _bind_call(call, table, session)[0]
     session.measure(expr, ref.span, f"pattern '{ref.name}'")
     return expr
+
+
+def _bind_dynamic(ref, env, session):
+    """A dynamic term's node: names kept as strings, integer arguments bound and folded."""
+    cls, names, defaults = DYNAMIC_TERMS[ref.name]
+    given = _match_args(ref, names, defaults, ref.name)
+    values = {}
+    for name in names:
+        value = given.get(name)
+        if name in NAME_ARGUMENTS:
+            values[name] = defaults[name] if value is None else _symbol(ref.name, name, value)
+        else:
+            values[name] = _fold(substitute(value, env), session) if value is not None \
+                else N.Num(defaults[name])
+    node = cls(**values, span=ref.span)
+    _check_now(node)
+    return node
+
+
+def _refuse_dynamic_in_blocks(body):
+    terms = N.dynamic_terms(body)
+    if terms:
+        raise PatternError("a dynamic term cannot stand inside blocks(...): its units are key "
+                           "positions (use unit = b for blocks of b keys)", terms[0].span)
+
+
+def _check_shared_in_heads(heads):
+    """A selection shared across heads is one choice for all of them: the term must stand in
+    every case of the heads block."""
+    cases = [set(N.dynamic_terms(body)) for body in heads.bodies]
+    for term in set().union(*cases):
+        if term.shared != "head" and not all(term in case for case in cases):
+            raise PatternError(f"a term with shared = {term.shared} must stand in every case of "
+                               "heads {...} (the heads that share a selection need it)",
+                               term.span)
 
 
 def _bind_call(call, table, session):
@@ -454,7 +552,7 @@ def _check_now(node):
     from .evaluate import instantiate
 
     fields = [getattr(node, f.name) for f in dataclasses.fields(node) if f.name != "span"]
-    if not any(mentions(f, {"n"}) for f in fields if not isinstance(f, (int, tuple))):
+    if not any(mentions(f, {"n"}) for f in fields if not isinstance(f, (int, tuple, str))):
         instantiate(node, 1)
 
 

@@ -20,21 +20,24 @@ def mask(expr, n_q: int, n_k: int, head: int = 0) -> torch.Tensor:
     return evaluate(select_head(expr, head), q, n_k).expand(n_q, n_k).contiguous()
 
 
-def evaluate(expr, q: torch.Tensor, n_k: int, memo: dict | None = None) -> torch.Tensor:
+def evaluate(expr, q: torch.Tensor, n_k: int, memo: dict | None = None,
+             dynamic=None) -> torch.Tensor:
     """Mask of rows at absolute positions ``q`` (1-D) over keys ``0..n_k-1``, broadcastable.
 
     ``memo`` (id -> (node, mask)) evaluates a sub-expression shared by several parents (a
-    pattern used twice) once, for these rows."""
+    pattern used twice) once, for these rows. ``dynamic``: what a dynamic term stands for in
+    this call, ``dynamic(node, q, n_k) -> mask`` (broadcastable like any primitive's), e.g. the
+    keys its selection chose, or ``dense`` / ``none`` (``semantics.select``)."""
     memo = {} if memo is None else memo
     hit = memo.get(id(expr))
     if hit is not None:
         return hit[1]
-    result = _evaluate(expr, q, n_k, memo)
+    result = _evaluate(expr, q, n_k, memo, dynamic)
     memo[id(expr)] = (expr, result)
     return result
 
 
-def _evaluate(expr, q, n_k, memo) -> torch.Tensor:
+def _evaluate(expr, q, n_k, memo, dynamic=None) -> torch.Tensor:
     qc = q[:, None]
     k = torch.arange(n_k, dtype=torch.int64)[None, :]
     t = type(expr)
@@ -72,18 +75,26 @@ def _evaluate(expr, q, n_k, memo) -> torch.Tensor:
     if t is N.Compare:
         return _compare(expr, qc, k)
     if t is N.Union:
-        return evaluate(expr.left, q, n_k, memo) | evaluate(expr.right, q, n_k, memo)
+        return _sub(expr.left, q, n_k, memo, dynamic) | _sub(expr.right, q, n_k, memo, dynamic)
     if t is N.Intersect:
-        return evaluate(expr.left, q, n_k, memo) & evaluate(expr.right, q, n_k, memo)
+        return _sub(expr.left, q, n_k, memo, dynamic) & _sub(expr.right, q, n_k, memo, dynamic)
     if t is N.Difference:
-        return evaluate(expr.left, q, n_k, memo) & ~evaluate(expr.right, q, n_k, memo)
+        return _sub(expr.left, q, n_k, memo, dynamic) & ~_sub(expr.right, q, n_k, memo, dynamic)
     if t is N.Complement:
-        return ~evaluate(expr.operand, q, n_k, memo)
+        return ~_sub(expr.operand, q, n_k, memo, dynamic)
     if t is N.Blocks:
         return _blocks(expr, q, n_k)
+    if t in N.DYNAMIC:
+        if dynamic is None:
+            raise ValueError("a dynamic term has no mask of its own: pass a selection "
+                             "(Pattern.mask(..., selection=spattn_dsl.select(...)))")
+        return dynamic(expr, q, n_k)
     if t is N.Heads:
         raise TypeError("select a head before evaluating (semantics.reference.mask does)")
     raise TypeError(f"no reference semantics for {t.__name__}")
+
+
+_sub = evaluate  # a shorter name for the recursive calls above
 
 
 def _blocks(expr, q: torch.Tensor, n_k: int) -> torch.Tensor:
