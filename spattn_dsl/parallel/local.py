@@ -17,6 +17,12 @@ from ..ir.evaluate import select_head
 from ..layout.pairs import allowed
 
 QUERY_BLOCK = 256
+BLOCK_ELEMENTS = 1 << 27  # fp32 scores of one query block (512 MiB): long key lists take fewer rows
+
+
+def _query_block(q, k) -> int:
+    per_row = q.shape[0] * q.shape[1] * max(k.shape[2], 1)
+    return max(1, min(QUERY_BLOCK, BLOCK_ELEMENTS // per_row))
 
 
 class PairMask:
@@ -83,8 +89,9 @@ class _MaskedAttention(torch.autograd.Function):
         group = q.shape[1] // k.shape[1]
         out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
-        for start in range(0, q.shape[2], QUERY_BLOCK):
-            rows = torch.arange(start, min(start + QUERY_BLOCK, q.shape[2]))
+        step = _query_block(q, k)
+        for start in range(0, q.shape[2], step):
+            rows = torch.arange(start, min(start + step, q.shape[2]))
             cols, m = _block(mask, rows, q.shape[1], q.device)
             if len(cols) == 0:
                 continue
@@ -108,8 +115,9 @@ class _MaskedAttention(torch.autograd.Function):
         dv = torch.zeros_like(dk)
         grad_out = grad_out.float()
         delta = (grad_out * out).sum(-1)
-        for start in range(0, q.shape[2], QUERY_BLOCK):
-            rows = torch.arange(start, min(start + QUERY_BLOCK, q.shape[2]))
+        step = _query_block(q, k)
+        for start in range(0, q.shape[2], step):
+            rows = torch.arange(start, min(start + step, q.shape[2]))
             cols, m = _block(mask, rows, q.shape[1], q.device)
             if len(cols) == 0:
                 continue
