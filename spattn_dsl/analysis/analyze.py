@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import AnalysisError, PatternError
 from ..ir import nodes as N
-from ..ir.program import Model, Pattern
+from ..ir.program import Model, Pattern, require_static
 from . import sources as S
 from .engines import GridEngine, ResidueEngine, SpanEngine
 from .masks import TermMask, block_size, layer_mask
@@ -72,6 +72,9 @@ def analyze(pattern_or_model, n: int, layers: int | None = None, *, tile=(128, 1
     """
     if n < 1:
         raise ValueError(f"the sequence length must be >= 1, got {n}")
+    # dynamic terms (SPEC section 8): a clear error until their bounds land (issue 27 item 4)
+    if isinstance(pattern_or_model, (Pattern, Model)):
+        require_static(pattern_or_model, "analyze()")
     schedule, name, kind = _schedule(pattern_or_model, layers)
     distinct = list(dict.fromkeys(schedule))
     _check_size(distinct, n)
