@@ -19,6 +19,7 @@ _EXPORTS = {
     "render": ".analysis", "Report": ".analysis",
     "compile": ".runtime",  # SPEC's name, shadows the builtin only inside this namespace
     "sparse_attention": ".decorator",
+    "select": ".semantics.select", "Selection": ".semantics.select",  # dynamic terms (SPEC 8)
     "ContextParallel": ".parallel",
 }
 __all__ = [*_EXPORTS, "analyze"]
