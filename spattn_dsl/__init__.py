@@ -21,6 +21,7 @@ _EXPORTS = {
     "sparse_attention": ".decorator",
     "select": ".semantics.select", "Selection": ".semantics.select",  # dynamic terms (SPEC 8)
     "ContextParallel": ".parallel",
+    "KVCache": ".decode",
 }
 __all__ = [*_EXPORTS, "analyze"]
 

@@ -88,15 +88,20 @@ class SparseAttention:
         self.op_id = op.register(self)
 
     # ------------------------------------------------------------------ public
-    def __call__(self, q, k, v, scale: float | None = None, key_padding=None, documents=None):
+    def __call__(self, q, k, v=None, scale: float | None = None, key_padding=None,
+                 documents=None):
         return self.forward(q, k, v, scale, key_padding, documents)[0]
 
-    def forward(self, q, k, v, scale: float | None = None, key_padding=None, documents=None):
+    def forward(self, q, k, v=None, scale: float | None = None, key_padding=None,
+                documents=None):
         """(out, lse): the attention output and the natural-log log-sum-exp per row (fp32),
         both differentiable. ``key_padding``: None or bool ``[batch, n_k]``, False marking
         padding keys that no query may attend to. ``documents``: None or integer
         ``[batch, n_k]`` non-decreasing document ids (packed sequences: every document is its
-        own sequence)."""
+        own sequence). ``attn(q, cache)`` with a ``KVCache``: decoding (``spattn_dsl.decode``)."""
+        if getattr(k, "is_spattn_kv_cache", False):
+            from ..decode import attend
+            return attend(self, q, k, v, scale, key_padding, documents)
         scale = check_inputs(q, k, v, scale)
         self._check_head_count(q.shape[1])
         key_padding = check_padding(key_padding, q, k)

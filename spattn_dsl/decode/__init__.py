@@ -1,0 +1,6 @@
+"""Decoding with a KV cache (SPEC section 9): ``KVCache`` keeps only the positions the
+pattern can still reach, in pages; ``attn(q, cache)`` reads only the allowed held pages."""
+from .attend import attend
+from .cache import KVCache
+
+__all__ = ["KVCache", "attend"]

@@ -1,0 +1,17 @@
+"""Float64 attention over the full history: the oracle of the decode tests."""
+import torch
+
+
+def full_history(pattern, q, k, v, n: int, scale: float):
+    """(out, lse) float64 for one sequence: ``q`` ``[heads, m, D]`` the queries at positions
+    ``n - m .. n - 1``, ``k``/``v`` ``[kv_heads, >= n, D]`` every key so far."""
+    heads, m = q.shape[:2]
+    group = heads // k.shape[0]
+    k = k[:, :n].double().repeat_interleave(group, 0)
+    v = v[:, :n].double().repeat_interleave(group, 0)
+    cases = [pattern.mask(m, n, head=c) for c in range(pattern.heads)]
+    mask = torch.stack([cases[h % pattern.heads] for h in range(heads)])
+    s = (q.double() @ k.transpose(-1, -2)) * scale
+    s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    return torch.softmax(s, -1).nan_to_num(0.0) @ v, lse
