@@ -14,6 +14,12 @@ own sequence. They reach the kernels only through an attention callable that tak
 
     spattn_dsl.hf.register("spattn_longformer", "examples/longformer.spattn:longformer")
     model = AutoModelForCausalLM.from_config(config, attn_implementation="spattn_longformer")
+
+Generation with spattn's own KV cache (``hf.cache(model)``, a transformers ``Cache`` of
+per-layer ``KVCache``s): each layer keeps only the positions its pattern can still reach, so a
+windowed model's cache memory stays flat as it generates (SPEC section 9):
+
+    model.generate(ids, cache=spattn_dsl.hf.cache(model), max_new_tokens=64)
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ import inspect
 import torch
 
 from .decorator import LayerPatterns
+
+_REGISTERED: dict = {}  # name -> LayerPatterns, for hf.cache
 
 
 def register(name: str, pattern_or_model, **compile_hints) -> str:
@@ -40,7 +48,22 @@ def register(name: str, pattern_or_model, **compile_hints) -> str:
     functools.update_wrapper(attention, spattn_attention_forward)
     AttentionInterface.register(name, attention)
     AttentionMaskInterface.register(name, key_padding_mask)
+    _REGISTERED[name] = layers
     return name
+
+
+def cache(model, page_size: int = 64):
+    """A fresh spattn KV cache for one ``generate()`` call of ``model``, whose attention was
+    registered through ``register``: pass it as ``cache=`` (``past_key_values=``)."""
+    from .decode.hf_cache import SpattnCache
+
+    name = getattr(model.config, "_attn_implementation", None)
+    if name not in _REGISTERED:
+        raise ValueError(f"hf.cache: the model's attention is {name!r}, not one registered "
+                         "through spattn_dsl.hf.register")
+    layers = _REGISTERED[name]
+    count = model.config.get_text_config(decoder=True).num_hidden_layers
+    return SpattnCache([layers.pattern(i) for i in range(count)], page_size)
 
 
 def spattn_attention_forward(layers: LayerPatterns, module, query, key, value, attention_mask,
@@ -58,6 +81,11 @@ def spattn_attention_forward(layers: LayerPatterns, module, query, key, value, a
                          f"{tuple(attention_mask.shape)}; it takes padding as a 2D [batch, keys] "
                          "mask (the pattern supplies the rest)")
     attn = layers.attention(getattr(module, "layer_idx", None))
+    if getattr(key, "is_spattn_kv_cache", False):  # hf.cache: key is the layer's KVCache
+        if attention_mask is not None:
+            raise NotImplementedError("the spattn KV cache takes no padding: generate "
+                                      "unpadded batches (or one sequence at a time)")
+        return attn(query, key, scale=scaling).transpose(1, 2).contiguous(), None
     documents = documents_from_position_ids(kwargs.get("position_ids"), query.shape[0],
                                             key.shape[2], attention_mask)
     if documents is None:
