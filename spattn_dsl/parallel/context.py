@@ -75,6 +75,9 @@ class ContextParallel:
     def __init__(self, pattern, group=None, mode: str = "sequence", seq_len: int | None = None):
         if not hasattr(pattern, "at") or not hasattr(pattern, "heads"):
             raise TypeError(f"ContextParallel needs a Pattern, got {type(pattern).__name__}")
+        if getattr(pattern, "dynamic", False):
+            raise ValueError(f"pattern '{pattern.name}' has dynamic terms (SPEC section 8): "
+                             "context parallel does not take them yet")
         if mode not in MODES:
             raise ValueError(f"mode must be 'sequence' or 'heads', got {mode!r}")
         if not dist.is_initialized():
