@@ -76,9 +76,7 @@ class TermSelection:
 
     def selection_head(self, head: int, heads: int, kv_heads: int) -> int:
         """The selection head (``indices``' dimension 1) that query head ``head`` reads."""
-        if self.shared == "head":
-            return head
-        return head // (heads // kv_heads) if self.shared == "group" else 0
+        return selection_head(self.shared, head, heads, kv_heads)
 
     def __repr__(self) -> str:
         b, hs, g, k = self.indices.shape
@@ -279,7 +277,8 @@ def _select_term(pattern, term: int, node, x: _Inputs, ids) -> TermSelection:
     """One term's TermSelection: each batch row's documents selected in turn."""
     batch, heads = x.q.shape[:2]
     sharing = {"head": heads, "group": x.kv_heads, "all": 1}[node.shared]
-    owner = torch.tensor([_owner(node.shared, h, heads, x.kv_heads) for h in range(heads)])
+    owner = torch.tensor([selection_head(node.shared, h, heads, x.kv_heads)
+                          for h in range(heads)])
     unit = node.unit if isinstance(node, N.TopK) else 1
     parts = []  # (b, group offset, start, rows, chosen [Hs, Gd, k])
     groups = torch.zeros(batch, x.n_q, dtype=torch.int64)
@@ -301,7 +300,8 @@ def _select_term(pattern, term: int, node, x: _Inputs, ids) -> TermSelection:
                          indices, groups, starts)
 
 
-def _owner(shared: str, head: int, heads: int, kv_heads: int) -> int:
+def selection_head(shared: str, head: int, heads: int, kv_heads: int) -> int:
+    """The selection head that query head ``head`` reads (or adds its estimate to)."""
     if shared == "head":
         return head
     return head // (heads // kv_heads) if shared == "group" else 0
@@ -314,9 +314,10 @@ def _select_document(pattern, term, node, x: _Inputs, b, start, length, first, e
     rows = torch.arange(first, end) + (x.n_k - x.n_q) - start  # document-relative positions
     concrete, index = concrete_terms(pattern, length)
     cases = [select_head(concrete, c) for c in range(pattern.heads)]
-    full = lambda m: m.expand(len(rows), length)  # noqa: E731
-    static = [full(evaluate(e, rows, length, dynamic=_static(index))) for e in cases]
-    envelope = [full(evaluate(e, rows, length, dynamic=_only(index, term))) for e in cases]
+    shape = (len(rows), length)
+    static = [evaluate(e, rows, length, dynamic=_static(index)).expand(shape) for e in cases]
+    envelope = [evaluate(e, rows, length, dynamic=_only(index, term)).expand(shape)
+                for e in cases]
     pairs = torch.stack([envelope[h % len(cases)] & ~static[h % len(cases)]
                          for h in range(heads)])  # candidate pairs [H, rows, length]
     q = x.q[b, :, first:end]
