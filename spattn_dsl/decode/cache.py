@@ -126,7 +126,8 @@ class KVCache:
             rows = torch.cat([torch.arange(m - c, m) for c in counts])
             page = torch.cat([self._place(b, p) for b, p in enumerate(positions)])
             self._write(page, pos % self.page_size, batch_of, rows, k, v)
-            self._last[page, pos % self.page_size] = last_query(self.pattern, pos)
+            unique, inverse = torch.unique(pos, return_inverse=True)  # sequences repeat
+            self._last[page, pos % self.page_size] = last_query(self.pattern, unique)[inverse]
         self._lengths = [n + c for n, c in zip(self._lengths, counts)]
         self._last_counts = counts
 
