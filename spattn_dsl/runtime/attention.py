@@ -39,6 +39,7 @@ from ..codegen.space import backward_candidates, candidate_configs, documents_co
 from ..codegen.reference import attention_reference, attention_reference_backward
 from ..codegen.render import render_term
 from ..ir.evaluate import instantiate, select_head
+from ..ir.program import require_static
 from ..layout.build import BlockLayout, lower
 from ..layout.documents import MAX_DRAWS, DocumentRules, document_layout, draw_tables
 from ..semantics.documents import check_documents, document_runs
@@ -326,6 +327,9 @@ def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
     (default True), ``verbose`` (print tuning progress), ``lowering`` (``auto``: the plan of
     terms the cost model picks; ``grid``: one block layout; ``terms``: every structured term).
     """
+    # dynamic terms (SPEC section 8): a clear error until their kernels land (issue 27 item 3)
+    if getattr(pattern, "dynamic", False):
+        require_static(pattern, "compile()")
     return SparseAttention(pattern, **hints)
 
 
@@ -338,6 +342,8 @@ def layout_for(pattern, n_q: int, n_k: int, config: TileConfig) -> BlockLayout:
     """The layout of a pattern at a size and tile config: memory cache, then disk, then built."""
     from ..codegen.render import kernel_key
 
+    if getattr(pattern, "dynamic", False):  # dynamic terms: not in layouts yet (issue 27)
+        require_static(pattern, "layout_for()")
     concrete = pattern.at(n_k)
     bm, bn = config.block_m, config.block_n
     name = f"{kernel_key(concrete)}-q{n_q}-k{n_k}-m{bm}-n{bn}"
