@@ -15,7 +15,7 @@ from ..ir.printer import text as expr_text
 from .predicate import Emitter, TableSpec
 from .template import BACKWARD, BACKWARD_HELPERS, HELPERS, KERNEL
 
-GENERATOR_VERSION = "19"
+GENERATOR_VERSION = "20"
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,15 @@ the visited tiles through tensor descriptors (Hopper's bulk tensor copies) inste
 pointer loads.
 
 Non-finite inputs: a pair the mask hides contributes nothing, even where its key or value is
-NaN or inf (a masked probability is 0, but ``0 * NaN`` is NaN inside ``tl.dot``), exactly as in
-the reference (``codegen.reference``): padding keys are zeroed in every tile that reads them;
-on PARTIAL tiles, where a key may be hidden from some rows and seen by others, hidden pairs are
-selected away (the dS of the backward too) and a tile of V (of K in dQ) whose sum is not finite
-takes a slow path (``_hide_nonfinite``) that adds its non-finite entries only where a row sees
-them. FULL tiles (every pair seen) pay nothing. A row that sees a non-finite value gets the
-non-finite result IEEE arithmetic gives (and NaN gradients); rows with no allowed key give 0.
-Not covered: a NaN in Q or dO reaches dK of the keys its row cannot see in PARTIAL tiles.
+NaN or inf (a masked probability is 0, but ``0 * NaN`` is NaN inside ``tl.dot``): padding keys
+are zeroed in every tile that reads them; on PARTIAL tiles, where a key may be hidden from some
+rows and seen by others, hidden pairs are selected away (the dS of the backward too) and the
+non-finite entries of V (of K in dQ) are zeroed before the dot, the rows that see one set to
+NaN (``_drop_nonfinite``: elementwise, no branch). FULL tiles (every pair seen) pay nothing and
+give IEEE's result. So a row that sees a non-finite key or value gets a non-finite output (NaN
+in every column where its tile is PARTIAL) and NaN gradients; every other row is exact; rows
+with no allowed key give 0. Not covered: a NaN in Q or dO reaches dK of the keys its row cannot
+see in PARTIAL tiles.
 
 Backward (``BACKWARD_HELPERS``, ``BACKWARD``): see the comment above them.
 """
@@ -129,33 +130,16 @@ def _kv_tile(k_desc, v_desc, k_base, v_base, k_ptrs, v_ptrs, desc_row, start_n, 
 
 
 @triton.jit
-def _hide_nonfinite(acc, w, x, seen):
-    """(acc, x) for ``tl.dot(w, x, acc)`` in which a pair outside ``seen`` (bool, broadcast to
-    ``w``'s [M, N]; ``w`` is 0 there) contributes nothing although ``x`` [N, D] holds a NaN or
-    inf (``0 * NaN`` is NaN inside a dot). Only a tile whose sum is not finite pays: its
-    non-finite entries are zeroed in ``x`` and their terms at the seen pairs put into ``acc``
-    as IEEE gives them (a weight times +-inf is +-inf by the weight's sign, NaN for a weight
-    0; NaN times anything is NaN), counted by dots of 0 / +-1 matrices (exact, no loop: a loop
-    here would stop the caller's loop from being software-pipelined)."""
-    total = tl.sum(tl.sum(x.to(tl.float32), 1), 0)
-    if total - total != 0.0:  # NaN or inf somewhere (or an overflowing sum: exact too)
-        xf = x.to(tl.float32)
-        finite = tl.abs(xf) < float("inf")
-        inf_sign = tl.where(finite, 0.0, tl.where(xf > 0.0, 1.0, tl.where(xf < 0.0, -1.0, 0.0)))
-        is_nan = tl.where(xf != xf, 1.0, 0.0)                    # [N, D]
-        seen_w = tl.broadcast_to(seen, w.shape)                  # [M, N]
-        wf = w.to(tl.float32)
-        w_sign = tl.where(seen_w, tl.where(wf > 0.0, 1.0, tl.where(wf < 0.0, -1.0, 0.0)), 0.0)
-        w_zero = tl.where(seen_w & (wf == 0.0), 1.0, 0.0)
-        signed = tl.dot(w_sign, inf_sign)                         # (+inf terms) - (-inf terms)
-        both = tl.dot(tl.abs(w_sign), tl.abs(inf_sign))           # (+inf terms) + (-inf terms)
-        nans = tl.dot(w_zero, tl.abs(inf_sign), tl.dot(tl.where(seen_w, 1.0, 0.0), is_nan))
-        pos = both + signed > 0.0
-        neg = both - signed > 0.0
-        fix = tl.where(pos, float("inf"), 0.0) + tl.where(neg, float("-inf"), 0.0)
-        acc = tl.where(nans > 0.0, float("nan"), acc + fix)
-        x = tl.where(finite, x, 0.0).to(x.dtype)
-    return acc, x
+def _drop_nonfinite(acc, x, seen):
+    """(acc, x) for ``tl.dot(w, x, acc)`` where ``w`` [M, N] is 0 outside ``seen``: the NaN and
+    inf entries of ``x`` [N, D] are zeroed (``0 * NaN`` is NaN inside a dot, so a pair that a
+    row cannot see would leak), and each row of ``acc`` that sees a key holding one becomes
+    NaN. Elementwise work only (no dot, no branch), on PARTIAL tiles only."""
+    finite = tl.abs(x.to(tl.float32)) < float("inf")             # NaN compares false
+    bad_key = tl.max(tl.where(finite, 0.0, 1.0), 1)              # [N]
+    bad_row = tl.max(tl.where(seen, bad_key[None, :], 0.0), 1)   # [M]
+    acc = tl.where(bad_row[:, None] > 0.0, float("nan"), acc)
+    return acc, tl.where(finite, x, 0.0).to(x.dtype)
 
 
 @triton.jit
@@ -326,7 +310,7 @@ def ${name}(
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
             if partial:  # a NaN/inf value at a pair some row cannot see must not reach it
-                acc, v = _hide_nonfinite(acc, p, v, qk != float("-inf"))
+                acc, v = _drop_nonfinite(acc, v, qk != float("-inf"))
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
             m_i = m_new
     else:
@@ -400,7 +384,7 @@ def ${name}(
             p = tl.math.exp2(qk * qk_scale - m_use[:, None])         # [BLOCK_M, BLOCK_N]
             alpha = tl.math.exp2(m_i - m_use)                        # [BLOCK_M]
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc, v = _hide_nonfinite(acc * alpha[:, None], p, v, allowed)  # hidden NaN/inf: no leak
+            acc, v = _drop_nonfinite(acc * alpha[:, None], v, qk != float("-inf"))  # no leak
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
             m_i = m_new
 
@@ -516,7 +500,7 @@ def _dq_tiles(dq, q, do, lse2, delta, kt_ptrs, vt_ptrs, kt_base, vt_base, k_desc
         k_rows = tl.trans(kt)                                    # [BLOCK_N, HEAD_DIM_PAD]
         if PARTIAL:  # a hidden pair: 0, even where dp or delta is NaN; its K must not leak
             ds = tl.where(allowed, ds, 0.0)
-            dq, k_rows = _hide_nonfinite(dq, ds, k_rows, allowed)
+            dq, k_rows = _drop_nonfinite(dq, k_rows, allowed)
         dq += tl.dot(ds.to(kt.dtype), k_rows, input_precision=DOT_PRECISION)
     return dq
 
