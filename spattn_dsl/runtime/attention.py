@@ -327,9 +327,9 @@ def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
     (default True), ``verbose`` (print tuning progress), ``lowering`` (``auto``: the plan of
     terms the cost model picks; ``grid``: one block layout; ``terms``: every structured term).
     """
-    # dynamic terms (SPEC section 8): a clear error until their kernels land (issue 27 item 3)
-    if getattr(pattern, "dynamic", False):
-        require_static(pattern, "compile()")
+    if getattr(pattern, "dynamic", False):  # dynamic terms (SPEC section 8)
+        from ..dynamic.attend import DynamicAttention
+        return DynamicAttention(pattern, **hints)
     return SparseAttention(pattern, **hints)
 
 

@@ -116,12 +116,11 @@ def test_static_passes_refuse_dynamic_patterns_clearly():
     require_static(loads("pattern p { causal }").pattern("p"), "compile()")  # no error
 
 
-def test_compile_and_analyze_refuse_dynamic_patterns_clearly():
+def test_analyze_refuses_dynamic_patterns_clearly():  # compile() takes them (tests/dynamic)
     import spattn_dsl
 
     program = loads(SOURCE + "model m { layers 1: causal; layers 1: vs }", "f.spattn")
-    for call in (lambda: spattn_dsl.compile(program.pattern("moba")),
-                 lambda: spattn_dsl.analyze(program.pattern("vs"), 16),
+    for call in (lambda: spattn_dsl.analyze(program.pattern("vs"), 16),
                  lambda: spattn_dsl.analyze(program.model("m"), 16)):
         with pytest.raises(DynamicNotSupported, match="not supported by .* yet"):
             call()
