@@ -436,9 +436,9 @@ def _use_reference(q) -> bool:
         return False
     if "cpu" not in _WARNED:
         _WARNED.add("cpu")
-        warnings.warn("spattn: tensors on the CPU and TRITON_INTERPRET is not set; using the "
-                      "reference attention in PyTorch, tile by tile (slow; no Triton kernels)",
-                      stacklevel=4)
+        from ..warn import warn_at_caller  # the caller's line, not the op's or autograd's
+        warn_at_caller("spattn: tensors on the CPU and TRITON_INTERPRET is not set; using the "
+                       "reference attention in PyTorch, tile by tile (slow; no Triton kernels)")
     return True
 
 
