@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
-from .api import target_from
+from .api import load, target_from
 from .ir.program import Model
 
 
@@ -13,7 +14,7 @@ class LayerPatterns:
     """Compiled attention per layer: a Pattern gives every layer the same one, a Model its own."""
 
     def __init__(self, pattern_or_model, **compile_hints):
-        self.target = target_from(pattern_or_model)
+        self.target = _target(pattern_or_model)
         self.hints = compile_hints
         self._compiled = {}
 
@@ -38,10 +39,30 @@ class LayerPatterns:
         return self._compiled[pattern]
 
 
+def _target(spec):
+    """``target_from``, and a path to a ``.spattn`` file without ``:name`` (a string or a
+    path object): the file's only pattern, as the CLI takes it (or its only model when it
+    declares no pattern)."""
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and spec.endswith(".spattn")):
+        program = load(spec)
+        for names, get in ((list(program.patterns), program.pattern),
+                           ([] if program.patterns else list(program.models), program.model)):
+            if len(names) == 1:
+                return get(names[0])
+        kinds = " and ".join(f"{len(table)} {kind}{'' if len(table) == 1 else 's'}"
+                             for kind, table in (("pattern", program.patterns),
+                                                 ("model", program.models)))
+        raise ValueError(f"{os.fspath(spec)} declares {kinds}; name one as "
+                         f"'{os.fspath(spec)}:NAME' ("
+                         f"{', '.join([*program.patterns, *program.models]) or 'none here'})")
+    return target_from(spec)
+
+
 def sparse_attention(pattern_or_path, **compile_hints):
     """Decorate an attention function ``(q, k, v, ...) -> out`` to run spattn instead.
 
-    ``pattern_or_path``: a Pattern or Model, ``"file.spattn:name"`` (a pattern or a model), or
+    ``pattern_or_path``: a Pattern or Model, ``"file.spattn:name"`` (a pattern or a model),
+    ``"file.spattn"`` (its only pattern, or its only model if it declares no pattern), or
     pattern text such as ``"causal & window(256)"``. Tensors are ``[batch, heads, seq, dim]``.
     The function may be a module's method (``forward(self, q, k, v)``): for a Model, the layer is
     ``self.layer_idx``, or pass ``layer_idx=`` in the call. ``scale=``, ``key_padding=`` and
