@@ -104,7 +104,7 @@ def _add_report(commands):
     which = report.add_mutually_exclusive_group()
     which.add_argument("--pattern", metavar="NAME",
                        help="analyse this pattern stacked on itself (default: the file's only "
-                       "pattern or model)")
+                       "model, else its only pattern)")
     which.add_argument("--model", metavar="NAME", help="analyse this model's layer schedule")
     size = report.add_mutually_exclusive_group(required=True)
     size.add_argument("--seq-len", type=_positive, metavar="N",
@@ -310,7 +310,7 @@ def _report_target(program, args):
         return program.model(args.model)
     if args.pattern is not None or program.models == {}:
         return _only_pattern(program, args)
-    if not program.patterns and len(program.models) == 1:
+    if len(program.models) == 1:  # a model is the whole network: preferred to its patterns
         return program.model(next(iter(program.models)))
     raise _usage(args, f"{args.file} declares {_count(program.patterns, 'pattern')} and "
                  f"{_count(program.models, 'model')}; choose one with "
@@ -512,14 +512,20 @@ def cmd_report(args) -> int:
     output = Path(args.output) if args.output else None
     if output is not None:
         _check_output_file(args, output)
+    # the file is parsed and the target chosen before torch is imported: errors come at once
+    program = _load(args.file)
+    target = _report_target(program, args)
     fmt = _report_format(args)
     if args.documents is not None and fmt == "html":
         raise _usage(args, "argument --documents: reports of documents come as text, "
                      "markdown or json, not html")
+    if args.model is None and args.pattern is None and program.models and program.patterns:
+        _say(f"spattn report: analysing model {target.name} ({args.file} also declares "
+             f"{_count(program.patterns, 'pattern')}: {', '.join(program.patterns)}; "
+             "choose one with --pattern NAME)")
 
     from .analysis import AnalysisError, analyze, render
 
-    target = _report_target(_load(args.file), args)
     try:
         if args.documents is None:
             text = render(analyze(target, args.seq_len, layers=args.layers), fmt=fmt)
@@ -560,18 +566,16 @@ def _document_reports(target, args, fmt: str) -> str:
 
 
 def cmd_compile(args) -> int:
-    from .runtime.attention import HEAD_DIMS as KERNEL_HEAD_DIMS
-
     _check_at_most(args, "--seq-len", args.seq_len, COMPILE_MAX_SEQ_LEN)
-    low, high = KERNEL_HEAD_DIMS
+    low, high = HEAD_DIMS  # runtime.attention's, without importing torch (tests/test_cli.py)
     if not low <= args.head_dim <= high:
         raise _usage(args, f"argument --head-dim: the kernels take {low} to {high}, "
                      f"got {args.head_dim}")
+    pattern = _only_pattern(_load(args.file), args)  # before torch: errors come at once
+    require_static(pattern, "spattn compile")
 
     from .runtime.artifacts import write_artifacts
 
-    pattern = _only_pattern(_load(args.file), args)
-    require_static(pattern, "spattn compile")
     out = Path(args.output or f"spattn_{pattern.name}")
     _check_output_dir(args, out)
     try:

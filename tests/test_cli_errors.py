@@ -203,11 +203,18 @@ def test_ambiguous_file_lists_the_names(write, capsys):
     path = write("pattern a { causal }\npattern b { dense }\nmodel m { layers 1: a }")
     assert main(["show", path, "--seq-len", "8"]) == 2
     assert "declares 2 patterns; choose one with --pattern: a, b" in flag_error(capsys)
-    assert main(["report", path, "--seq-len", "8"]) == 2
-    assert ("declares 2 patterns and 1 model; choose one with --pattern (a, b) or --model (m)"
-            in flag_error(capsys))
     assert main(["compile", path, "--seq-len", "8", "--head-dim", "64"]) == 2
     assert "choose one with --pattern: a, b" in flag_error(capsys)
+    # report prefers the file's only model, saying so; two models are ambiguous
+    assert main(["report", path, "--seq-len", "8"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("model m, n = 8")
+    assert err == f"spattn report: analysing model m ({path} also declares 2 patterns: a, b; " \
+                  "choose one with --pattern NAME)\n"
+    path = write("pattern a { causal }\nmodel m { layers 1: a }\nmodel m2 { layers 2: a }")
+    assert main(["report", path, "--seq-len", "8"]) == 2
+    assert ("declares 1 pattern and 2 models; choose one with --pattern (a) or --model (m, m2)"
+            in flag_error(capsys))
 
 
 def test_a_model_given_to_pattern_is_named_as_a_model(write, capsys):
