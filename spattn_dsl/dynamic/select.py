@@ -1,0 +1,185 @@
+"""The selection pass on the tensors' device (SPEC section 8), vectorised over batch rows,
+heads, row groups and units; Python loops only over terms and (with documents) over
+documents. Estimates are fp32 (``semantics.select`` is the float64 reference; the two agree
+wherever the estimates of chosen and rejected candidates differ by more than fp32 rounding).
+
+Per term and document: keys pooled per unit (mean, or elementwise min and max), pooled
+queries (the mean of each row group) scored against them by one matrix product, units that
+are not candidates dropped, ``top`` (stable sort: ties to the lower index) into ascending
+index lists padded with -1. ``vertical`` / ``slash``: the exact softmax of the last ``probe``
+queries over the envelope, summed per column or per diagonal.
+
+Candidates come from the static envelope: bool masks of the pattern with the term replaced
+by ``dense`` and by ``none`` over (rows, keys) of the document, built once per document shape
+and cached (memory ``rows x length`` bits: the part to replace by tile classification for
+very long sequences)."""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from ..ir import nodes as N
+from ..ir.evaluate import select_head
+from ..semantics.reference import evaluate
+from ..semantics.select import (KINDS, Selection, TermSelection, _batch_documents, _check_inputs,
+                                _check_scores, _documents_of, _only, _static, concrete_terms,
+                                selection_head, term_nodes, top)
+
+
+def device_select(pattern, q, k, scores=None, documents=None, *, scale=None) -> Selection:
+    """``semantics.select``'s Selection, computed on q's device (int64 tensors there)."""
+    batch, heads, n_q, dim, kv_heads, n_k = _check_inputs(q, k)
+    ids = None if documents is None else _batch_documents(documents, batch, n_k)
+    full = term_nodes(pattern, n_k)
+    _check_scores(scores, pattern.dynamic_terms, full, batch, heads, n_q, n_k)
+    scale = 1 / math.sqrt(dim) if scale is None else float(scale)
+    x = _Inputs(q.detach().float(), k.detach().float().repeat_interleave(heads // kv_heads, 1),
+                None if scores is None else scores.detach().float(), scale, kv_heads, n_k)
+    terms = tuple(_select_term(pattern, i, full[i], x, ids) for i in range(len(full)))
+    return Selection(pattern, batch, heads, kv_heads, n_q, n_k, terms, ids)
+
+
+class _Inputs:
+    def __init__(self, q, k, scores, scale, kv_heads, n_k):
+        self.q, self.k, self.scores, self.scale = q, k, scores, scale  # k: per query head
+        self.kv_heads, self.n_k = kv_heads, n_k
+
+
+def _segments(ids, batch: int, n_q: int, n_k: int):
+    """(batch rows, start, length, first query row, end query row): the whole batch at once
+    without documents, else one entry per (batch row, document with queries)."""
+    if ids is None:
+        return [(slice(0, batch), 0, n_k, 0, n_q)]
+    return [(slice(b, b + 1), *doc) for b in range(batch)
+            for doc in _documents_of(ids, b, n_q, n_k)]
+
+
+def _select_term(pattern, term: int, node, x: _Inputs, ids) -> TermSelection:
+    batch, heads, n_q, _ = x.q.shape
+    device = x.q.device
+    sharing = {"head": heads, "group": x.kv_heads, "all": 1}[node.shared]
+    owner = torch.tensor([selection_head(node.shared, h, heads, x.kv_heads)
+                          for h in range(heads)], device=device)
+    parts, offsets = [], torch.zeros(batch, dtype=torch.int64)
+    groups = torch.zeros(batch, n_q, dtype=torch.int64, device=device)
+    for rows_b, start, length, first, end in _segments(ids, batch, n_q, x.n_k):
+        local, chosen = _segment(pattern, term, node, x, rows_b, start, length, first, end,
+                                 owner, sharing)
+        offset = int(offsets[rows_b][0])
+        groups[rows_b, first:end] = local.to(device) + offset
+        parts.append((rows_b, offset, start, chosen))
+        offsets[rows_b] += chosen.shape[2]
+    count = int(offsets.max()) if parts else 0
+    indices = torch.full((batch, sharing, count, node.k), -1, dtype=torch.int64, device=device)
+    starts = torch.zeros(batch, count, dtype=torch.int64, device=device)
+    for rows_b, offset, start, chosen in parts:
+        indices[rows_b, :, offset:offset + chosen.shape[2]] = chosen
+        starts[rows_b, offset:offset + chosen.shape[2]] = start
+    unit = node.unit if isinstance(node, N.TopK) else 1
+    return TermSelection(pattern.dynamic_terms[term], KINDS[type(node)], unit, node.shared,
+                         indices, groups, starts)
+
+
+@functools.lru_cache(maxsize=64)
+def _pair_masks(pattern, term: int, length: int, first_pos: int, count: int):
+    """(static, envelope): bool ``[cases, rows, length]`` over the document-relative rows
+    ``first_pos ..`` (``count`` of them), on the CPU."""
+    rows = torch.arange(first_pos, first_pos + count)
+    concrete, index = concrete_terms(pattern, length)
+    shape = (count, length)
+    cases = [select_head(concrete, c) for c in range(pattern.heads)]
+    static = torch.stack([evaluate(e, rows, length, dynamic=_static(index)).expand(shape)
+                          for e in cases])
+    envelope = torch.stack([evaluate(e, rows, length, dynamic=_only(index, term)).expand(shape)
+                            for e in cases])
+    return static, envelope
+
+
+def _segment(pattern, term, node, x: _Inputs, rows_b, start, length, first, end, owner,
+             sharing):
+    """(local group of each query row [R] on the CPU; chosen [Bs, Hs, G, k]) in one segment."""
+    heads = x.q.shape[1]
+    device = x.q.device
+    first_pos = first + x.n_k - x.q.shape[2] - start  # document-relative position of row 0
+    static, envelope = _pair_masks(pattern, term, length, first_pos, end - first)
+    case = torch.arange(heads) % static.shape[0]
+    static, envelope = static[case].to(device), envelope[case].to(device)  # [H, R, L]
+    pairs = envelope & ~static
+    q = x.q[rows_b, :, first:end]
+    keys = x.k[rows_b, :, start:start + length]
+    if isinstance(node, N.TopK):
+        positions = torch.arange(first_pos, first_pos + end - first)
+        local = positions // node.rows - first_pos // node.rows
+        estimate, candidate = _topk(node, q, keys, pairs, local.to(device), x, rows_b,
+                                    first, end)
+    else:
+        local = torch.zeros(end - first, dtype=torch.int64)
+        estimate, candidate = _probe(node, q, keys, pairs, envelope, first_pos, x)
+    estimate = _share(estimate, owner, sharing)
+    candidate = _share(candidate.float(), owner, sharing) > 0
+    return local, top(estimate, candidate.expand_as(estimate), node.k)
+
+
+def _group_mean(values: torch.Tensor, local: torch.Tensor, count: int) -> torch.Tensor:
+    """Mean over each row group along dimension -2: ``[..., R, X] -> [..., G, X]``."""
+    sums = values.new_zeros(*values.shape[:-2], count, values.shape[-1])
+    sums.index_add_(values.dim() - 2, local, values)
+    sizes = torch.bincount(local, minlength=count).to(values.dtype)
+    return sums / sizes[:, None]
+
+
+def _topk(node, q, keys, pairs, local, x: _Inputs, rows_b, first, end):
+    """(estimates [Bs, H, G, U], candidates [1, H, G, U])."""
+    u, length = node.unit, keys.shape[2]
+    units = -(-length // u)
+    count = int(local[-1]) + 1
+    padded = torch.nn.functional.pad(pairs, (0, units * u - length))
+    per_row = padded.unflatten(-1, (units, u)).any(-1).float()  # [H, R, U]
+    candidate = _group_mean(per_row, local, count)[None] > 0
+    if node.by == "scores":
+        return _group_mean(x.scores[rows_b, :, first:end, :units], local, count), candidate
+    mean_q = _group_mean(q, local, count)  # [Bs, H, G, D]
+    pad = units * u - length
+    if node.by == "mean_key":
+        sums = torch.nn.functional.pad(keys, (0, 0, 0, pad)).unflatten(2, (units, u)).sum(3)
+        sizes = torch.full((units,), float(u), device=keys.device)
+        sizes[-1] = length - (units - 1) * u
+        return mean_q @ (sums / sizes[:, None]).transpose(-1, -2), candidate
+    lo = torch.nn.functional.pad(keys, (0, 0, 0, pad), value=math.inf)
+    hi = torch.nn.functional.pad(keys, (0, 0, 0, pad), value=-math.inf)
+    lo = lo.unflatten(2, (units, u)).amin(3)
+    hi = hi.unflatten(2, (units, u)).amax(3)
+    # sum_d max(q_d lo_d, q_d hi_d): hi where q_d > 0, lo where q_d < 0 (hi >= lo)
+    return (mean_q.clamp(min=0) @ hi.transpose(-1, -2)
+            + mean_q.clamp(max=0) @ lo.transpose(-1, -2)), candidate
+
+
+def _probe(node, q, keys, pairs, envelope, first_pos, x: _Inputs):
+    """vertical / slash: (estimates [Bs, H, 1, units], candidates [1, H, 1, units])."""
+    rows, length = q.shape[2], keys.shape[2]
+    m = min(node.probe, rows)
+    allowed = envelope[:, -m:]
+    logits = (q[:, :, -m:] @ keys.transpose(-1, -2)) * x.scale
+    logits = logits.masked_fill(~allowed, -math.inf)
+    peak = logits.amax(-1, keepdim=True).nan_to_num(neginf=0.0)
+    weights = torch.exp(logits - peak)  # 0 outside the envelope
+    total = weights.sum(-1, keepdim=True)
+    probs = weights / total.clamp(min=1e-30)  # rows without keys stay 0
+    if isinstance(node, N.Vertical):
+        return probs.sum(2)[:, :, None], pairs.any(1)[None, :, None]
+    positions = torch.arange(first_pos, first_pos + rows, device=q.device)
+    diagonal = positions[:, None] - torch.arange(length, device=q.device) + x.n_k - 1
+    count = 2 * x.n_k - 1
+    estimate = probs.new_zeros(*probs.shape[:2], count)
+    estimate.index_add_(2, diagonal[-m:].reshape(-1), probs.flatten(2))
+    candidate = torch.zeros(pairs.shape[0], count, device=q.device)
+    candidate.index_add_(1, diagonal.reshape(-1), pairs.flatten(1).float())
+    return estimate[:, :, None], (candidate > 0)[None, :, None]
+
+
+def _share(values: torch.Tensor, owner: torch.Tensor, sharing: int) -> torch.Tensor:
+    """Sum over the query heads that share a selection: dimension 1, ``H -> Hs``."""
+    out = values.new_zeros(values.shape[0], sharing, *values.shape[2:])
+    return out.index_add_(1, owner, values)
