@@ -2,17 +2,34 @@
 (``select``'s contract: the units with the highest estimates among the candidates), then
 attends under ``pattern.mask(..., selection=s)`` in one softmax.
 
-Paths: without kernels (a CPU without ``TRITON_INTERPRET``), or for an expression the kernels
-do not split (a dynamic term under a negation or inside ``blocks``), attention under the
-selection's mask tile by tile (``masked``). Gradients flow through the attention as if the
-selection were fixed; the selection (and ``scores``) get none."""
+Paths:
+
+- kernels (a GPU, or the CPU under ``TRITON_INTERPRET``) for expressions whose selection only
+  adds pairs (``expr.splits_exactly``): the selection on the device (``select.device_select``),
+  the static part's own plan of kernels (the pattern with every dynamic term replaced by
+  ``none``, compiled as any static pattern) giving (out, lse), the slot kernels over the
+  selected keys that the static part does not allow (``slots``, ``kernels``), the two merged by
+  log-sum-exp. The backward runs both parts' kernels from the final out and lse; their
+  gradients add.
+- otherwise (a CPU without the interpreter; a dynamic term under a negation or inside
+  ``blocks``): the float64 reference ``select`` (on the CPU) or the device selection, then
+  attention under the selection's mask tile by tile (``masked``; the mask is ``n_q x n_k``
+  bits).
+
+Gradients flow through the attention as if the selection were fixed; the selection (and
+``scores``) get none."""
 from __future__ import annotations
 
 import torch
 
-from ..runtime.attention import check_document_ids, check_inputs, check_padding
+from ..runtime.attention import (SparseAttention, check_document_ids, check_inputs,
+                                 check_padding, interpreting)
 from ..semantics.select import select
+from . import launch
+from .expr import splits_exactly, static_part
 from .masked import masked_backward, masked_forward
+from .select import device_select
+from .slots import build_slots
 
 
 class DynamicAttention:
@@ -21,12 +38,13 @@ class DynamicAttention:
 
     def __init__(self, pattern, **hints):
         self.pattern = pattern
-        self.hints = hints
+        self.split = splits_exactly(pattern.expr)
+        self.static = SparseAttention(static_part(pattern), **hints)  # checks the hints too
 
     def __call__(self, q, k, v=None, scale=None, key_padding=None, documents=None, scores=None,
                  return_selection: bool = False):
         out, _, selection = self.forward(q, k, v, scale, key_padding, documents, scores)
-        return (out, selection) if return_selection else out
+        return (out, on_cpu(selection)) if return_selection else out
 
     def forward(self, q, k, v=None, scale=None, key_padding=None, documents=None, scores=None):
         """(out, lse, selection): the output, the natural-log log-sum-exp per row (fp32),
@@ -35,17 +53,21 @@ class DynamicAttention:
         key_padding = check_padding(key_padding, q, k)
         if documents is not None:
             documents = check_document_ids(documents, q, k)
-        selection = self.select(q, k, scores, documents, scale)
-        mask = self.mask(selection, key_padding, q.device)
-        out, lse = _MaskedAttention.apply(q, k, v, mask, scale)
+        kernels = q.device.type == "cuda" or interpreting()
+        choose = device_select if kernels else select
+        selection = choose(self.pattern, q, k, scores, documents, scale=scale)
+        if kernels and self.split:
+            slots = build_slots(self.pattern, selection, key_padding)
+            out, lse = _SplitAttention.apply(q, k, v, slots, key_padding, documents, scale,
+                                             self.static)
+        else:
+            mask = self.mask(selection, key_padding, q.device)
+            out, lse = _MaskedAttention.apply(q, k, v, mask, scale)
         return out, lse, selection
-
-    def select(self, q, k, scores, documents, scale: float):
-        """This call's selection (the float64 reference)."""
-        return select(self.pattern, q, k, scores, documents, scale=scale)
 
     def mask(self, selection, key_padding, device) -> torch.Tensor:
         """Bool ``[B, H, n_q, n_k]``: the pattern under the selection, padding keys removed."""
+        selection = on_cpu(selection)
         mask = self.pattern.mask(selection.n_q, selection.n_k, selection=selection).to(device)
         if key_padding is not None:
             mask &= key_padding[:, None, None, :]
@@ -70,3 +92,43 @@ class _MaskedAttention(torch.autograd.Function):
             grad_out = torch.zeros_like(q)
         dq, dk, dv = masked_backward(grad_out, grad_lse, q, k, v, mask, ctx.scale)
         return dq, dk, dv, None, None
+
+
+class _SplitAttention(torch.autograd.Function):
+    """The static part's kernels plus the slot kernels, merged in one softmax."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, slots, key_padding, documents, scale, static):
+        out_s, lse_s = static.run_forward(q, k, v, key_padding, scale, documents)
+        out_d, lse_d = launch.slots_forward(q, k, v, slots, scale)
+        out, lse = launch.merge(out_s, lse_s, out_d, lse_d)
+        out = out.to(q.dtype)
+        ctx.save_for_backward(q, k, v, slots, key_padding, documents, out, lse)
+        ctx.scale, ctx.static = scale, static
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, slots, key_padding, documents, out, lse = ctx.saved_tensors
+        grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+        grads = ctx.static.run_backward(grad_out, grad_lse, q, k, v, out, lse, key_padding,
+                                        ctx.scale, documents)
+        delta = (grad_out.float() * out.float()).sum(-1)
+        if grad_lse is not None:
+            delta = delta - grad_lse
+        extra = launch.slots_backward(grad_out, q, k, v, slots, lse, delta, ctx.scale)
+        dq, dk, dv = ((a.float() + b).to(a.dtype) for a, b in zip(grads, extra))
+        return dq, dk, dv, None, None, None, None, None
+
+
+def on_cpu(selection):
+    """The selection with its tensors on the CPU (what ``Pattern.mask`` reads)."""
+    import dataclasses
+
+    def move(t):
+        return dataclasses.replace(t, indices=t.indices.cpu(), groups=t.groups.cpu(),
+                                   starts=t.starts.cpu())
+    ids = None if selection.documents is None else selection.documents.cpu()
+    return dataclasses.replace(selection, terms=tuple(move(t) for t in selection.terms),
+                               documents=ids)
