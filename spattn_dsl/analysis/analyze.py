@@ -21,12 +21,18 @@ Method, chosen per stack (every layer must fit the same one):
 7. ``sampled sources`` -- what even that misses, for n <= sources.SAMPLED_MAX: the full stack
    (term form) from sampled sources only (``_sample``). Reach to first is exact; receptive
    fields, coverage and hop distances are lower bounds, listed under ``bounds``.
+Dynamic terms (SPEC section 8, ``dynamic.py``): the stack of static parts goes through the
+methods above; its receptive fields and coverage are lower bounds, its hop distances upper
+bounds for every selection; densities come from the envelope (upper bounds), and the worst
+case of keys per query is exact (``dynamic.worst_case``). Static layers of a model stay exact
+up to the first dynamic layer.
 ``AnalysisError`` only when even that fails, or up front when the length or the random keys
 would not fit in memory (``_check_size``). Whatever a method cannot represent after all is
 answered by the token graph where n is small (``_fallback``), never by an internal error.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -35,7 +41,8 @@ import numpy as np
 
 from ..errors import AnalysisError, PatternError
 from ..ir import nodes as N
-from ..ir.program import Model, Pattern, require_static
+from ..ir.program import Model, Pattern
+from . import dynamic as D
 from . import sources as S
 from .engines import GridEngine, ResidueEngine, SpanEngine
 from .masks import TermMask, block_size, layer_mask
@@ -51,8 +58,9 @@ GRID_MAX = 1024  # dense block matrices up to here; sparse block rows (bits) bey
 DEFAULT_MAX_LAYERS = 32
 MAX_MODEL_LAYERS = 1 << 16  # layers listed one by one
 PICTURES = 4
-BOUND_FIGURES = ("rf_min", "rf_mean", "rf_max", "rf_last", "reach", "span", "coverage",
-                 "diameter", "reach_to_first", "coverage_depth")
+GROWING_FIGURES = ("rf_min", "rf_mean", "rf_max", "rf_last", "reach", "span", "coverage")
+HOP_FIGURES = ("diameter", "reach_to_first", "coverage_depth")
+BOUND_FIGURES = GROWING_FIGURES + HOP_FIGURES
 DENSITY_FIGURES = ("density", "admissible_density", "keys_per_query")
 STEP_LIMIT_WORK = 1 << 34  # word operations a stepping engine may spend past the records
 # Every method keeps a few int64 arrays per token (about 6 GB at 2**24, as the CLI says)
@@ -72,24 +80,26 @@ def analyze(pattern_or_model, n: int, layers: int | None = None, *, tile=(128, 1
     """
     if n < 1:
         raise ValueError(f"the sequence length must be >= 1, got {n}")
-    # dynamic terms (SPEC section 8): a clear error until their bounds land (issue 27 item 4)
-    if isinstance(pattern_or_model, (Pattern, Model)):
-        require_static(pattern_or_model, "analyze()")
-    schedule, name, kind = _schedule(pattern_or_model, layers)
+    original, name, kind = _schedule(pattern_or_model, layers)
+    # dynamic terms: the stack of static parts (lower bounds of every selection's stack)
+    parts = {p: D.static_part(p) for p in dict.fromkeys(original)}
+    schedule = [parts[p] for p in original]
     distinct = list(dict.fromkeys(schedule))
     _check_size(distinct, n)
+    closed = _envelopes_causal(original, n)
     try:
-        return _analyze(schedule, distinct, name, kind, n, layers, tile, method)
+        report = _analyze(schedule, distinct, name, kind, n, layers, tile, method, closed)
     except (NotRepresentable, MemoryError) as why:
-        return _fallback(why, schedule, distinct, name, kind, n, layers, tile, method)
+        report = _fallback(why, schedule, distinct, name, kind, n, layers, tile, method, closed)
+    return _finish(report, original, n, tile)
 
 
-def _fallback(why, schedule, distinct, name, kind, n, layers, tile, method):
+def _fallback(why, schedule, distinct, name, kind, n, layers, tile, method, closed):
     """A method that accepted the stack but could not finish it (a count with too many
     terms, two random draws intersected): the token graph at small n, else AnalysisError."""
     reason = "out of memory" if isinstance(why, MemoryError) else str(why)
     if method == "auto" and n <= BRUTE_FORCE_MAX:
-        return _analyze(schedule, distinct, name, kind, n, layers, tile, "tokens")
+        return _analyze(schedule, distinct, name, kind, n, layers, tile, "tokens", closed)
     raise AnalysisError(f"no analysis method finishes at n = {n} ({reason}); the token graph "
                         f"takes any pattern up to n = {BRUTE_FORCE_MAX}") from None
 
@@ -119,10 +129,11 @@ def _random_terms(expr, n: int):
         stack.extend((child, inner) for child in N.children(node))
 
 
-def _analyze(schedule, distinct, name, kind, n, layers, tile, method) -> Report:
+def _analyze(schedule, distinct, name, kind, n, layers, tile, method, closed=True) -> Report:
+    """``closed``: whether every selection keeps the stack causal (the envelopes are)."""
     chosen = _choose(distinct, n, method)
     masks, engine_name, exact = chosen.masks, chosen.name, chosen.exact
-    causal = all(m.is_causal() for m in masks.values())
+    causal = closed and all(m.is_causal() for m in masks.values())
     unproven = causal and chosen.partial and not _proven_causal(distinct, n)
     if unproven:  # all pairs admissible: every bound stays true whatever the truth is
         causal = False
@@ -154,10 +165,10 @@ def _analyze(schedule, distinct, name, kind, n, layers, tile, method) -> Report:
             reach_to_first = least_depth(engine, relations, has_pair(engine, n - 1, 0), powers)
     # a pair missing from a subset of the pairs is not proven missing
     uncovered = found.get("uncovered") if exact or chosen.sampled or capped else None
-    bounds = () if exact else BOUND_FIGURES + (DENSITY_FIGURES if chosen.partial else ())
+    bounds = {} if exact else _method_bounds(chosen)
     if capped:
         exact = False
-        bounds = tuple(dict.fromkeys(bounds + ("diameter", "reach_to_first", "coverage_depth")))
+        bounds.update(dict.fromkeys(HOP_FIGURES, "lower"))  # the search stopped: at least
 
     figures = [_pattern_figures(p, masks[p], schedule, n, causal, tile, admissible)
                for p in distinct]
@@ -183,6 +194,147 @@ def _analyze(schedule, distinct, name, kind, n, layers, tile, method) -> Report:
             "pairs, hop distances upper bounds)")
     report.pictures.extend(_pictures(distinct, masks, n))
     return annotate(report, distinct)
+
+
+def _method_bounds(chosen) -> dict:
+    """Which figures an inexact method bounds, and from which side: a subset of the pairs
+    (the bound method) gives lower receptive fields and upper hop distances; sampled sources
+    give lower bounds of both."""
+    bounds = dict.fromkeys(GROWING_FIGURES, "lower")
+    bounds.update(dict.fromkeys(HOP_FIGURES, "lower" if chosen.sampled else "upper"))
+    if chosen.partial:
+        bounds.update(dict.fromkeys(DENSITY_FIGURES, "lower"))
+    return bounds
+
+
+# ---------------------------------------------------------------- dynamic terms
+def _envelopes_causal(schedule, n: int) -> bool:
+    """Whether every selection keeps every dynamic layer causal: its envelope is causal
+    (else all pairs are admissible and every bound stays true)."""
+    envelopes = list(dict.fromkeys(D.envelope(p) for p in schedule if p.dynamic))
+    if not envelopes:
+        return True
+    try:
+        chosen = _choose(envelopes, n, "auto")
+    except (AnalysisError, NotRepresentable):
+        return _proven_causal(envelopes, n)
+    causal = all(m.is_causal() for m in chosen.masks.values())
+    return causal and (not chosen.partial or _proven_causal(envelopes, n))
+
+
+def _finish(report: Report, original, n: int, tile) -> Report:
+    """The worst case of keys per query; for dynamic layers, the figures as bounds."""
+    distinct = list(dict.fromkeys(original))
+    counts = _row_counts(n)
+    worst = {p: D.worst_case(p, n, counts) for p in distinct}
+    report.patterns = [_layer_figures(p, report, original, n, tile, worst[p])
+                       for p in distinct]
+    known = [w.keys for w in worst.values() if w.keys is not None]
+    report.max_keys_per_query = max(known) if len(known) == len(worst) else None
+    if report.max_keys_per_query is not None and \
+            not all(w.exact for w in worst.values() if w.keys == report.max_keys_per_query):
+        report.bounds["max_keys_per_query"] = "upper"
+    first = next((i for i, p in enumerate(original) if p.dynamic), None)
+    if first is None:
+        return report
+    _dynamic_bounds(report, original, first)
+    return report
+
+
+def _row_counts(n: int):
+    """``counts(expr)``: keys per row of a static expression by the fast masks (None where
+    none applies exactly)."""
+    def counts(expr):
+        pattern = Pattern(expr)
+        try:
+            chosen = _choose([pattern], n, "auto")
+            if chosen.partial:
+                return None
+            return np.asarray(chosen.masks[pattern].pairs_per_query())
+        except (AnalysisError, NotRepresentable, MemoryError):
+            return None
+    return counts
+
+
+def _layer_figures(pattern, report, original, n, tile, worst) -> PatternFigures:
+    """Mask-level figures of one distinct layer: a dynamic one's from its envelope."""
+    figures = next((f for f in report.patterns if f.name == pattern.name
+                    and f.text == D.static_part(pattern).text), None)
+    if pattern.dynamic or figures is None:
+        figures = _envelope_figures(pattern, original, n, report, tile)
+    return dataclasses.replace(figures, text=pattern.text, layers=original.count(pattern),
+                               dynamic=pattern.dynamic, max_keys_per_query=worst.keys)
+
+
+def _envelope_figures(pattern, original, n, report, tile) -> PatternFigures:
+    envelope = D.envelope(pattern)
+    admissible = n * (n + 1) // 2 if report.causal else n * n
+    try:
+        chosen = _choose([envelope], n, "auto")
+        if not chosen.partial:
+            figures = _pattern_figures(envelope, chosen.masks[envelope], [], n,
+                                       report.causal, tile, admissible)
+            # pairs computed / allowed has no bound: it depends on the selection
+            return dataclasses.replace(figures, waste=None)
+    except (AnalysisError, NotRepresentable, MemoryError):
+        pass
+    return PatternFigures(pattern.name, pattern.text, original.count(pattern), None, None,
+                          None, None, None)
+
+
+def _dynamic_bounds(report: Report, original, first: int):
+    """Relabel a report of the static parts as bounds over every selection."""
+    total = len(original)
+    for name in DENSITY_FIGURES + ("tile_density", "waste"):
+        setattr(report, name, _mean(report.patterns, name, total))
+    conflicting = []
+    for name, side in [(f, "lower") for f in GROWING_FIGURES] + \
+            [(f, "upper") for f in HOP_FIGURES] + \
+            [(f, "upper") for f in DENSITY_FIGURES + ("tile_density",)]:
+        if name in GROWING_FIGURES and first >= report.depth:
+            continue  # every analysed layer is static
+        if name in HOP_FIGURES and name not in report.bounds and getattr(report, name) <= first:
+            continue  # reached within the static layers before the first dynamic one
+        if report.bounds.get(name, side) != side:
+            conflicting.append(name)
+        report.bounds[name] = report.bounds.get(name, side)
+    report.exact = False
+    report.uncovered_pair = None  # missing from the static part only: a selection may add it
+    report.layers = [dataclasses.replace(r, exact=r.exact and r.layer <= first)
+                     for r in report.layers]
+    report.notes.append(_dynamic_note(report, original, first))
+    if report.diameter == math.inf:
+        report.notes.append(
+            "warning: the static part alone does not connect every admissible pair (the "
+            "diameter bound is inf): no selection is guaranteed to connect it")
+    if conflicting:
+        report.notes.append(f"{', '.join(conflicting)}: bounds of the static part from the "
+                            "other side, so no bound for the dynamic stack")
+    report.notes.append("closed forms and the certificate are the static part's: a "
+                        "certificate holds for every selection, a failed one proves nothing")
+
+
+def _dynamic_note(report, original, first) -> str:
+    dynamic = sorted({i + 1 for i, p in enumerate(original) if p.dynamic})
+    where = "" if report.kind == "pattern" else \
+        f" (dynamic layers: {_layer_ranges(dynamic)}; layers before {first + 1} are exact)"
+    return ("dynamic terms: figures hold for every selection" + where + ": receptive "
+            "fields, reach and coverage are lower bounds and hop distances (diameter, reach "
+            "to first, coverage depth) upper bounds, from the static part (every dynamic term "
+            "replaced by none); densities are upper bounds, from the envelope (replaced by "
+            "dense); max keys per query is the exact worst case (static keys plus budget, "
+            "capped by the candidates) unless marked as a bound")
+
+
+def _layer_ranges(layers) -> str:
+    runs, start = [], None
+    for i, layer in enumerate(layers):
+        if start is None:
+            start = layer
+        if i + 1 == len(layers) or layers[i + 1] != layer + 1:
+            runs.append(str(start) if start == layer else f"{start}-{layer}")
+            start = None
+    return ", ".join(runs)
 
 
 # ---------------------------------------------------------------- the stack
@@ -491,7 +643,7 @@ def _sample(report: Report, schedule, n: int, causal: bool, upper="diameter"):
     if lower is not None and (lower == upper or lower == math.inf):
         report.diameter = report.coverage_depth = lower
         exact_now += ["diameter", "coverage_depth"]
-    report.bounds = tuple(b for b in report.bounds if b not in exact_now)
+    report.bounds = {b: d for b, d in report.bounds.items() if b not in exact_now}
     shown = "inf" if lower == math.inf else lower
     upper_text = "none known" if upper is None else "inf" if upper == math.inf else upper
     with_what = "the whole stack" if upper is None else "the random keys"

@@ -30,6 +30,7 @@ class LayerFigures:
     span_middle: int
     coverage: float
     full_rows: float
+    exact: bool = True  # False from a stack's first dynamic layer on (figures are bounds)
 
 
 def layer_figures(engine, state, layer: int, admissible_pairs: int) -> LayerFigures:

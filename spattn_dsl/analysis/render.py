@@ -65,8 +65,7 @@ def fmt_percent(value) -> str:
 
 def summary_rows(report) -> list:
     """(label, value) pairs: the headline figures."""
-    bound = set(report.bounds)
-    mark = lambda name: " (bound)" if name in bound else ""  # noqa: E731
+    mark = lambda name: bound_label(report, name)  # noqa: E731
     kind = "causal diameter" if report.causal else "diameter"
     rows = [
         (kind + mark("diameter"), fmt_number(report.diameter)),
@@ -77,7 +76,10 @@ def summary_rows(report) -> list:
         ("admissible density" + mark("admissible_density"),
          fmt_percent(report.admissible_density)),
         ("mean keys per query" + mark("keys_per_query"), fmt_number(report.keys_per_query)),
-        (f"tile density ({report.tile[0]}x{report.tile[1]})", fmt_percent(report.tile_density)),
+        ("max keys per query (one head, worst case)" + mark("max_keys_per_query"),
+         fmt_number(report.max_keys_per_query)),
+        (f"tile density ({report.tile[0]}x{report.tile[1]})" + mark("tile_density"),
+         fmt_percent(report.tile_density)),
         ("waste (pairs computed / allowed)", fmt_number(report.waste)),
     ]
     if report.layers:
@@ -88,6 +90,12 @@ def summary_rows(report) -> list:
     if report.certificate is not None:
         rows.append((CERTIFICATE_LABEL, report.certificate.line()))
     return rows
+
+
+def bound_label(report, name: str) -> str:
+    """" (upper bound)" / " (lower bound)" for a figure that is a bound, else ""."""
+    side = report.bounds.get(name)
+    return f" ({side} bound)" if side else ""
 
 
 CERTIFICATE_LABEL = "universal approximation (Yun et al. 2020)"
@@ -103,12 +111,14 @@ def uncovered_text(report) -> str:
 
 def layer_columns(report) -> tuple:
     """The layer table's headers, a figure that is a bound marked as one."""
-    return tuple(f"{c} (bound)" if c in report.bounds else c for c in LAYER_COLUMNS)
+    return tuple(c + bound_label(report, c) for c in LAYER_COLUMNS)
 
 
 def pattern_columns(report) -> tuple:
     names = dict(zip(PATTERN_COLUMNS[3:6], ("density", "admissible_density", "keys_per_query")))
-    return tuple(f"{c} (bound)" if names.get(c) in report.bounds else c
+    names["max keys/query"] = "max_keys_per_query"
+    names["tile density"] = "tile_density"
+    return tuple(c + bound_label(report, names[c]) if c in names else c
                  for c in PATTERN_COLUMNS)
 
 
@@ -144,11 +154,12 @@ def layer_cells(record) -> list:
 def pattern_cells(p) -> list:
     return [p.name, p.text, str(p.layers), fmt_percent(p.density),
             fmt_percent(p.admissible_density), fmt_number(p.keys_per_query),
-            fmt_percent(p.tile_density), fmt_number(p.waste)]
+            fmt_number(p.max_keys_per_query), fmt_percent(p.tile_density),
+            fmt_number(p.waste)]
 
 
 PATTERN_COLUMNS = ("pattern", "text", "layers", "density", "admissible density",
-                   "keys/query", "tile density", "waste")
+                   "keys/query", "max keys/query", "tile density", "waste")
 
 
 # ---------------------------------------------------------------- text

@@ -23,6 +23,8 @@ class PatternFigures:
     keys_per_query: float
     tile_density: float | None  # visited tiles / admissible tiles
     waste: float | None  # pairs computed in visited tiles / pairs allowed
+    dynamic: bool = False  # densities from the envelope (upper bounds)
+    max_keys_per_query: int | None = None  # one query in one head, worst selection
 
 
 @dataclass
@@ -34,7 +36,7 @@ class Report:
     causal: bool  # admissible pairs are k <= q
     method: str
     exact: bool
-    bounds: tuple  # names of figures that are bounds, not exact
+    bounds: dict  # name of every figure that is a bound -> "upper" or "lower"
     diameter: float
     reach_to_first: float
     coverage_depth: float
@@ -56,6 +58,8 @@ class Report:
     notes: list = field(default_factory=list)
     sampled: dict = field(default_factory=dict)  # bounds from exact search from sampled sources
     pictures: list = field(default_factory=list, repr=False)  # (name, grid, tile size)
+    # the largest number of keys one query attends in one head (every selection): SPEC 8
+    max_keys_per_query: int | None = None
 
     @property
     def model_depth(self) -> int:
@@ -103,8 +107,8 @@ def annotate(report: Report, patterns) -> Report:
 
 _DICT_FIELDS = ("name", "kind", "n", "depth", "causal", "method", "exact", "bounds", "diameter",
                 "reach_to_first", "coverage_depth", "coverage", "uncovered_pair", "density",
-                "admissible_density", "keys_per_query", "tile", "tile_density", "waste", "notes",
-                "sampled")
+                "admissible_density", "keys_per_query", "max_keys_per_query", "tile",
+                "tile_density", "waste", "notes", "sampled")
 
 
 def _plain(value):

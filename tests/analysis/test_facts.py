@@ -227,6 +227,6 @@ def test_every_example_is_analysed_exactly_at_its_papers_size(file, name, n):
     program = load(EXAMPLES / file)
     subject = program.model(name) if name in program.models else program.pattern(name)
     report = analyze(subject, n)
-    assert report.exact and report.bounds == ()
+    assert report.exact and report.bounds == {}
     assert report.diameter >= 1 and report.layers
     assert report.to_markdown() and report.to_json()

@@ -109,7 +109,7 @@ def test_natten_at_long_length_is_exact_and_bidirectional():
     assert report.keys_per_query == 5 and report.density == pytest.approx(5 / 8192)
     assert report.layers[0].rf_min == 5
     data = json.loads(report.to_json())
-    assert data["causal"] is False and data["bounds"] == []
+    assert data["causal"] is False and data["bounds"] == {}
     assert "every layer is causal" not in render(report)
 
 
