@@ -194,7 +194,10 @@ def test_torch_compile_matches_eager():
 def _example_patterns():
     for path in EXAMPLES:
         for name in load(path).patterns:
-            yield pytest.param(path, name, id=f"{path.stem}-{name}")
+            dynamic = load(path).pattern(name).dynamic
+            marks = [pytest.mark.skip(reason="dynamic kernels not landed yet (issue 27 item 3)")] \
+                if dynamic else []
+            yield pytest.param(path, name, id=f"{path.stem}-{name}", marks=marks)
 
 
 @pytest.mark.gpu

@@ -61,6 +61,9 @@ def test_every_example_pattern_at_sampled_lengths(file):
     ahead = 4096 + 256
     for name in program.patterns:
         p = program.pattern(name)
+        if p.dynamic:  # the mask needs a selection; live() keeps every position (SPEC 9)
+            assert bool(p.live(130).all())
+            continue
         for t in (130, 4200):
             brute = torch.zeros(t, dtype=torch.bool)
             for head in range(p.heads):
