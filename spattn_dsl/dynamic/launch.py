@@ -1,12 +1,18 @@
 """Launch the slot kernels (``kernels``) and merge their result with the static part's."""
 from __future__ import annotations
 
-import torch
+import importlib
 
-from . import kernels
+import torch
 
 LOG2E = 1.4426950408889634
 BLOCK_M, BLOCK_N = 16, 16  # rows and slots per step: [16, 16, head_dim] gathers
+
+
+def _kernels():
+    """The kernel module, imported at first use: ``triton.jit`` reads ``TRITON_INTERPRET`` when
+    the module is imported, so a process that ran the CPU path first still interprets."""
+    return importlib.import_module(".kernels", __package__)
 
 
 def _head_dim_pad(d: int) -> int:
@@ -19,7 +25,7 @@ def slots_forward(q, k, v, slots, scale: float):
     out = torch.empty(q.shape, device=q.device, dtype=torch.float32)
     lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     grid = (-(-n_q // BLOCK_M), batch * heads)
-    kernels.slots_forward[grid](
+    _kernels().slots_forward[grid](
         q, k, v, slots, out, lse, *q.stride(), *k.stride(), *v.stride(), *slots.stride(),
         *out.stride(), lse.stride(0), lse.stride(1), heads, heads // k.shape[1], n_q,
         slots.shape[-1], scale * LOG2E,
@@ -35,7 +41,7 @@ def slots_backward(grad_out, q, k, v, slots, lse, delta, scale: float):
     dk = torch.zeros(k.shape, device=q.device, dtype=torch.float32)
     dv = torch.zeros(v.shape, device=q.device, dtype=torch.float32)
     grid = (-(-n_q // BLOCK_M), batch * heads)
-    kernels.slots_backward[grid](
+    _kernels().slots_backward[grid](
         q, k, v, slots, grad_out, lse, delta, dq, dk, dv, *q.stride(), *k.stride(), *v.stride(),
         *slots.stride(), *grad_out.stride(), lse.stride(0), lse.stride(1), *dk.stride(),
         heads, heads // k.shape[1], n_q, slots.shape[-1], scale * LOG2E, scale,

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import spattn_dsl
+import spattn_dsl.dynamic.attend  # noqa: F401  (triton is imported while interpreting: conftest)
 from spattn_dsl.semantics.select import select
 
 from .oracle import check, inputs, pattern, scores_for
