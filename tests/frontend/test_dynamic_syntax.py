@@ -116,14 +116,13 @@ def test_static_passes_refuse_dynamic_patterns_clearly():
     require_static(loads("pattern p { causal }").pattern("p"), "compile()")  # no error
 
 
-def test_analyze_refuses_dynamic_patterns_clearly():  # compile() takes them (tests/dynamic)
+def test_analyze_takes_dynamic_patterns_as_bounds():  # tests/analysis/test_dynamic_bounds.py
     import spattn_dsl
 
     program = loads(SOURCE + "model m { layers 1: causal; layers 1: vs }", "f.spattn")
-    for call in (lambda: spattn_dsl.analyze(program.pattern("vs"), 16),
-                 lambda: spattn_dsl.analyze(program.model("m"), 16)):
-        with pytest.raises(DynamicNotSupported, match="not supported by .* yet"):
-            call()
+    for subject in (program.pattern("vs"), program.model("m")):
+        report = spattn_dsl.analyze(subject, 16)
+        assert report.bounds["reach"] == "lower" and report.max_keys_per_query >= 1
 
 
 def test_cli_check_lists_dynamic_terms(tmp_path, capsys):
