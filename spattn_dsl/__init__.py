@@ -1,6 +1,6 @@
 """spattn: a compiler for sparse attention patterns.
 
-The SPEC section 5 API: load a pattern file, bind a pattern, get its reference mask,
+The API of docs/python.md: load a pattern file, bind a pattern, get its reference mask,
 analyse it, and compile it into attention kernels.
 
 Every name is imported on first use (``spattn.compile``, ``from spattn_dsl import analyze``),
@@ -17,9 +17,9 @@ _EXPORTS = {
     "Program": ".ir.program", "Pattern": ".ir.program", "Model": ".ir.program",
     "PatternError": ".errors",
     "render": ".analysis", "Report": ".analysis",
-    "compile": ".runtime",  # SPEC's name, shadows the builtin only inside this namespace
+    "compile": ".runtime",  # the documented name, shadows the builtin only inside this namespace
     "sparse_attention": ".decorator",
-    "select": ".semantics.select", "Selection": ".semantics.select",  # dynamic terms (SPEC 8)
+    "select": ".semantics.select", "Selection": ".semantics.select",  # docs/language.md §5
     "ContextParallel": ".parallel",
     "KVCache": ".decode",
 }
@@ -27,7 +27,7 @@ __all__ = [*_EXPORTS, "analyze"]
 
 
 def analyze(pattern_or_model, n, layers=None, **options):
-    """SPEC's ``analyze`` (``analysis.analyze``: the graph-diameter report), its arguments
+    """The documented ``analyze`` (``analysis.analyze``: the graph-diameter report), its arguments
     checked first so that a wrong one is named: ``n`` an integer in [1, 2**48], ``layers``
     None or an integer >= 1."""
     from .analysis import analyze as run
