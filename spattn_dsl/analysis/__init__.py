@@ -1,4 +1,4 @@
-"""Analysis: how information spreads through a stack of sparse attention layers (SPEC 4)."""
+"""Analysis: how information spreads through a stack of layers (docs/analysis.md)."""
 from .analyze import AnalysisError, analyze
 from .render import render
 from .report import Report
