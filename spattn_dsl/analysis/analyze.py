@@ -1,4 +1,4 @@
-"""``analyze(pattern_or_model, n, layers=None)``: SPEC section 4 at real sequence lengths.
+"""``analyze(pattern_or_model, n, layers=None)``: docs/analysis.md at real sequence lengths.
 
 Method, chosen per stack (every layer must fit the same one):
 1. ``intervals`` -- every layer's rows are a prefix plus one interval (windows, bands, causal,
@@ -21,7 +21,7 @@ Method, chosen per stack (every layer must fit the same one):
 7. ``sampled sources`` -- what even that misses, for n <= sources.SAMPLED_MAX: the full stack
    (term form) from sampled sources only (``_sample``). Reach to first is exact; receptive
    fields, coverage and hop distances are lower bounds, listed under ``bounds``.
-Dynamic terms (SPEC section 8, ``dynamic.py``): the stack of static parts goes through the
+Dynamic terms (docs/language.md §5, ``dynamic.py``): the stack of static parts goes through the
 methods above; its receptive fields and coverage are lower bounds, its hop distances upper
 bounds for every selection; densities come from the envelope (upper bounds), and the worst
 case of keys per query is exact (``dynamic.worst_case``). Static layers of a model stay exact
