@@ -1,4 +1,4 @@
-"""Analysis of packed documents (SPEC section 7): one report per distinct document length.
+"""Analysis of packed documents (docs/language.md §4): one report per distinct document length.
 
 With documents, every document is its own sequence, so information never crosses a boundary
 and a row's figures are those of each document alone at its own length ``n``. A report per
