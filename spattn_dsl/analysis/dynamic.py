@@ -1,4 +1,4 @@
-"""Dynamic terms in the analysis (SPEC section 8): the static part, the envelope and the
+"""Dynamic terms in the analysis (docs/language.md §5): the static part, the envelope and the
 exact worst case of keys per query.
 
 A selection only adds pairs to the static part (every dynamic term replaced by ``none``) and
