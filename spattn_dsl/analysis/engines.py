@@ -1,6 +1,6 @@
 """Two exact ways to compose layer relations; the driver (``propagate``) works with either.
 
-A *state* is a composed dependency ``D`` (SPEC section 4); a layer's relation ``R = M | id``
+A *state* is a composed dependency ``D`` (docs/analysis.md); a layer's relation ``R = M | id``
 is a state too. Every engine offers the same small interface:
 
 ``identity()``, ``compose(outer, inner)`` (= outer o inner: first ``inner``, then ``outer``),
