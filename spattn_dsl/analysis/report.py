@@ -1,4 +1,4 @@
-"""The ``Report``: every figure of SPEC section 4, and its dict / JSON / Markdown forms."""
+"""The ``Report``: every figure of docs/analysis.md, and its dict / JSON / Markdown forms."""
 from __future__ import annotations
 
 import dataclasses
@@ -58,7 +58,7 @@ class Report:
     notes: list = field(default_factory=list)
     sampled: dict = field(default_factory=dict)  # bounds from exact search from sampled sources
     pictures: list = field(default_factory=list, repr=False)  # (name, grid, tile size)
-    # the largest number of keys one query attends in one head (every selection): SPEC 8
+    # the largest number of keys one query attends in one head, every selection (docs/language.md §5)
     max_keys_per_query: int | None = None
 
     @property
