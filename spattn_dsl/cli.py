@@ -99,7 +99,7 @@ def _add_show(commands):
 def _add_report(commands):
     report = commands.add_parser("report", help="receptive field, diameter and coverage report",
                                  description="Receptive field, diameter and coverage of a "
-                                 "stack of layers (SPEC section 4).")
+                                 "stack of layers (docs/analysis.md).")
     _add_file(report)
     which = report.add_mutually_exclusive_group()
     which.add_argument("--pattern", metavar="NAME",
