@@ -201,7 +201,7 @@ def _int(x, n: str) -> str:
 
 
 def int_code(expr, q: str, k: str, n: str = "n_pos") -> str:
-    """An integer expression of ``where(...)`` (or of a parameter) in int64 with SPEC's floor
+    """An integer expression of ``where(...)`` (or of a parameter) in int64 with its floor
     semantics; ``n`` only in bound expressions (documents), ``/`` only on sides the caller has
     checked to be exact."""
     if isinstance(expr, N.Num):
