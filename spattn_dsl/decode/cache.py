@@ -1,4 +1,5 @@
-"""``KVCache``: the paged keys and values of one layer, holding only live positions (SPEC 9).
+"""``KVCache``: the paged keys and values of one layer, holding only live positions
+(docs/python.md, KV cache).
 
 Storage is a pool of pages (``[pages, kv_heads, page_size, head_dim]`` for keys and values);
 each sequence has a page table: its held pages, in position order. A page holds the positions
@@ -33,7 +34,8 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class KVCache:
-    """The cached keys and values of one attention layer under ``pattern`` (SPEC section 9)."""
+    """The cached keys and values of one attention layer under ``pattern``
+    (docs/python.md, KV cache)."""
 
     is_spattn_kv_cache = True  # how compile()'s attention recognises ``attn(q, cache)``
 
