@@ -1,2 +1,2 @@
-"""Dynamic terms at run time (SPEC section 8): the selection on the device and the attention
+"""Dynamic terms at run time (docs/language.md §5): the selection on the device and the attention
 over the static part plus the selected units."""
