@@ -1,4 +1,4 @@
-"""The selection pass on the tensors' device (SPEC section 8), vectorised over batch rows,
+"""The selection pass on the tensors' device (docs/language.md §5), vectorised over batch rows,
 heads, row groups and units; Python loops only over terms and (with documents) over
 documents. Estimates are fp32 (``semantics.select`` is the float64 reference; the two agree
 wherever the estimates of chosen and rejected candidates differ by more than fp32 rounding).
