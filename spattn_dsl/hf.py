@@ -17,7 +17,7 @@ own sequence. They reach the kernels only through an attention callable that tak
 
 Generation with spattn's own KV cache (``hf.cache(model)``, a transformers ``Cache`` of
 per-layer ``KVCache``s): each layer keeps only the positions its pattern can still reach, so a
-windowed model's cache memory stays flat as it generates (SPEC section 9):
+windowed model's cache memory stays flat as it generates (docs/python.md, KV cache):
 
     model.generate(ids, cache=spattn_dsl.hf.cache(model), max_new_tokens=64)
 """
