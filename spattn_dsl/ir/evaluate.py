@@ -18,7 +18,7 @@ from ..errors import PatternError
 from . import nodes as N
 from .limits import MAX_LENGTH, RANGE_TEXT, in_range
 
-# primitive -> ((field, minimum), ...): SPEC section 2's constraints
+# primitive -> ((field, minimum), ...): docs/language.md §2's constraints
 CONSTRAINTS = {
     N.Window: (("w", 1),),
     N.Band: (("before", 0), ("after", 0)),
