@@ -5,7 +5,7 @@ Three families:
   primitive arguments and inside ``where``;
 - mask expressions: primitives (``Window``, ``Causal``, ...), the comparison leaf ``Compare``
   (what ``where(...)`` holds), dynamic terms (``TopK``, ``Vertical``, ``Slash``: chosen from the
-  inputs at run time, SPEC section 8; kept out of ``PRIMITIVES`` so that static passes never
+  inputs at run time, docs/language.md §5; kept out of ``PRIMITIVES`` so that static passes never
   mistake them for a primitive they know), and combinators (``Union``, ``Intersect``, ``Difference``,
   ``Complement``, ``Blocks``, ``Heads``); ``Ref`` exists only before resolution;
 - declarations (``PatternDecl``, ``ModelDecl`` and their parts).
@@ -123,7 +123,7 @@ class Stride:
 
 @dataclass(frozen=True)
 class Chunk:
-    l: Int  # noqa: E741  (SPEC's name)
+    l: Int  # noqa: E741  (the documented name)
     span: SourceSpan | None = _span()
 
 
@@ -179,7 +179,7 @@ class Compare:
     span: SourceSpan | None = _span()
 
 
-# ---------------------------------------------------------------- dynamic terms (SPEC section 8)
+# -------------------------------------------------------- dynamic terms (docs/language.md §5)
 ESTIMATORS = ("mean_key", "minmax", "scores")  # values of topk's ``by``
 SHARING = ("head", "group", "all")  # values of ``shared``; "head": each query head for itself
 
