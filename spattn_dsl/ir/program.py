@@ -82,7 +82,7 @@ class Pattern:
 
     @property
     def dynamic(self) -> bool:
-        """Whether the pattern has dynamic terms (topk, vertical, slash: SPEC section 8)."""
+        """Whether the pattern has dynamic terms (topk, vertical, slash: docs/language.md §5)."""
         return bool(self.dynamic_terms)
 
     @property
@@ -111,7 +111,7 @@ class Pattern:
 
     def live(self, t: int):
         """Bool ``[t]``: the positions ``0..t-1`` that a query at a position ``>= t`` may still
-        attend, for any head (SPEC section 9); all True where that is not known exactly
+        attend, for any head (docs/python.md, KV cache); all True where that is not known exactly
         (``random``, ``where``, a parameter that mentions ``n``)."""
         from ..semantics.liveness import live
 
@@ -119,13 +119,13 @@ class Pattern:
 
     def mask(self, n_q: int, n_k: int | None = None, head: int = 0, documents=None,
              selection=None):
-        """The exact ``[n_q, n_k]`` torch.bool mask (SPEC section 2), queries bottom-right.
+        """The exact ``[n_q, n_k]`` torch.bool mask (docs/language.md §2), queries bottom-right.
 
         ``documents``: None, or ``n_k`` non-decreasing integer ids, one per key position; each
-        document is then its own sequence (SPEC section 7).
+        document is then its own sequence (docs/language.md §4).
 
         ``selection``: a ``Selection`` (``spattn_dsl.select``); then the mask of every batch
-        row and query head under it, ``[batch, heads, n_q, n_k]`` (SPEC section 8). A dynamic
+        row and query head under it, ``[batch, heads, n_q, n_k]`` (docs/language.md §5). A dynamic
         pattern needs one."""
         from ..semantics import documents as docs
         from ..semantics.reference import mask
@@ -333,7 +333,7 @@ class Program:
         return Pattern(expr, name, tuple(values.items()), decl.span)
 
     def check(self, n: int | None = None) -> list:
-        """Every error binding would raise (SPEC section 6, ``spattn check``): each pattern whose
+        """Every error binding would raise (docs/cli.md, ``spattn check``): each pattern whose
         parameters all have defaults and each model is bound, and, given ``n``, instantiated at
         that length. Returns the PatternErrors in source order (empty when all is well); raise
         them together with ``PatternError.combine(errors)``."""
