@@ -1,6 +1,6 @@
 """Name and parameter resolution, checks, and binding (declarations -> bound Patterns).
 
-``check(decls)`` runs every static check of SPEC section 2 and returns the declarations by
+``check(decls)`` runs every static check of docs/language.md §2 and returns the declarations by
 name, raising every error of the file at once; ``bind(name, args, decls)`` inlines pattern
 references with their arguments, turning primitive calls into primitive nodes. Every error is
 a located ``PatternError``.
@@ -35,7 +35,7 @@ PRIMITIVES = {
     "random": (N.Random, ("r", "seed"), {"seed": 0}),
     "global": (None, (), {}),  # two forms, handled by _global
 }
-# dynamic term name -> (node class, argument names in order, defaults) (SPEC section 8).
+# dynamic term name -> (node class, argument names in order, defaults) (docs/language.md §5).
 # ``by`` and ``shared`` take a name (NAME_ARGUMENTS), never an integer or a parameter; every
 # other argument is an integer expression. Default ``by``: mean_key (MoBA's, and the cheapest);
 # default ``shared``: head (each query head selects for itself); default ``probe``: 64 (the
