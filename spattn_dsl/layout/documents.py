@@ -1,4 +1,4 @@
-"""The per-call tile layout of a pattern over packed documents (SPEC section 7).
+"""The per-call tile layout of a pattern over packed documents (docs/language.md §4).
 
 ``DocumentRules(pattern)`` is built once per pattern (no ids, no lengths): per head case, the
 pattern with every part that the tile classifier can decide without knowing a document's length
