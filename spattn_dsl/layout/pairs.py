@@ -109,7 +109,7 @@ _COMPARE = {"<": torch.lt, "<=": torch.le, "==": torch.eq, "!=": torch.ne,
 
 
 def int_value(expr, q, k):
-    """An integer expression over q and k with SPEC's floor division and modulo."""
+    """An integer expression over q and k with the language's floor division and modulo."""
     if isinstance(expr, N.Num):
         return expr.value
     if isinstance(expr, N.Var):
