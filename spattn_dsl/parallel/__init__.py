@@ -1,4 +1,4 @@
-"""Context parallel (SPEC section 10): one sequence split across the ranks of a
+"""Context parallel (docs/python.md, context parallel): one sequence split across the ranks of a
 torch.distributed group. The only package that imports torch.distributed."""
 from .context import ContextParallel, HeadsPlan
 from .plan import ExchangePlan, exchange_plan
