@@ -1,5 +1,5 @@
 """``ContextParallel``: attention over a sequence split across the ranks of a process group
-(SPEC section 10).
+(docs/python.md, context parallel).
 
 ``mode="sequence"``: every rank holds one contiguous chunk of positions (queries, keys and
 values), chunks balanced by allowed pairs (``plan.exchange_plan``). Each rank receives exactly
@@ -76,7 +76,7 @@ class ContextParallel:
         if not hasattr(pattern, "at") or not hasattr(pattern, "heads"):
             raise TypeError(f"ContextParallel needs a Pattern, got {type(pattern).__name__}")
         if getattr(pattern, "dynamic", False):
-            raise ValueError(f"pattern '{pattern.name}' has dynamic terms (SPEC section 8): "
+            raise ValueError(f"pattern '{pattern.name}' has dynamic terms (docs/language.md §5): "
                              "context parallel does not take them yet")
         if mode not in MODES:
             raise ValueError(f"mode must be 'sequence' or 'heads', got {mode!r}")
