@@ -1,6 +1,6 @@
 """A terminal picture of a mask: one cell per pair for short sequences, shaded tiles otherwise.
 
-A dynamic pattern (SPEC section 8) is drawn as its static part (every dynamic term replaced by
+A dynamic pattern (docs/language.md §5) is drawn as its static part (every dynamic term replaced by
 ``none``) with the candidates marked ``+``: the pairs where some term may spend its budget.
 ``draw_selection`` draws the mask under one selection instead.
 
@@ -116,7 +116,7 @@ def _render(title: str, fraction, candidates, tile: int, sampled: bool) -> str:
 
 
 def head_note(cases: int, head: int) -> str:
-    """``, head 2 (case 0 of 2: heads wrap)``: which ``heads`` case a head index draws (SPEC:
+    """``, head 2 (case 0 of 2: heads wrap)``: which ``heads`` case a head draws (docs/language.md:
     head h uses case h mod cases); nothing for a pattern without cases."""
     if cases <= 1:
         return ""
