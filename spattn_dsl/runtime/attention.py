@@ -9,7 +9,7 @@ dK/dV kernels. On a CPU the kernel runs
 under the Triton interpreter when ``TRITON_INTERPRET=1`` (in fp32), and otherwise the tiled
 reference runs, with a one-time warning.
 
-Documents (packed sequences, SPEC section 7): ``documents=`` an integer ``[batch, n_k]`` id
+Documents (packed sequences, docs/language.md §4): ``documents=`` an integer ``[batch, n_k]`` id
 tensor. Each call builds its tile layout from the ids on the tensors' device
 (``layout.documents``, never cached: boundaries change every batch; an eager call's backward
 reuses its forward's) and launches the token-grid kernel of each head case with
@@ -315,7 +315,7 @@ def _check_hints(**hints):
                              f"got {value}")
 
 
-def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
+def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (the documented name)
     """Compile a pattern into ``attn(q, k, v, scale=None, key_padding=None, documents=None)
     -> out`` on ``[B, H, n, D]`` tensors (``documents``: packed sequences, see the module
     docstring).
@@ -327,7 +327,7 @@ def compile(pattern, **hints) -> SparseAttention:  # noqa: A001  (SPEC's name)
     (default True), ``verbose`` (print tuning progress), ``lowering`` (``auto``: the plan of
     terms the cost model picks; ``grid``: one block layout; ``terms``: every structured term).
     """
-    if getattr(pattern, "dynamic", False):  # dynamic terms (SPEC section 8)
+    if getattr(pattern, "dynamic", False):  # dynamic terms (docs/language.md §5)
         from ..dynamic.attend import DynamicAttention
         return DynamicAttention(pattern, **hints)
     return SparseAttention(pattern, **hints)
