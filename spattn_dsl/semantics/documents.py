@@ -1,4 +1,4 @@
-"""Documents (packed sequences, SPEC section 7): checking ids, document bounds, the reference mask.
+"""Documents (packed sequences, docs/language.md §4): checking ids, document bounds, the mask.
 
 A row of ``n_k`` positions carries one document id per position; ids never decrease, so each
 document is one contiguous run. Every document is its own sequence: a pair (q, k) is allowed
