@@ -1,4 +1,4 @@
-"""Which cached key positions a later query may still attend (SPEC section 9).
+"""Which cached key positions a later query may still attend (docs/python.md, KV cache).
 
 A key ``p`` is dead at length ``t`` when no query at a position ``q >= t`` (at any later
 length) may attend it. Dead stays dead, so a key's liveness is one number: ``last_query(p)``,
