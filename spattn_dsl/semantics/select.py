@@ -1,4 +1,4 @@
-"""Dynamic terms (SPEC section 8): the float64 reference selection and the mask under it.
+"""Dynamic terms (docs/language.md §5): the float64 reference selection and the mask under it.
 
 ``select(pattern, q, k)`` chooses, for every dynamic term, batch row, selecting head and row
 group, the units with the highest estimates among the term's candidates; ``selection_mask``
@@ -9,7 +9,7 @@ Conventions (also in ``TermSelection``'s docstring, which kernel code reads):
 
 - Terms are ``pattern.dynamic_terms``: the distinct dynamic terms, equal terms being one.
 - Units, row groups, columns and the probe are document-relative (each document is its own
-  sequence, SPEC section 7); without documents the whole row is one document starting at 0.
+  sequence, docs/language.md §4); without documents the whole row is one document starting at 0.
 - A term's candidates: pairs allowed with the term replaced by ``dense`` and not with it
   replaced by ``none``, every other dynamic term replaced by ``none``; a unit is a candidate
   for a group when it holds a candidate pair of one of the group's queries (of this call) in
