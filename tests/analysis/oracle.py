@@ -15,7 +15,7 @@ from spattn_dsl.ir.program import Pattern
 
 
 def layer_mask(pattern: Pattern, n: int) -> torch.Tensor:
-    """SPEC 4: the pair is in the layer's mask when ANY head allows it."""
+    """docs/analysis.md: the pair is in the layer's mask when ANY head allows it."""
     mask = torch.zeros(n, n, dtype=torch.bool)
     for head in range(pattern.heads):
         mask |= pattern.mask(n, head=head)
@@ -27,7 +27,7 @@ def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
 
 
 class Oracle:
-    """Every figure of SPEC section 4 for a schedule of patterns (repeated), by brute force."""
+    """Every figure of docs/analysis.md for a schedule of patterns (repeated), by brute force."""
 
     def __init__(self, schedule, n: int):
         self.n = n
