@@ -1,4 +1,4 @@
-"""Analysis per document length (SPEC section 7)."""
+"""Analysis per document length (docs/language.md §4)."""
 import pytest
 import torch
 
