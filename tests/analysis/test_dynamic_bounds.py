@@ -1,4 +1,4 @@
-"""analyze() on dynamic patterns and models (SPEC section 8, issue 27 item 4): every figure
+"""analyze() on dynamic patterns and models (docs/language.md §5, issue 27 item 4): every figure
 that a selection can change is a bound that holds for every selection, checked by brute force
 over Pattern.mask(..., selection=) for random selections (select() on random inputs: batch row
 l is layer l's selection) and for the worst-case selection, which must attain the reported
@@ -47,7 +47,7 @@ def selections(p, n, seeds=range(3)):
 
 
 def layer_masks(p, n, selection):
-    """One [n, n] mask per layer: batch row l, heads unioned (SPEC section 4)."""
+    """One [n, n] mask per layer: batch row l, heads unioned (docs/analysis.md)."""
     full = p.mask(n, selection=selection)
     return [full[b].any(0) for b in range(full.shape[0])]
 
