@@ -1,4 +1,4 @@
-"""Dynamic terms in the language (SPEC section 8): parsing, defaults, printing, located errors,
+"""Dynamic terms in the language (docs/language.md §5): parsing, defaults, printing, located errors,
 ``Pattern.dynamic``, guards of the passes that do not take them yet, and the CLI."""
 import pytest
 
