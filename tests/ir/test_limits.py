@@ -18,7 +18,7 @@ HUGE = [2**31, 2**31 + 7, 2**40, 2**62, 2**63 - 1]
 
 
 def spec_mask(predicate, n_q, n_k):
-    """The SPEC definition on Python integers, pair by pair (no clamping, no int64)."""
+    """The documented definition on Python integers, pair by pair (no clamping, no int64)."""
     offset = n_k - n_q
     return torch.tensor([[bool(predicate(i + offset, k, n_k)) for k in range(n_k)]
                          for i in range(n_q)], dtype=torch.bool).reshape(n_q, n_k)
@@ -31,7 +31,7 @@ def assert_layout_matches_mask(pattern, n_q, n_k, tile=(8, 4)):
         assert torch.equal(got, states_from_mask(pattern.mask(n_q, n_k, head), *tile)), pattern.text
 
 
-# primitive text with {v} (a huge value) -> its SPEC condition on Python ints
+# primitive text with {v} (a huge value) -> its documented condition on Python ints
 WIDE = [
     ("window({v})", lambda v: lambda q, k, n: abs(q - k) < v),
     ("band({v}, 2)", lambda v: lambda q, k, n: q - v <= k <= q + 2),
@@ -54,7 +54,7 @@ WIDE = [
 @pytest.mark.parametrize("value", HUGE + ["n - 1", "n", "n + 1", "n + 2"])
 @pytest.mark.parametrize("text, condition", WIDE, ids=[t for t, _ in WIDE])
 def test_huge_parameters_are_exact(text, condition, value):
-    """Values past int32/int64 arithmetic or past n: the mask and the layout are SPEC's."""
+    """Values past int32/int64 arithmetic or past n: the mask and the layout are as documented."""
     rng = random.Random(hash((text, str(value))))
     for _ in range(2):
         n_k = rng.randint(8, 30)  # summary's c = v - 5 needs v >= 6
