@@ -1,4 +1,4 @@
-"""Every semantic error of SPEC section 2, each with the location of the offending token."""
+"""Every semantic error of docs/language.md §2, each with the location of the offending token."""
 import pytest
 
 from spattn_dsl import PatternError, loads
