@@ -1,6 +1,6 @@
-"""An independent brute-force definition of SPEC section 2, pair by pair, for small sizes.
+"""An independent brute-force definition of docs/language.md §2, pair by pair, for small sizes.
 
-Written straight from the SPEC table with Python integers; shares nothing with
+Written straight from the table of docs/language.md with Python integers; shares nothing with
 ``spattn_dsl.semantics`` except the random generator's key table (``random_keys``), which the
 reference reaches by a different path (``random_mask``).
 """
