@@ -1,4 +1,4 @@
-"""Masks with documents (SPEC section 7) against the block diagonal of per-document masks."""
+"""Masks with documents (docs/language.md §4) against the block diagonal of per-document masks."""
 import random
 from pathlib import Path
 
@@ -26,7 +26,7 @@ def example_patterns():
     for path in EXAMPLES:
         program = load(path)
         for name in program.patterns:
-            if program.pattern(name).dynamic:  # the mask needs a selection (SPEC section 8)
+            if program.pattern(name).dynamic:  # the mask needs a selection (docs/language.md §5)
                 continue
             yield f"{path.stem}:{name}", program.pattern(name)
             if name in SMALL:
@@ -69,7 +69,7 @@ def test_mask_is_block_diagonal_of_documents(name, lengths):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_mask_pair_by_pair_on_random_boundaries(seed):
-    """Straight from SPEC section 7, pair by pair, with the independent oracle."""
+    """Straight from docs/language.md §4, pair by pair, with the independent oracle."""
     rng = random.Random(seed)
     name = rng.choice(sorted(PATTERNS))
     pattern = PATTERNS[name]
