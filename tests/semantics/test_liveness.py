@@ -1,4 +1,4 @@
-"""Pattern.live against brute force over masks (SPEC section 9)."""
+"""Pattern.live against brute force over masks (docs/python.md, KV cache)."""
 import random
 from pathlib import Path
 
@@ -61,7 +61,7 @@ def test_every_example_pattern_at_sampled_lengths(file):
     ahead = 4096 + 256
     for name in program.patterns:
         p = program.pattern(name)
-        if p.dynamic:  # the mask needs a selection; live() keeps every position (SPEC 9)
+        if p.dynamic:  # the mask needs a selection; live() keeps every position
             assert bool(p.live(130).all())
             continue
         for t in (130, 4200):
