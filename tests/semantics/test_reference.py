@@ -1,4 +1,4 @@
-"""The reference mask against the brute-force SPEC definition, primitive by primitive."""
+"""The reference mask against the brute-force definition (docs/language.md) per primitive."""
 import numpy as np
 import pytest
 import torch
@@ -81,7 +81,7 @@ def test_random_draws_distinct_keys_per_row():
 
 
 def test_random_is_pinned_across_releases():
-    # Changing these values changes users' masks: only with a changelog note (SPEC section 2).
+    # Changing these values changes users' masks: only with a changelog note (docs/language.md §2).
     keys = [row.nonzero().flatten().tolist() for row in pattern_from("random(3, seed = 0)").mask(4, 16)]
     assert keys == PINNED_RANDOM_KEYS
 
