@@ -1,6 +1,6 @@
-"""select() and mask(selection=) (SPEC section 8) against an independent brute force.
+"""select() and mask(selection=) (docs/language.md §5) against an independent brute force.
 
-The brute force below reads SPEC section 8 literally, one query row, unit and head at a time,
+The brute force below reads docs/language.md §5 literally, one query row, unit and head at a time,
 and gets its static masks from the pattern with each dynamic term replaced by dense or none
 (``Pattern.mask``, the static reference), not from the code under test.
 """
@@ -72,7 +72,7 @@ def sharers(shared, h, H, Hkv):
 
 
 def expected_choice(pattern, term, q, k, scores, ids_b, b, h, i, env, static):
-    """The set of units that SPEC section 8 selects for batch b, head h, query row i."""
+    """The set of units that docs/language.md §5 selects for batch b, head h, query row i."""
     B, H, n_q, D = q.shape
     Hkv, n_k = k.shape[1], k.shape[2]
     kv = lambda x: x // (H // Hkv)  # noqa: E731
