@@ -17,7 +17,7 @@ def _patterns():
     for path in EXAMPLES:
         for name in load(path).patterns:
             dynamic = load(path).pattern(name).dynamic
-            marks = [pytest.mark.skip(reason="dynamic terms: the mask needs a selection (SPEC section 8); tests/analysis/test_dynamic_bounds.py covers them")] if dynamic else []
+            marks = [pytest.mark.skip(reason="dynamic terms: the mask needs a selection (docs/language.md §5); tests/analysis/test_dynamic_bounds.py covers them")] if dynamic else []
             yield pytest.param(path, name, id=f"{path.stem}-{name}", marks=marks)
 
 
