@@ -1,4 +1,4 @@
-"""``compile(pattern)`` for a pattern with dynamic terms (SPEC section 8): each call selects
+"""``compile(pattern)`` for a pattern with dynamic terms (docs/language.md §5): each call selects
 (``select``'s contract: the units with the highest estimates among the candidates), then
 attends under ``pattern.mask(..., selection=s)`` in one softmax.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from ..runtime import op
 from ..runtime.attention import (SparseAttention, check_document_ids, check_inputs,
                                  check_padding, interpreting)
 from ..semantics.select import select
@@ -40,6 +41,7 @@ class DynamicAttention:
         self.pattern = pattern
         self.split = splits_exactly(pattern.expr)
         self.static = SparseAttention(static_part(pattern), **hints)  # checks the hints too
+        self.op_id = op.register(self)
 
     def __call__(self, q, k, v=None, scale=None, key_padding=None, documents=None, scores=None,
                  return_selection: bool = False):
@@ -54,16 +56,49 @@ class DynamicAttention:
         if documents is not None:
             documents = check_document_ids(documents, q, k)
         kernels = q.device.type == "cuda" or interpreting()
-        choose = device_select if kernels else select
-        selection = choose(self.pattern, q, k, scores, documents, scale=scale)
         if kernels and self.split:
-            slots = build_slots(self.pattern, selection, key_padding)
-            out, lse = _SplitAttention.apply(q, k, v, slots, key_padding, documents, scale,
-                                             self.static)
+            selection, slots = self._select(q, k, scores, documents, key_padding, scale)
+            out, lse = self._attend(q, k, v, slots, key_padding, scale, documents)
         else:
+            choose = device_select if kernels else select
+            selection = choose(self.pattern, q, k, scores, documents, scale=scale)
             mask = self.mask(selection, key_padding, q.device)
             out, lse = _MaskedAttention.apply(q, k, v, mask, scale)
         return out, lse, selection
+
+    @torch.compiler.disable
+    def _select(self, q, k, scores, documents, key_padding, scale):
+        """(selection, slots): outside any compiled graph (data-dependent Python); the slots
+        enter the op as a tensor."""
+        selection = device_select(self.pattern, q, k, scores, documents, scale=scale)
+        return selection, build_slots(self.pattern, selection, key_padding)
+
+    def _attend(self, q, k, v, slots, key_padding, scale, documents):
+        """(out, lse): the custom op while ``torch.compile`` traces, else ``_SplitAttention``
+        (the same bodies without the op's dispatch)."""
+        if torch.compiler.is_compiling():
+            return op.dynamic_attention(q, k, v, slots, key_padding, scale, self.op_id,
+                                        documents)
+        return _SplitAttention.apply(q, k, v, slots, key_padding, documents, scale, self)
+
+    # -------------------------------------------------------- the op's bodies
+    def run_forward(self, q, k, v, slots, key_padding, scale, documents=None):
+        """(out, lse): the static part's kernels and the slot kernels, merged."""
+        out_s, lse_s = self.static.run_forward(q, k, v, key_padding, scale, documents)
+        out_d, lse_d = launch.slots_forward(q, k, v, slots, scale)
+        out, lse = launch.merge(out_s, lse_s, out_d, lse_d)
+        return out.to(q.dtype), lse
+
+    def run_backward(self, grad_out, grad_lse, q, k, v, slots, out, lse, key_padding, scale,
+                     documents=None):
+        """(dq, dk, dv): both parts' kernels from the final out and lse; the gradients add."""
+        grads = self.static.run_backward(grad_out, grad_lse, q, k, v, out, lse, key_padding,
+                                         scale, documents)
+        delta = (grad_out.float() * out.float()).sum(-1)
+        if grad_lse is not None:
+            delta = delta - grad_lse
+        extra = launch.slots_backward(grad_out, q, k, v, slots, lse, delta, scale)
+        return tuple((a.float() + b).to(a.dtype) for a, b in zip(grads, extra))
 
     def mask(self, selection, key_padding, device) -> torch.Tensor:
         """Bool ``[B, H, n_q, n_k]``: the pattern under the selection, padding keys removed."""
@@ -95,16 +130,14 @@ class _MaskedAttention(torch.autograd.Function):
 
 
 class _SplitAttention(torch.autograd.Function):
-    """The static part's kernels plus the slot kernels, merged in one softmax."""
+    """``dynamic_attention``'s bodies in eager mode (``DynamicAttention.run_forward`` and
+    ``run_backward``)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, slots, key_padding, documents, scale, static):
-        out_s, lse_s = static.run_forward(q, k, v, key_padding, scale, documents)
-        out_d, lse_d = launch.slots_forward(q, k, v, slots, scale)
-        out, lse = launch.merge(out_s, lse_s, out_d, lse_d)
-        out = out.to(q.dtype)
+    def forward(ctx, q, k, v, slots, key_padding, documents, scale, attn):
+        out, lse = attn.run_forward(q, k, v, slots, key_padding, scale, documents)
         ctx.save_for_backward(q, k, v, slots, key_padding, documents, out, lse)
-        ctx.scale, ctx.static = scale, static
+        ctx.scale, ctx.attn = scale, attn
         ctx.set_materialize_grads(False)
         return out, lse
 
@@ -112,13 +145,8 @@ class _SplitAttention(torch.autograd.Function):
     def backward(ctx, grad_out, grad_lse):
         q, k, v, slots, key_padding, documents, out, lse = ctx.saved_tensors
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
-        grads = ctx.static.run_backward(grad_out, grad_lse, q, k, v, out, lse, key_padding,
-                                        ctx.scale, documents)
-        delta = (grad_out.float() * out.float()).sum(-1)
-        if grad_lse is not None:
-            delta = delta - grad_lse
-        extra = launch.slots_backward(grad_out, q, k, v, slots, lse, delta, ctx.scale)
-        dq, dk, dv = ((a.float() + b).to(a.dtype) for a, b in zip(grads, extra))
+        dq, dk, dv = ctx.attn.run_backward(grad_out, grad_lse, q, k, v, slots, out, lse,
+                                           key_padding, ctx.scale, documents)
         return dq, dk, dv, None, None, None, None, None
 
 

@@ -109,3 +109,54 @@ def apply(q, k, v, key_padding, scale: float, op_id: int, documents=None):
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _EagerAttention.apply(q, k, v, key_padding, scale, op_id, documents)
     return _COMPILED[op_id].run_forward(q, k, v, key_padding, scale, documents)
+
+
+# ---------------------------------------------------------------- dynamic patterns
+# ``dynamic_attention(q, k, v, slots, key_padding?, scale, op_id, documents?) -> (out, lse)``:
+# the static part's kernels plus the slot kernels (``dynamic``). The selection and its slots
+# are computed before the op, outside the graph; the slots are a tensor input, so a new
+# selection is new data, never a recompile.
+@torch.library.custom_op("spattn::dynamic_attention", mutates_args=())
+def dynamic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor,
+                      key_padding: torch.Tensor | None, scale: float, op_id: int,
+                      documents: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _COMPILED[op_id].run_forward(q, k, v, slots, key_padding, scale, documents)
+
+
+@dynamic_attention.register_fake
+def _(q, k, v, slots, key_padding, scale, op_id, documents=None):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("spattn::dynamic_attention_backward", mutates_args=())
+def dynamic_attention_backward(grad_out: torch.Tensor, grad_lse: torch.Tensor | None,
+                               q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               slots: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                               key_padding: torch.Tensor | None, scale: float, op_id: int,
+                               documents: torch.Tensor | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _COMPILED[op_id].run_backward(grad_out, grad_lse, q, k, v, slots, out, lse,
+                                         key_padding, scale, documents)
+
+
+@dynamic_attention_backward.register_fake
+def _(grad_out, grad_lse, q, k, v, slots, out, lse, key_padding, scale, op_id, documents=None):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _dynamic_setup_context(ctx, inputs, output):
+    q, k, v, slots, key_padding, scale, op_id, documents = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, slots, out, lse, key_padding, documents)
+    ctx.scale, ctx.op_id = scale, op_id
+
+
+def _dynamic_backward(ctx, grad_out, grad_lse):
+    q, k, v, slots, out, lse, key_padding, documents = ctx.saved_tensors
+    dq, dk, dv = dynamic_attention_backward(grad_out.contiguous(), grad_lse, q, k, v, slots, out,
+                                            lse, key_padding, ctx.scale, ctx.op_id, documents)
+    return dq, dk, dv, None, None, None, None, None
+
+
+dynamic_attention.register_autograd(_dynamic_backward, setup_context=_dynamic_setup_context)
