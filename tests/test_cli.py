@@ -104,7 +104,7 @@ def test_report_without_an_exact_method_is_a_labelled_bound(write, capsys):
     assert main(["report", path, "--pattern", "s", "--seq-len", "65536"]) == 0
     out = capsys.readouterr().out
     assert "method sampled sources (64 of 65536) (bounds where marked)" in out
-    assert "diameter (bound)" in out and "reach to first token  " in out
+    assert "diameter (lower bound)" in out and "reach to first token  " in out
 
 
 def test_report_beyond_the_sampled_limit_is_a_user_error(write, capsys):

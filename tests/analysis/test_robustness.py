@@ -134,9 +134,10 @@ def test_a_bound_claims_causal_only_when_proven():
     assert wrong.certificate.reach is None  # undecided, not "fails (causal)"
     text = render(wrong)
     assert "every layer is causal" not in text and "never sees key" not in text
-    for label in ("density (bound)", "mean keys per query (bound)", "coverage (bound)"):
+    for label in ("density (lower bound)", "mean keys per query (lower bound)",
+                  "coverage (lower bound)"):
         assert label in text
-    assert "density (bound)" in render(wrong, fmt="html")
+    assert "density (lower bound)" in render(wrong, fmt="html")
     assert "density" in json.loads(wrong.to_json())["bounds"]
 
 
