@@ -20,7 +20,8 @@ LAYERS = 3
 CASES = {
     "window_topk": "causal & (window(4) | topk(3, unit = 4))",
     "moba": "causal & (chunk(8) | topk(2, unit = 8, by = mean_key))",
-    "vertical_slash": "causal & (sink(2) | window(3) | vertical(4, probe = 8) | slash(3, probe = 8))",
+    "vertical_slash": "causal & (sink(2) | window(3) | vertical(4, probe = 8)"
+                      " | slash(3, probe = 8))",
     "indexer": "causal & (window(3) | topk(5, by = scores, shared = all))",
     "heads": "heads { causal & window(4); causal & (window(2) | topk(3, unit = 2, by = minmax)) }",
     "quest_rows": "causal & (chunk(4) | topk(2, unit = 4, rows = 4))",
