@@ -34,7 +34,7 @@ def cached_grid_layout(expr, n_q: int, n_k: int, block_m: int, block_n: int):
     """A token-grid layout from memory, then disk (``runtime.cache``), else built."""
     name = f"{term_key(expr)}-q{n_q}-k{n_k}-m{block_m}-n{block_n}"
     return cache.layout(name, n_q, n_k, block_m, block_n,
-                        lambda: grid_layout(expr, n_q, n_k, block_m, block_n))
+                        lambda: grid_layout(expr, n_q, n_k, block_m, block_n), expr=expr)
 
 
 def plan_cost(pattern, n_q: int, n_k: int, config: TileConfig, mode: str = "auto") -> float:

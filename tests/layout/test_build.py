@@ -143,13 +143,13 @@ def _lower_counted(monkeypatch, p, n, block):
 
 
 def test_window_layout_at_131072_works_per_tile_not_per_pair(monkeypatch):
-    # Speed belongs in benchmarks; here the work is counted: the classifier sees each tile
-    # once (T x T tile bounds, not n x n pairs) and the exact predicate runs on no pair.
+    # Speed belongs in benchmarks; here the work is counted: the classifier sees only the
+    # tiles near the band (candidates from interval bounds, not the T x T grid, not n x n
+    # pairs) and the exact predicate runs on no pair.
     n, block = 131072, 64
     p = pattern(N.Intersect(N.Causal(), N.Window(N.Num(1024))))
     layout, classified, checked = _lower_counted(monkeypatch, p, n, block)
-    tiles = (n // block) ** 2
-    assert classified.calls == 1 and classified.elements == tiles
+    assert classified.elements <= 18 * (n // block)
     assert checked.elements == 0
     assert layout.full_is_range
     assert int(layout.full_counts.max()) == 15 and int(layout.partial_counts.max()) == 2
