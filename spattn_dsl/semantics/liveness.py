@@ -32,6 +32,7 @@ from ..layout.pairs import allowed
 UNBOUNDED = 2 ** 62  # last_query of a key that queries attend forever
 MAX_ROWS = 1 << 16  # rows evaluated per key, at most
 _CHUNK = 1 << 22  # pairs evaluated at once
+LIVE_MAX_LENGTH = 1 << 32  # the longest ``live(t)`` result: a 4 GiB bool tensor (as Pattern.mask)
 
 
 def period(expr) -> int | None:
@@ -152,6 +153,23 @@ def live(pattern, t: int) -> torch.Tensor:
     attend; all True where liveness is not known exactly."""
     if isinstance(t, bool) or not isinstance(t, int) or t < 0:
         raise ValueError(f"live(t): t must be an integer >= 0, got {t!r}")
+    if t > MAX_LENGTH:
+        raise ValueError(f"live(t): t = {t} is past the documented sequence length limit "
+                         f"2**48 = {MAX_LENGTH}")
+    if t > LIVE_MAX_LENGTH:
+        raise ValueError(f"live(t): the result is a bool [t] tensor of {t:,} bytes, past the "
+                         f"limit of 2**32 positions (4 GiB); last_query() answers for chosen "
+                         "key positions at any length")
+    try:
+        return _live(pattern, t)
+    except (MemoryError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and "alloc" not in str(error):
+            raise  # torch's allocator fails with a RuntimeError; any other is not ours
+        raise ValueError(f"live(t): a bool [{t}] result takes {t:,} bytes (more while it is "
+                         "evaluated), more than this machine could allocate") from None
+
+
+def _live(pattern, t: int) -> torch.Tensor:
     cases = exact_cases(pattern)
     if cases is None:
         return torch.ones(t, dtype=torch.bool)

@@ -127,6 +127,17 @@ def test_t_is_checked():
         pattern("causal").live(-1)
 
 
+@pytest.mark.parametrize("text", ["causal & window(8)", "random(2)"])
+def test_live_refuses_lengths_it_cannot_answer(text):
+    """Past the documented 2**48 a ValueError that says so; past 2**32 positions the bool
+    result alone is 4 GiB: a ValueError before anything is allocated (this used to try ~2 PB
+    and fail with torch's RuntimeError)."""
+    with pytest.raises(ValueError, match="2\\*\\*48"):
+        pattern(text).live(2**48 + 1)
+    with pytest.raises(ValueError, match="2\\*\\*32 positions"):
+        pattern(text).live(2**32 + 1)
+
+
 def test_plan_picture_names_the_case_a_head_wraps_to():
     from spattn_dsl.runtime.plan_picture import draw_plan
 
