@@ -48,7 +48,8 @@ from .launch import Plan, TermLaunch
 from .lowering import MODES, cheapest, launch_plan
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-HEAD_DIMS = (16, 256)
+HEAD_DIMS = (16, 256)  # what the kernels take directly (``spattn compile --head-dim``)
+CALL_HEAD_DIMS = (1, 256)  # what ``attn(q, k, v)`` takes: below 16, padded (``pad_head_dim``)
 TUNE_PAIRS = 1 << 24  # smaller problems are not autotuned
 _WARNED = set()
 
@@ -103,11 +104,16 @@ class SparseAttention:
         if getattr(k, "is_spattn_kv_cache", False):
             from ..decode import attend
             return attend(self, q, k, v, scale, key_padding, documents)
-        scale = check_inputs(q, k, v, scale)
+        scale = check_inputs(q, k, v, scale, head_dims=CALL_HEAD_DIMS)
         self._check_head_count(q.shape[1])
         key_padding = check_padding(key_padding, q, k)
         if documents is not None:
             documents = check_document_ids(documents, q, k)
+        head_dim = q.shape[3]
+        if head_dim < HEAD_DIMS[0] and not _use_reference(q, warn=False):
+            q, k, v = pad_head_dim((q, k, v), HEAD_DIMS[0])  # the scale is the caller's dim's
+            out, lse = op.apply(q, k, v, key_padding, scale, self.op_id, documents)
+            return out[..., :head_dim].contiguous(), lse  # autograd slices the gradients back
         return op.apply(q, k, v, key_padding, scale, self.op_id, documents)
 
     def _check_head_count(self, heads: int):
@@ -351,8 +357,16 @@ def layout_for(pattern, n_q: int, n_k: int, config: TileConfig) -> BlockLayout:
                         expr=concrete)
 
 
-def check_inputs(q, k, v, scale):
-    """Validate q, k, v (``[B, H, n, D]``) and return the softmax scale."""
+def pad_head_dim(tensors, head_dim: int) -> tuple:
+    """Each tensor ``[..., d]`` with zero columns up to ``head_dim``: zeros in q and k leave every
+    score unchanged, zeros in v give zero output columns (sliced off by the caller), and the
+    padding's gradients are dropped by autograd (the pad's backward slices)."""
+    return tuple(torch.nn.functional.pad(t, (0, head_dim - t.shape[-1])) for t in tensors)
+
+
+def check_inputs(q, k, v, scale, head_dims=HEAD_DIMS):
+    """Validate q, k, v (``[B, H, n, D]``, D in ``head_dims``) and return the softmax scale
+    (``D ** -0.5`` when None)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -376,8 +390,8 @@ def check_inputs(q, k, v, scale):
     if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads "
                          f"({k.shape[1]})")
-    if not HEAD_DIMS[0] <= q.shape[3] <= HEAD_DIMS[1]:
-        raise ValueError(f"head_dim must be between {HEAD_DIMS[0]} and {HEAD_DIMS[1]}, got {q.shape[3]}")
+    if not head_dims[0] <= q.shape[3] <= head_dims[1]:
+        raise ValueError(f"head_dim must be between {head_dims[0]} and {head_dims[1]}, got {q.shape[3]}")
     if q.shape[2] > k.shape[2]:
         raise ValueError(f"more queries than keys ({q.shape[2]} > {k.shape[2]}): queries are the "
                          "last n_q positions of the key sequence")
@@ -430,11 +444,11 @@ def _problem(q, k) -> tuple:
             str(q.device))
 
 
-def _use_reference(q) -> bool:
+def _use_reference(q, warn: bool = True) -> bool:
     """On a CPU without ``TRITON_INTERPRET``: the tiled reference (warned about once)."""
     if q.device.type != "cpu" or interpreting():
         return False
-    if "cpu" not in _WARNED:
+    if warn and "cpu" not in _WARNED:
         _WARNED.add("cpu")
         from ..warn import warn_at_caller  # the caller's line, not the op's or autograd's
         warn_at_caller("spattn: tensors on the CPU and TRITON_INTERPRET is not set; using the "
