@@ -136,6 +136,8 @@ def _check(node, values: dict):
         if values[name] < minimum:
             raise PatternError(
                 f"{_spelling(node)}: {name} must be >= {minimum}, got {values[name]}", node.span)
+    if isinstance(node, N.Random) and values.get("fresh", 0) not in (0, 1):
+        raise PatternError(f"random: fresh must be 0 or 1, got {values['fresh']}", node.span)
     if isinstance(node, N.Summary) and values["c"] > values["l"]:
         raise PatternError(f"summary: c must be <= l, got c = {values['c']}, l = {values['l']}",
                            node.span)
@@ -199,7 +201,8 @@ def instantiate(expr, n: int):
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_LENGTH:
         raise PatternError(f"the sequence length must be an integer in [0, 2**48], got {n!r}",
                            getattr(expr, "span", None))
-    return _instantiate(expr, n, {})
+    result = _instantiate(expr, n, {})
+    return bind_fresh(result) if has_fresh(result) else result
 
 
 def _instantiate(expr, n: int, memo: dict):
@@ -227,7 +230,7 @@ def _instantiate_node(expr, n, memo):
         return dataclasses.replace(expr, **dict(zip(names, (_instantiate(c, n, memo) for c in kids))))
     values = {}
     for f in dataclasses.fields(expr):
-        if f.name == "span":
+        if f.name in ("span", "among"):  # among: bound after instantiation (bind_fresh)
             continue
         value = getattr(expr, f.name)
         if isinstance(value, str):  # a dynamic term's estimator or sharing name
@@ -392,3 +395,125 @@ def select_head(expr, head: int, memo: dict | None = None):
             result = dataclasses.replace(expr, **dict(zip(names, chosen)))
     memo[id(expr)] = (expr, result)
     return result
+
+
+# ---------------------------------------------------------------- random(..., fresh = 1)
+def is_fresh(node) -> bool:
+    return isinstance(node, N.Random) and node.fresh not in (0, N.Num(0))
+
+
+def has_fresh(expr) -> bool:
+    return any(is_fresh(node) for node in N.walk(expr))
+
+
+def bind_fresh(expr):
+    """A concrete expression whose every ``random(r, seed = s, fresh = 1)`` carries its
+    candidates (``Random.among``), docs/language.md ``random``:
+
+    - the term's *context* is the body of its innermost enclosing ``blocks`` or ``heads``
+      block, or the whole expression: an expression on the term's own grid;
+    - ``rest`` is the context with every ``fresh`` random term replaced by ``none`` (the
+      pairs allowed without the term); the *envelope* is the context with this term (every
+      term equal to it in this context: they are one term, with one draw per row) replaced by
+      ``dense`` and the other fresh terms by ``none``;
+    - ``among = envelope - rest``: the keys of a row where a draw adds a pair.
+
+    A context holding a ``heads`` block (its rest would differ per head) is refused."""
+    return _bind_scope(expr)
+
+
+def _bind_scope(scope):
+    own = []
+    _own_fresh(scope, own)
+    if own and any(isinstance(x, N.Heads) for x in N.walk(scope)):
+        raise PatternError("random(..., fresh = 1) draws among the keys the rest of its "
+                           "context leaves, which must be the same for every head: put it "
+                           "inside the bodies of the heads block instead", own[0].span)
+    amongs = {}
+    if own:
+        rest = _fold_mask(_replace_fresh(scope, lambda node, mine: N.Empty()))
+        for term in own:
+            key = _unbound(term)
+            if key in amongs:
+                continue
+            envelope = _fold_mask(_replace_fresh(
+                scope, lambda node, mine: N.Dense() if mine and _unbound(node) == key
+                else N.Empty()))
+            amongs[key] = _fold_mask(N.Difference(envelope, rest))
+    return _rebuild(scope, amongs)
+
+
+def _unbound(node):
+    return dataclasses.replace(node, among=None)
+
+
+def _own_fresh(expr, out: list):
+    """The fresh random terms of this context (not those of nested blocks or heads bodies)."""
+    if is_fresh(expr):
+        out.append(expr)
+    if isinstance(expr, (N.Blocks, N.Heads)):
+        return
+    for child in N.children(expr):
+        _own_fresh(child, out)
+
+
+def _replace_fresh(expr, replace, mine: bool = True):
+    """``expr`` with every fresh random term replaced by ``replace(node, mine)`` (``mine``:
+    the term belongs to this context, not to a nested blocks or heads body)."""
+    if is_fresh(expr):
+        return replace(expr, mine)
+    kids = N.children(expr)
+    if not kids:
+        return expr
+    inner = mine and not isinstance(expr, (N.Blocks, N.Heads))
+    new = tuple(_replace_fresh(c, replace, inner) for c in kids)
+    return _with_children(expr, new)
+
+
+def _with_children(expr, new: tuple):
+    if isinstance(expr, N.Blocks):
+        return N.Blocks(expr.size, new[0], expr.span)
+    if isinstance(expr, N.Heads):
+        return N.Heads(new, expr.span)
+    names = [f.name for f in dataclasses.fields(expr) if f.name != "span"]
+    return dataclasses.replace(expr, **dict(zip(names, new)))
+
+
+def _rebuild(expr, amongs: dict):
+    if is_fresh(expr):
+        return dataclasses.replace(expr, among=amongs[_unbound(expr)])
+    if isinstance(expr, N.Blocks):
+        return N.Blocks(expr.size, _bind_scope(expr.body), expr.span)
+    if isinstance(expr, N.Heads):
+        return N.Heads(tuple(_bind_scope(b) for b in expr.bodies), expr.span)
+    kids = N.children(expr)
+    if not kids:
+        return expr
+    return _with_children(expr, tuple(_rebuild(c, amongs) for c in kids))
+
+
+def _fold_mask(expr):
+    """Constants folded away (``x | none`` -> ``x``, ``x - none`` -> ``x``, ...), bottom up."""
+    kids = N.children(expr)
+    if not kids or isinstance(expr, N.Heads):
+        return expr
+    new = tuple(_fold_mask(c) for c in kids)
+    dense = lambda e: isinstance(e, N.Dense)  # noqa: E731
+    empty = lambda e: isinstance(e, N.Empty)  # noqa: E731
+    if isinstance(expr, N.Blocks):
+        return new[0] if dense(new[0]) or empty(new[0]) else N.Blocks(expr.size, new[0], expr.span)
+    if isinstance(expr, N.Complement):
+        x = new[0]
+        return N.Empty() if dense(x) else N.Dense() if empty(x) else N.Complement(x, expr.span)
+    a, b = new
+    if isinstance(expr, N.Union):
+        if dense(a) or dense(b):
+            return N.Dense()
+        return a if empty(b) else b if empty(a) else N.Union(a, b, expr.span)
+    if isinstance(expr, N.Intersect):
+        if empty(a) or empty(b):
+            return N.Empty()
+        return a if dense(b) else b if dense(a) else N.Intersect(a, b, expr.span)
+    if empty(a) or dense(b):  # Difference
+        return N.Empty()
+    return a if empty(b) else N.Difference(a, b, expr.span)

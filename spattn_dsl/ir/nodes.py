@@ -164,9 +164,17 @@ class Prefix:
 
 @dataclass(frozen=True)
 class Random:
+    """``random(r, seed = s, fresh = f)``. With ``fresh = 1`` the draws are made among the
+    keys its context leaves (docs/language.md, ``random``): ``among``, set by ``instantiate``
+    (``ir.evaluate.bind_fresh``) and part of the node's identity, is the concrete expression
+    of those candidates on the node's own grid (``envelope - rest``); None before that and
+    whenever ``fresh = 0``."""
+
     r: Int
     seed: Int
     span: SourceSpan | None = _span()
+    fresh: Int = 0
+    among: object = None
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,9 @@ def text(expr, level: int = 0) -> str:
         return PRIMITIVE_NAMES[t]
     if t is N.Global:
         return f"global(first = {int_text(expr.first)})"
-    if t is N.Random:
-        return f"random({int_text(expr.r)}, seed = {int_text(expr.seed)})"
+    if t is N.Random:  # fresh = 0 prints as before (pattern hashes and cache keys unchanged)
+        fresh = "" if expr.fresh in (0, N.Num(0)) else f", fresh = {int_text(expr.fresh)}"
+        return f"random({int_text(expr.r)}, seed = {int_text(expr.seed)}{fresh})"
     if t in N.DYNAMIC:
         return _dynamic_text(expr)
     if t is N.GlobalTokens:

@@ -32,7 +32,7 @@ PRIMITIVES = {
     "summary": (N.Summary, ("l", "c"), {}),
     "sink": (N.Sink, ("g",), {}),
     "prefix": (N.Prefix, ("p",), {}),
-    "random": (N.Random, ("r", "seed"), {"seed": 0}),
+    "random": (N.Random, ("r", "seed", "fresh"), {"seed": 0, "fresh": 0}),
     "global": (None, (), {}),  # two forms, handled by _global
 }
 # dynamic term name -> (node class, argument names in order, defaults) (docs/language.md §5).
