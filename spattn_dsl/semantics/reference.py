@@ -11,7 +11,7 @@ import torch
 from ..errors import PatternError
 from ..ir import nodes as N
 from ..ir.evaluate import select_head
-from .random import random_mask
+from .random import node_mask
 
 
 def mask(expr, n_q: int, n_k: int, head: int = 0) -> torch.Tensor:
@@ -71,7 +71,7 @@ def _evaluate(expr, q, n_k, memo, dynamic=None) -> torch.Tensor:
     if t is N.Prefix:
         return (qc < expr.p) & (k < expr.p)
     if t is N.Random:
-        return torch.from_numpy(random_mask(expr.r, expr.seed, q.numpy(), n_k))
+        return torch.from_numpy(node_mask(expr, q.numpy(), n_k))  # (fresh: among its candidates)
     if t is N.Compare:
         return _compare(expr, qc, k)
     if t is N.Union:
