@@ -19,7 +19,7 @@ import math
 import torch
 
 from ..ir import nodes as N
-from ..semantics.random import random_keys
+from ..semantics.random import node_keys
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 _INF = 1 << 60  # beyond any position or clamped parameter (both <= 2**48); int64 bounds
@@ -232,9 +232,11 @@ def _draw_codes(expr, qa, qb, ka, kb, n):
     all_rows = _rows_of(qa, qb)
     for start in range(0, len(all_rows), DRAW_ROWS):
         rows = all_rows[start:start + DRAW_ROWS]
-        keys = torch.from_numpy(random_keys(expr.r, expr.seed, rows.numpy(), n))
+        keys = torch.from_numpy(node_keys(expr, rows.numpy(), n))
         draw_rows = rows[:, None].expand_as(keys).reshape(-1)
         keys = keys.reshape(-1)
+        drawn = keys >= 0  # (padding: r > n, or a fresh row with fewer candidates)
+        draw_rows, keys = draw_rows[drawn], keys[drawn]
         i0, i1 = _covering(qa, qb, draw_rows)
         j0, j1 = _covering(ka, kb, keys)
         for di in range(int((i1 - i0).max().clamp(min=-1)) + 1 if len(keys) else 0):
@@ -272,7 +274,7 @@ def _random_counts_per_pair(expr, qa, qb, ka, kb, n):
     count = torch.zeros(len(qa), dtype=torch.int64)
     for di in range(int((qb - qa).max()) + 1 if len(qa) else 0):
         live = (qa + di <= qb).nonzero().squeeze(1)
-        keys = torch.from_numpy(random_keys(expr.r, expr.seed, (qa[live] + di).numpy(), n))
+        keys = torch.from_numpy(node_keys(expr, (qa[live] + di).numpy(), n))
         count[live] += ((keys >= ka[live, None]) & (keys <= kb[live, None])).sum(1)
     return count
 
@@ -283,7 +285,7 @@ def _random_counts_per_row_interval(expr, qa, qb, ka, kb, n):
     counts = torch.zeros(len(qa), len(ka), dtype=torch.int64)
     for i in range(len(qa)):
         rows = torch.arange(int(qa[i]), int(qb[i]) + 1, dtype=torch.int64)
-        keys = torch.from_numpy(random_keys(expr.r, expr.seed, rows.numpy(), n)).reshape(-1, 1)
+        keys = torch.from_numpy(node_keys(expr, rows.numpy(), n)).reshape(-1, 1)
         counts[i] = ((keys >= ka[None, :]) & (keys <= kb[None, :])).sum(0)
     return counts
 

@@ -70,7 +70,8 @@ class DocumentRules:
     decided exactly); whether a parameter mentions ``n`` (``needs_length``: the kernels then
     take each document's length), and the random links the kernels cannot draw per call
     (``undrawable``: texts; a random node whose ``r`` or seed mentions ``n``, with ``r`` above
-    ``MAX_DRAWS``, or inside ``blocks`` of a size that mentions ``n``)."""
+    ``MAX_DRAWS``, inside ``blocks`` of a size that mentions ``n``, or ``fresh = 1``, whose
+    candidates come from each document's own pattern)."""
 
     def __init__(self, pattern):
         self.pattern = pattern
@@ -103,7 +104,9 @@ def _undrawable(expr, sized_by_n: bool = False):
     """Texts of the random nodes a documents kernel cannot take (see ``DocumentRules``)."""
     if isinstance(expr, N.Random):
         r, seed = (x.value if isinstance(x, N.Num) else x for x in (expr.r, expr.seed))
-        if sized_by_n or not isinstance(r, int) or not isinstance(seed, int) or r > MAX_DRAWS:
+        fresh = expr.fresh not in (0, N.Num(0))  # its candidates depend on each document
+        if sized_by_n or fresh or not isinstance(r, int) or not isinstance(seed, int) \
+                or r > MAX_DRAWS:
             yield expr_text(expr)
         return
     if isinstance(expr, N.Blocks):

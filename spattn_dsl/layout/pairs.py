@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..ir import nodes as N
-from ..semantics.random import random_keys
+from ..semantics.random import node_keys
 from ..semantics.reference import floor_log2, floor_sqrt
 
 
@@ -76,16 +76,13 @@ def allowed(expr, q, k, n: int, tables: dict | None = None):
 
 def random_table(expr, n: int) -> torch.Tensor:
     """int64 ``[n, r]``: the keys drawn for every row ``0..n-1`` of an ``n``-key grid, padded
-    with -1 where ``r > n``."""
-    keys = torch.from_numpy(random_keys(expr.r, expr.seed, np.arange(n), n))
-    if keys.shape[1] < expr.r:
-        pad = torch.full((n, expr.r - keys.shape[1]), -1, dtype=torch.int64)
-        keys = torch.cat([keys, pad], dim=1)
-    return keys
+    with -1 where ``r > n`` (or, for ``fresh = 1``, past a row's candidates)."""
+    return torch.from_numpy(node_keys(expr, np.arange(n), n))  # (fresh: among its candidates)
 
 
 def random_table_key(expr, n: int):
-    return (expr.r, expr.seed, n)
+    """(r, seed, n), and for ``fresh = 1`` its candidates (the draws depend on them)."""
+    return (expr.r, expr.seed, n) + ((expr.among,) if expr.fresh else ())
 
 
 def _random(expr, q, k, n, tables):
@@ -100,7 +97,7 @@ def _random(expr, q, k, n, tables):
             hit = hit | (table[rows, j] == k)
         return hit
     rows, inverse = torch.unique(q, return_inverse=True)
-    keys = torch.from_numpy(random_keys(expr.r, expr.seed, rows.numpy(), n))[inverse]
+    keys = torch.from_numpy(node_keys(expr, rows.numpy(), n))[inverse]
     return (keys == k.unsqueeze(-1)).any(-1)
 
 
