@@ -32,6 +32,7 @@ class TableSpec:
     r: int
     seed: int
     divisors: tuple
+    among: object = None  # random(..., fresh = 1): its candidates (``Random.among``)
 
     def rows(self, n_k: int) -> int:
         n = n_k
@@ -100,8 +101,11 @@ class Emitter:
             r = _const(expr.r)
             if r == 0:
                 return f"({q} < 0)"
+            if expr.fresh and (self.documents or expr.among is None):
+                raise TypeError("no Triton predicate for random(..., fresh = 1) drawn per call")
             index = len(self.tables)
-            self.tables.append(TableSpec(r, _const(expr.seed), divisors))
+            self.tables.append(TableSpec(r, _const(expr.seed), divisors,
+                                         expr.among if expr.fresh else None))
             if self.documents:  # this call's draws: the table row of each query position
                 return f"_drawn(RT{index}, tl.load(RR{index} + draw_pos), {k}, rt{index}_rows, {r})"
             return f"_drawn(RT{index}, {q}, {k}, rt{index}_rows, {r})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from ..ir import nodes as N
 from ..ir.evaluate import head_count, select_head
 from ..ir.printer import text as expr_text
 from .predicate import Emitter, TableSpec
@@ -48,6 +49,14 @@ def case_texts(concrete) -> list[str]:
     return [expr_text(select_head(concrete, c)) for c in range(head_count(concrete))]
 
 
+def fresh_texts(expr) -> list[str]:
+    """The candidates of every ``random(..., fresh = 1)`` of a term, which its text does not
+    show (they come from the whole pattern; a plan term may hold the node alone): part of the
+    term's identity. Empty without such terms (keys unchanged)."""
+    return [f"among {expr_text(x.among)}" for x in N.walk(expr)
+            if isinstance(x, N.Random) and x.fresh and x.among is not None]
+
+
 def kernel_key(concrete) -> str:
     """The source's identity: generator version and each head case's concrete text.
 
@@ -67,7 +76,8 @@ def render(pattern, n_k: int) -> Rendered:
 def term_key(expr, documents: bool = False) -> str:
     """The identity of a term's kernel source: generator version, the term's text, and
     whether it is the documents form (random links read per-call draws)."""
-    blob = "\n".join([GENERATOR_VERSION, "documents" if documents else "term", expr_text(expr)])
+    blob = "\n".join([GENERATOR_VERSION, "documents" if documents else "term", expr_text(expr)]
+                     + fresh_texts(expr))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -125,8 +135,11 @@ def _header(pattern, exprs, key, n_k, version, term=False) -> str:
 
 
 def _footer(name: str, tables: list[TableSpec], cases: int) -> str:
-    specs = ", ".join(f"({t.r}, {t.seed}, {t.divisors!r})" for t in tables)
+    specs = ", ".join(f"({t.r}, {t.seed}, {t.divisors!r}" + (")" if t.among is None else
+                                                            f", {repr(t.among)!r})")
+                      for t in tables)
     return (f"\n\nFORWARD = {name}\nBACKWARD_DQ = {name}_dq\nBACKWARD_DKDV = {name}_dkdv\n"
             f"BACKWARD_DELTA = _backward_delta\n"
             f"CASES = {cases}\n"
-            f"# random tables (r, seed, block divisors), in argument order\nTABLES = [{specs}]\n")
+            f"# random tables (r, seed, block divisors[, fresh draws' candidates]), in argument "
+            f"order\nTABLES = [{specs}]\n")
