@@ -23,13 +23,23 @@ def random_tables(module, n_k: int, device) -> list:
     """The kernel arguments of its random nodes (argument order): each int32 ``[rows, r]``
     draw table and its row count."""
     out = []
-    for r, seed, divisors in module.TABLES:
+    for r, seed, divisors, *among in module.TABLES:
         rows = n_k
         for b in divisors:
             rows = -(-rows // b)
-        table = random_table(N.Random(r, seed), rows).to(torch.int32).contiguous()
+        node = N.Random(r, seed, fresh=1, among=table_among(among[0])) if among \
+            else N.Random(r, seed)
+        table = random_table(node, rows).to(torch.int32).contiguous()
         out.append((table.to(device), rows))
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def table_among(text: str):
+    """A fresh random node's candidates from their text in a module's ``TABLES`` (the
+    ``repr`` of concrete IR nodes, ``codegen.render``)."""
+    names = {name: getattr(N, name) for name in dir(N) if isinstance(getattr(N, name), type)}
+    return eval(text, {"__builtins__": {}}, names)  # noqa: S307 (our own generated file)
 
 
 class TermLaunch:
