@@ -11,11 +11,16 @@ then, or was itself already taken), or when ``t_i = j_m`` for an earlier m that 
 
 ``dup`` comes from one sort per row; the second clause refers only to earlier draws, so
 iterating from ``c = dup`` reaches the exact answer in as many rounds as the longest chain.
+
+``random(r, seed, fresh = 1)`` draws among each row's candidates, which come from the rest of
+the pattern: ``drawn_keys`` takes them from the reference draws (``semantics.random.node_keys``,
+O(rows * n) to find the candidates).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..semantics import random as reference_draws
 from ..semantics.random import mix
 
 BLOCK = 1 << 20  # draws per block of rows: bounds the working memory
@@ -52,3 +57,24 @@ def _block(seed, rows, n_k, count):
             break
         collided = grown
     return np.where(collided, j[None, :], t)
+
+
+def drawn_keys(random: tuple, rows, n_k: int) -> np.ndarray:
+    """int64 ``[len(rows), m]``: the keys drawn for ``rows`` by a term's ``random``:
+    ``(r, seed)`` (``random_keys``, ``m = min(r, n_k)``) or ``(r, seed, among)`` for
+    ``fresh = 1`` (``m = r``, -1 past a row's candidates)."""
+    if len(random) == 2:
+        return random_keys(random[0], random[1], rows, n_k)
+    r, seed, among = random
+    return reference_draws.node_keys(_fresh_node(r, seed, among), rows, n_k)
+
+
+def node_random(expr) -> tuple:
+    """A concrete ``Random`` node as a term's ``random`` (see ``drawn_keys``)."""
+    return (expr.r, expr.seed) + ((expr.among,) if expr.fresh else ())
+
+
+def _fresh_node(r, seed, among):
+    from ..ir import nodes as N
+
+    return N.Random(r, seed, fresh=1, among=among)

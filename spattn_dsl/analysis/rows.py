@@ -15,7 +15,7 @@ import numpy as np
 
 from ..ir import nodes as N
 from ..ir.evaluate import head_count, select_head
-from .draws import random_keys
+from .draws import drawn_keys, node_random
 
 
 class NotRepresentable(Exception):
@@ -90,7 +90,7 @@ def _rows(expr, q: np.ndarray, n: int) -> Rows:
     if t is N.GlobalTokens:
         return _global_tokens(expr.tokens, q, n)
     if t is N.Random:
-        keys = random_keys(expr.r, expr.seed, q, n)
+        keys = drawn_keys(node_random(expr), q, n)
         return Rows(np.zeros_like(q), np.ones_like(q), np.zeros_like(q), keys)
     if t is N.Union:
         return union(_rows(expr.left, q, n), _rows(expr.right, q, n), n)

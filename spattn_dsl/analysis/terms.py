@@ -27,7 +27,7 @@ import torch
 
 from ..ir import nodes as N
 from ..ir.evaluate import head_count, select_head
-from .draws import random_keys
+from .draws import drawn_keys, node_random
 from .rows import NotRepresentable
 
 MAX_TERMS = 64
@@ -56,7 +56,7 @@ class Term:
     qmask: np.ndarray | None = None
     kmask: np.ndarray | None = None
     chunk: int | None = None
-    random: tuple | None = None  # (r, seed)
+    random: tuple | None = None  # (r, seed), or (r, seed, among) for fresh = 1 (draws.drawn_keys)
     period: int = 1  # the masks' natural period (summary length, % moduli)
     _keys: np.ndarray | None = field(default=None, repr=False)
     _pieces: list | None = field(default=None, repr=False)
@@ -75,11 +75,12 @@ class Term:
     def keys(self) -> np.ndarray:
         """int64 [n, r]: the random keys of every row, -1 where a key breaks another condition."""
         if self._keys is None:
-            r, seed = self.random
             q = np.arange(self.n, dtype=np.int64)
-            keys = random_keys(r, seed, q, self.n)
-            ok = self.contains(np.broadcast_to(q[:, None], keys.shape), keys, with_random=False)
-            self._keys = np.where(ok, keys, -1)
+            keys = drawn_keys(self.random, q, self.n)  # (fresh: -1 past a row's candidates)
+            drawn = keys >= 0
+            ok = self.contains(np.broadcast_to(q[:, None], keys.shape), np.where(drawn, keys, 0),
+                               with_random=False)
+            self._keys = np.where(ok & drawn, keys, -1)
         return self._keys
 
     def contains(self, q, k, with_random=True) -> np.ndarray:
@@ -206,7 +207,7 @@ def _terms(expr, n: int) -> list:
         listed = np.isin(q, np.array(expr.tokens, dtype=np.int64))
         return _union([_term(n, qmask=listed)], [_term(n, kmask=listed.copy())], n)
     if t is N.Random:
-        return [_term(n, random=(expr.r, expr.seed))] if expr.r > 0 else []
+        return [_term(n, random=node_random(expr))] if expr.r > 0 else []
     if t is N.Compare:
         return _compare(expr, n)
     if t is N.Union:
