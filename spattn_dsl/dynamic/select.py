@@ -28,23 +28,47 @@ from ..semantics.select import (KINDS, Selection, TermSelection, _batch_document
                                 selection_head, term_nodes, top)
 
 
-def device_select(pattern, q, k, scores=None, documents=None, *, scale=None) -> Selection:
-    """``semantics.select``'s Selection, computed on q's device (int64 tensors there)."""
+def device_select(pattern, q, k, scores=None, documents=None, *, scale=None,
+                  bounds=None) -> Selection:
+    """``semantics.select``'s Selection, computed on q's device (int64 tensors there).
+
+    ``bounds`` (decoding, ``decode.select``): None, or a function of a unit size returning
+    None or fp32 ``(lo, hi)`` ``[batch, kv_heads, ceil(n_k / unit), head_dim]``, each unit's
+    elementwise key minimum and maximum (a KV cache keeps them per page); a ``minmax`` term
+    of that unit then reads them instead of pooling ``k``. Keys are read only where a term
+    needs them, so ``k`` may then be a zero-stride expanded tensor of the right shape."""
     batch, heads, n_q, dim, kv_heads, n_k = _check_inputs(q, k)
     ids = None if documents is None else _batch_documents(documents, batch, n_k)
     full = term_nodes(pattern, n_k)
     _check_scores(scores, pattern.dynamic_terms, full, batch, heads, n_q, n_k)
     scale = 1 / math.sqrt(dim) if scale is None else float(scale)
-    x = _Inputs(q.detach().float(), k.detach().float().repeat_interleave(heads // kv_heads, 1),
-                None if scores is None else scores.detach().float(), scale, kv_heads, n_k)
+    x = _Inputs(q.detach().float(), k.detach(), None if scores is None else
+                scores.detach().float(), scale, kv_heads, n_k, bounds)
     terms = tuple(_select_term(pattern, i, full[i], x, ids) for i in range(len(full)))
     return Selection(pattern, batch, heads, kv_heads, n_q, n_k, terms, ids)
 
 
 class _Inputs:
-    def __init__(self, q, k, scores, scale, kv_heads, n_k):
-        self.q, self.k, self.scores, self.scale = q, k, scores, scale  # k: per query head
-        self.kv_heads, self.n_k = kv_heads, n_k
+    def __init__(self, q, k, scores, scale, kv_heads, n_k, bounds=None):
+        self.q, self.scores, self.scale = q, scores, scale
+        self.kv_heads, self.n_k, self.bounds = kv_heads, n_k, bounds
+        self._k_kv, self._k = k, None
+
+    @property
+    def k(self) -> torch.Tensor:
+        """fp32 keys per query head (made on first use)."""
+        if self._k is None:
+            heads = self.q.shape[1]
+            self._k = self._k_kv.float().repeat_interleave(heads // self.kv_heads, 1)
+        return self._k
+
+    def unit_bounds(self, unit: int):
+        """fp32 (lo, hi) per query head ``[batch, heads, units, D]`` from ``bounds``, or None."""
+        found = None if self.bounds is None else self.bounds(unit)
+        if found is None:
+            return None
+        group = self.q.shape[1] // self.kv_heads
+        return tuple(t.float().repeat_interleave(group, 1) for t in found)
 
 
 def _segments(ids, batch: int, n_q: int, n_k: int):
@@ -108,12 +132,15 @@ def _segment(pattern, term, node, x: _Inputs, rows_b, start, length, first, end,
     static, envelope = static[case].to(device), envelope[case].to(device)  # [H, R, L]
     pairs = envelope & ~static
     q = x.q[rows_b, :, first:end]
-    keys = x.k[rows_b, :, start:start + length]
+    bounds = x.unit_bounds(node.unit) if isinstance(node, N.TopK) and node.by == "minmax" \
+        and (start, length) == (0, x.n_k) else None
+    keys = None if bounds is not None or getattr(node, "by", None) == "scores" else \
+        x.k[rows_b, :, start:start + length]
     if isinstance(node, N.TopK):
         positions = torch.arange(first_pos, first_pos + end - first)
         local = positions // node.rows - first_pos // node.rows
         estimate, candidate = _topk(node, q, keys, pairs, local.to(device), x, rows_b,
-                                    first, end)
+                                    first, end, bounds)
     else:
         local = torch.zeros(end - first, dtype=torch.int64)
         estimate, candidate = _probe(node, q, keys, pairs, envelope, first_pos, x)
@@ -130,16 +157,18 @@ def _group_mean(values: torch.Tensor, local: torch.Tensor, count: int) -> torch.
     return sums / sizes[:, None]
 
 
-def _topk(node, q, keys, pairs, local, x: _Inputs, rows_b, first, end):
-    """(estimates [Bs, H, G, U], candidates [1, H, G, U])."""
-    u, length = node.unit, keys.shape[2]
+def _topk(node, q, keys, pairs, local, x: _Inputs, rows_b, first, end, bounds=None):
+    """(estimates [Bs, H, G, U], candidates [1, H, G, U]); ``bounds``: None or the units'
+    (lo, hi) for the whole batch (``_Inputs.unit_bounds``)."""
+    u, length = node.unit, pairs.shape[-1]
     units = -(-length // u)
     count = int(local[-1]) + 1
     padded = torch.nn.functional.pad(pairs, (0, units * u - length))
     per_row = padded.unflatten(-1, (units, u)).any(-1).float()  # [H, R, U]
     candidate = _group_mean(per_row, local, count)[None] > 0
     if node.by == "scores":
-        return _group_mean(x.scores[rows_b, :, first:end, :units], local, count), candidate
+        scores = x.scores[rows_b, :, first:end, :units]  # heads or 1
+        return _group_mean(scores.expand(-1, q.shape[1], -1, -1), local, count), candidate
     mean_q = _group_mean(q, local, count)  # [Bs, H, G, D]
     pad = units * u - length
     if node.by == "mean_key":
@@ -147,10 +176,13 @@ def _topk(node, q, keys, pairs, local, x: _Inputs, rows_b, first, end):
         sizes = torch.full((units,), float(u), device=keys.device)
         sizes[-1] = length - (units - 1) * u
         return mean_q @ (sums / sizes[:, None]).transpose(-1, -2), candidate
-    lo = torch.nn.functional.pad(keys, (0, 0, 0, pad), value=math.inf)
-    hi = torch.nn.functional.pad(keys, (0, 0, 0, pad), value=-math.inf)
-    lo = lo.unflatten(2, (units, u)).amin(3)
-    hi = hi.unflatten(2, (units, u)).amax(3)
+    if bounds is not None:
+        lo, hi = bounds[0][rows_b], bounds[1][rows_b]
+    else:
+        lo = torch.nn.functional.pad(keys, (0, 0, 0, pad), value=math.inf)
+        hi = torch.nn.functional.pad(keys, (0, 0, 0, pad), value=-math.inf)
+        lo = lo.unflatten(2, (units, u)).amin(3)
+        hi = hi.unflatten(2, (units, u)).amax(3)
     # sum_d max(q_d lo_d, q_d hi_d): hi where q_d > 0, lo where q_d < 0 (hi >= lo)
     return (mean_q.clamp(min=0) @ hi.transpose(-1, -2)
             + mean_q.clamp(max=0) @ lo.transpose(-1, -2)), candidate
