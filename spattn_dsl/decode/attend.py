@@ -26,6 +26,22 @@ LOG2E = 1.4426950408889634
 
 def attend(attn, q, cache, v=None, scale=None, key_padding=None, documents=None):
     """(out ``[batch, heads, m, head_dim]`` in q's dtype, lse fp32 ``[batch, heads, m]``)."""
+    return _attend(attn, q, cache, v, scale, key_padding, documents)[:2]
+
+
+def attend_dynamic(attn, q, cache, v=None, scale=None, key_padding=None, documents=None,
+                   scores=None):
+    """A dynamic pattern's ``attn(q, cache)`` (``decode.select``): (out, lse, selections),
+    ``selections`` one ``Selection`` per sequence (batch 1, ``n_q`` its query rows, ``n_k``
+    its length; None for a sequence without queries)."""
+    from .select import split_selection
+
+    out, lse, groups = _attend(attn, q, cache, v, scale, key_padding, documents, scores)
+    return out, lse, split_selection(groups, cache.batch)
+
+
+def _attend(attn, q, cache, v, scale, key_padding, documents, scores=None):
+    """(out, lse, groups): ``groups`` a dynamic pattern's selection (else None)."""
     if v is not None:
         raise TypeError("attn(q, cache) takes no v (the cache holds the values); pass scale= "
                         "by keyword")
@@ -38,13 +54,28 @@ def attend(attn, q, cache, v=None, scale=None, key_padding=None, documents=None)
                          f"compiled for '{attn.pattern.name}' ({attn.pattern.text})")
     check_queries(q, cache)
     scale = q.shape[3] ** -0.5 if scale is None else check_scale(scale)
+    dynamic = cache.pattern.dynamic
+    if scores is not None and not dynamic:
+        raise ValueError("attn(q, cache): scores= is for patterns with a by = scores term")
     if _prefill(q, cache):
         k, v, _ = cache.gather()
         n = cache.lengths_list()[0]
-        return attn.forward(q, k[:, :, :n].contiguous(), v[:, :, :n].contiguous(), scale)
+        k, v = k[:, :, :n].contiguous(), v[:, :, :n].contiguous()
+        if not dynamic:
+            return (*attn.forward(q, k, v, scale), None)
+        from .select import Group
+
+        out, lse, selection = attn.forward(q, k, v, scale, scores=scores)
+        pick = torch.arange(cache.batch, device=q.device)
+        return out, lse, [Group(pick, n, q.shape[2], selection)]
+    groups = None
+    if dynamic:
+        from .select import select_cached
+
+        groups = select_cached(cache.pattern, q, cache, scores, scale)
     if q.device.type == "cpu" and (not _interpreting() or q.dtype != torch.float32):
-        return reference(q, cache, scale)
-    return launch(q, cache, scale)
+        return (*reference(q, cache, scale, groups), groups)
+    return (*launch(q, cache, scale, groups), groups)
 
 
 def check_queries(q, cache) -> None:
@@ -77,10 +108,10 @@ def _prefill(q, cache) -> bool:
         all(c == q.shape[2] for c in cache.last_counts)
 
 
-def reference(q, cache, scale):
+def reference(q, cache, scale, groups=None):
     """fp32 attention over every held slot with the visit plan's mask (torch only)."""
     batch, heads, m, dim = q.shape
-    plan = plan_visit(cache.pattern, cache, m, heads)
+    plan = plan_visit(cache.pattern, cache, m, heads, groups)
     k, v, _ = cache.gather()
     group = heads // cache.kv_heads
     k = k.float().repeat_interleave(group, dim=1)
@@ -93,13 +124,13 @@ def reference(q, cache, scale):
     return (weights @ v).to(q.dtype), lse
 
 
-def launch(q, cache, scale):
+def launch(q, cache, scale, groups=None):
     """The two kernels: split-K over visited pages, then the merge."""
     from . import kernels
 
     batch, heads, m, dim = q.shape
     q = q.contiguous()
-    plan = plan_visit(cache.pattern, cache, m, heads)
+    plan = plan_visit(cache.pattern, cache, m, heads, groups)
     ids, _ = cache.tables()
     group = heads // cache.kv_heads
     rows = group * m

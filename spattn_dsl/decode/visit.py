@@ -37,8 +37,12 @@ class Visit:
     counts: torch.Tensor  # int32 [batch, kv_heads]: pages to visit
 
 
-def allowed_slots(pattern, cache, m: int) -> torch.Tensor:
-    """bool ``[batch, cases, m, pages, page_size]``: query row ``i`` may attend the held slot."""
+def allowed_slots(pattern, cache, m: int, groups=None, heads: int = 0) -> torch.Tensor:
+    """bool ``[batch, cases, m, pages, page_size]``: query row ``i`` may attend the held slot.
+    A dynamic pattern needs ``groups`` (``decode.select.select_cached``) and the query
+    ``heads``; its second dimension is then the query heads."""
+    if pattern.dynamic:
+        return _dynamic_slots(pattern, cache, m, groups, heads)
     ids, logical = cache.tables()
     device, ps = logical.device, cache.page_size
     lengths = torch.tensor(cache.lengths_list(), device=device)
@@ -67,14 +71,79 @@ def allowed_slots(pattern, cache, m: int) -> torch.Tensor:
     return result & real_row[:, None, :, None, None] & real_slot[:, None, None]
 
 
+def _positions(cache, m: int):
+    """(qpos ``[batch, m]``, real rows ``[batch, m]``, kpos ``[batch, pages, ps]``, real
+    slots ``[batch, pages, ps]``) on the cache's device."""
+    _, logical = cache.tables()
+    device, ps = logical.device, cache.page_size
+    lengths = torch.tensor(cache.lengths_list(), device=device)
+    counts = torch.tensor(cache.last_counts, device=device)
+    rows = torch.arange(m, device=device)
+    kpos = logical[:, :, None] * ps + torch.arange(ps, device=device)
+    real_slot = (logical[:, :, None] >= 0) & (kpos < lengths[:, None, None])
+    return lengths[:, None] - m + rows, rows >= m - counts[:, None], kpos, real_slot
+
+
+def _dynamic_slots(pattern, cache, m: int, groups, heads: int) -> torch.Tensor:
+    """``allowed_slots`` of a dynamic pattern: per query head, each dynamic term standing for
+    the slots of the units its selection chose (``select.term_hits``)."""
+    from ..semantics.select import concrete_terms
+    from .select import term_hits
+
+    qpos, real_row, kpos, real_slot = _positions(cache, m)
+    result = torch.zeros(cache.batch, heads, m, *kpos.shape[1:], dtype=torch.bool,
+                         device=kpos.device)
+    on_cpu = _needs_cpu(pattern)
+    for group in groups:
+        pick = group.pick
+        concrete, index = concrete_terms(pattern, group.n)
+        hits = term_hits(group, qpos[pick], real_row[pick], kpos[pick], heads, cache.kv_heads)
+        q = qpos[pick][:, :, None, None]
+        k = kpos[pick][:, None]
+        if on_cpu:
+            q, k = q.cpu(), k.cpu()
+        cases = head_count(concrete)
+        for case in range(cases):
+            which = torch.arange(case, heads, cases, device=kpos.device)
+            terms = [hit[:, which] for hit in hits]  # [g, heads of the case, m, pages, ps]
+            expr = select_head(concrete, case)
+            hit = _with_terms(expr, index, terms, q[:, None], k[:, None], group.n)
+            shape = (len(pick), len(which), m, *kpos.shape[1:])
+            result[pick[:, None], which[None, :]] = \
+                torch.broadcast_to(hit.to(kpos.device), shape)
+    return result & real_row[:, None, :, None, None] & real_slot[:, None, None]
+
+
+def _with_terms(expr, index: dict, terms: list, q, k, n: int):
+    """``allowed`` with dynamic node ``t`` standing for ``terms[index[id(t)]]``."""
+    if isinstance(expr, N.DYNAMIC):
+        return terms[index[id(expr)]].to(q.device)
+    if not N.dynamic_terms(expr):
+        return allowed(expr, q, k, n)
+    if isinstance(expr, N.Union):
+        return _with_terms(expr.left, index, terms, q, k, n) | \
+            _with_terms(expr.right, index, terms, q, k, n)
+    if isinstance(expr, N.Intersect):
+        return _with_terms(expr.left, index, terms, q, k, n) & \
+            _with_terms(expr.right, index, terms, q, k, n)
+    if isinstance(expr, N.Difference):
+        return _with_terms(expr.left, index, terms, q, k, n) & \
+            ~_with_terms(expr.right, index, terms, q, k, n)
+    if isinstance(expr, N.Complement):
+        return ~_with_terms(expr.operand, index, terms, q, k, n)
+    raise ValueError(f"attn(q, cache): a dynamic term under {type(expr).__name__} is not "
+                     f"supported in decoding")
+
+
 def _needs_cpu(pattern) -> bool:
     """Random links draw with numpy, on the host."""
     return any(isinstance(node, N.Random) for node in N.walk(pattern.expr))
 
 
-def plan_visit(pattern, cache, m: int, heads: int) -> Visit:
-    """The mask and visit lists of one decode step for ``heads`` query heads."""
-    hit = allowed_slots(pattern, cache, m)
+def plan_visit(pattern, cache, m: int, heads: int, groups=None) -> Visit:
+    """The mask and visit lists of one decode step for ``heads`` query heads (``groups``: a
+    dynamic pattern's selection, ``decode.select.select_cached``)."""
+    hit = allowed_slots(pattern, cache, m, groups, heads)
     batch, cases, _, pages, ps = hit.shape
     group = heads // cache.kv_heads
     head_case = torch.arange(heads, device=hit.device) % cases

@@ -46,11 +46,21 @@ class DynamicAttention:
     def __call__(self, q, k, v=None, scale=None, key_padding=None, documents=None, scores=None,
                  return_selection: bool = False):
         out, _, selection = self.forward(q, k, v, scale, key_padding, documents, scores)
+        if getattr(k, "is_spattn_kv_cache", False):
+            return (out, selection) if return_selection else out
         return (out, on_cpu(selection)) if return_selection else out
 
     def forward(self, q, k, v=None, scale=None, key_padding=None, documents=None, scores=None):
         """(out, lse, selection): the output, the natural-log log-sum-exp per row (fp32),
-        both differentiable, and the selection they were computed under."""
+        both differentiable, and the selection they were computed under.
+
+        ``attn(q, cache)`` with a ``KVCache`` (``decode.select``): decoding, selecting among
+        the cached units as ``attn(q, k_all, v_all)`` selects on the full history; the
+        selection is then a tuple of one ``Selection`` per sequence (batch 1, ``n_q`` its
+        query rows, ``n_k`` its length), not differentiable (the cache holds no graph)."""
+        if getattr(k, "is_spattn_kv_cache", False):
+            from ..decode.attend import attend_dynamic
+            return attend_dynamic(self, q, k, v, scale, key_padding, documents, scores)
         scale = check_inputs(q, k, v, scale)
         key_padding = check_padding(key_padding, q, k)
         if documents is not None:
