@@ -11,7 +11,16 @@ time (``triton.testing.do_bench``) of spattn (the whole call: visit plan + kerne
 kernels alone, SDPA and Flex; the bytes of K and V spattn reads (visited pages x page bytes),
 the fraction of the GPU's memory bandwidth that reaches in the kernel time, and the cache's
 held pages' memory against a full cache (``pool_bytes``: the pool, which grows by doubling and
-keeps its peak, here the prefill chunk's). The Quest-like dynamic top-k row waits for dynamic terms.
+keeps its peak, here the prefill chunk's).
+
+Quest-like top-k pages (``causal & (chunk(64) | topk(16, unit = 64, by = minmax))``: the query's
+own page plus the 16 pages of 64 keys, 1024 tokens, with the largest upper bound of ``q . k``
+from each page's key minimum and maximum; units are the cache's pages, so the selection reads
+the per-page ``key_min`` / ``key_max`` the cache keeps, not the keys). Its rows add
+``select_ms`` (the selection alone) and ``minmax_bytes_read`` (the fp32 page bounds the
+selection reads; ``kv_bytes_read`` stays the kernels' K and V pages); ``kernel_only_ms`` is the
+kernels under the fixed selection. Flex gets the same mask as a tensor (the selection's). A
+dynamic pattern's cache holds every position (its liveness is all True).
 """
 from __future__ import annotations
 
@@ -29,12 +38,16 @@ PATTERNS = [
     ("causal & window(4096)", "causal & window(4096)"),
     ("StreamingLLM sink(4) + window(1024)", "causal & (sink(4) | window(1024))"),
     ("strided window(128) | stride(128)", "causal & (window(128) | stride(128))"),
+    ("Quest top-16 pages of 64 (minmax)", "causal & (chunk(64) | topk(16, unit = 64, "
+                                          "by = minmax))"),
 ]
 DRY_PATTERNS = [  # the same shapes, scaled to a few hundred positions
     ("dense causal", "causal"),
     ("causal & window(64)", "causal & window(64)"),
     ("StreamingLLM sink(4) + window(32)", "causal & (sink(4) | window(32))"),
     ("strided window(16) | stride(16)", "causal & (window(16) | stride(16))"),
+    ("Quest top-4 pages of 16 (minmax)", "causal & (chunk(16) | topk(4, unit = 16, "
+                                         "by = minmax))"),
 ]
 H, KVH, D = 32, 8, 128
 BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s of HBM
@@ -54,17 +67,24 @@ def fill(cache, k_full, v_full, chunk: int):
     cache.append(k_full[:, :, n - 1:], v_full[:, :, n - 1:])
 
 
-def bytes_read(cache, pattern, heads: int) -> int:
-    """Bytes of K and V the kernels read: every visited page, once per KV head."""
+def bytes_read(cache, pattern, heads: int, groups=None) -> int:
+    """Bytes of K and V the kernels read: every visited page, once per KV head (``groups``: a
+    dynamic pattern's selection, ``decode.select.select_cached``)."""
     from spattn_dsl.decode.visit import plan_visit
-    plan = plan_visit(pattern, cache, 1, heads)
+    plan = plan_visit(pattern, cache, 1, heads, groups)
     page = 2 * cache.page_size * D * cache.k_pages.element_size()
     return int(plan.counts.sum()) * page
+
+
+def minmax_bytes(cache) -> int:
+    """Bytes of the fp32 page bounds a minmax selection reads: every held page, per KV head."""
+    return int(cache.pages_held.sum()) * 2 * cache.kv_heads * D * cache.key_min.element_size()
 
 
 def run(label, text, batch, n, flex, device, dtype, page_size, chunk):
     import spattn_dsl
     from spattn_dsl.decode.attend import launch
+    from spattn_dsl.decode.select import select_cached
     from spattn_dsl.runtime.flex import mask_mod
 
     pattern = spattn_dsl.loads(f"pattern p {{ {text} }}").pattern("p")
@@ -79,11 +99,14 @@ def run(label, text, batch, n, flex, device, dtype, page_size, chunk):
                                page_size=page_size)
     fill(cache, k_full, v_full, chunk)
     out = attn(q, cache)
+    groups = select_cached(pattern, q, cache, scale=scale) if pattern.dynamic else None
     full_bytes = 2 * k_full.numel() * k_full.element_size()
     row = {"pattern": label, "n": n, "batch": batch, "pass": "decode",
            "fill_s": time.time() - t0, "pages_held": int(cache.pages_held.max()),
            "page_size": page_size,
-           "kv_bytes_read": bytes_read(cache, pattern, H)}
+           "kv_bytes_read": bytes_read(cache, pattern, H, groups)}
+    if pattern.dynamic:
+        row["minmax_bytes_read"] = minmax_bytes(cache)
     page_bytes = 2 * cache.k_pages[0].numel() * cache.k_pages.element_size()
     row["cache_bytes"] = int(cache.pages_held.sum()) * page_bytes  # held pages
     row["pool_bytes"] = cache.capacity * page_bytes  # the pool, grown by doubling
@@ -92,13 +115,21 @@ def run(label, text, batch, n, flex, device, dtype, page_size, chunk):
         row["err_vs_full"] = float((out - attn(q, k_full, v_full)).abs().max())
         print(json.dumps(row), flush=True)
         return row
-    mod = mask_mod(pattern, 1, n, device=device)  # one query row at position n - 1
     from torch.nn.attention.flex_attention import create_block_mask
-    block_mask = create_block_mask(mod, None, None, 1, n, device=device, BLOCK_SIZE=128)
+    if pattern.dynamic:  # the selection's mask, as a tensor: [batch, heads, 1, n]
+        mask = torch.stack([pattern.mask(1, n, selection=s)[0] for s in
+                            attn.forward(q, cache)[2]]).to(device)
+        block_mask = create_block_mask(lambda b, h, qi, ki: mask[b, h, qi, ki], batch, H, 1, n,
+                                       device=device, BLOCK_SIZE=128)
+    else:
+        mod = mask_mod(pattern, 1, n, device=device)  # one query row at position n - 1
+        block_mask = create_block_mask(mod, None, None, 1, n, device=device, BLOCK_SIZE=128)
     flex_out = flex(q, k_full, v_full, block_mask=block_mask, scale=scale, enable_gqa=True)
     row["err_vs_flex"] = float((out.float() - flex_out.float()).abs().max())
     row["spattn_ms"] = bench(lambda: attn(q, cache))
-    row["kernel_only_ms"] = bench(lambda: launch(q, cache, scale))
+    row["kernel_only_ms"] = bench(lambda: launch(q, cache, scale, groups))
+    if pattern.dynamic:
+        row["select_ms"] = bench(lambda: select_cached(pattern, q, cache, scale=scale))
     row["flex_ms"] = bench(lambda: flex(q, k_full, v_full, block_mask=block_mask, scale=scale,
                                         enable_gqa=True))
     row["sdpa_ms"] = bench(lambda: torch.nn.functional.scaled_dot_product_attention(
@@ -115,6 +146,7 @@ def run(label, text, batch, n, flex, device, dtype, page_size, chunk):
 
 RESULT_KEYS = ("pattern", "n", "pass", "spattn_ms", "flex_ms", "sdpa_ms", "batch",
                "kernel_only_ms", "kv_bytes_read", "bandwidth_fraction", "cache_vs_full")
+OPTIONAL_KEYS = ("select_ms", "minmax_bytes_read")  # dynamic (Quest) rows only
 
 
 def write_results(path: str, results: list) -> None:
@@ -123,7 +155,8 @@ def write_results(path: str, results: list) -> None:
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": triton.__version__}
     rows = json.loads(Path(path).read_text()) if Path(path).exists() else []
-    rows += [{**{key: r.get(key) for key in RESULT_KEYS}, **meta} for r in results]
+    rows += [{**{key: r.get(key) for key in RESULT_KEYS},
+              **{key: r[key] for key in OPTIONAL_KEYS if key in r}, **meta} for r in results]
     Path(path).write_text(json.dumps(rows, indent=1) + "\n")
 
 
