@@ -42,6 +42,8 @@ def allowed(e, q: int, k: int, n: int, head: int) -> bool:
     if t is N.Prefix:
         return q < e.p and k < e.p
     if t is N.Random:
+        if e.fresh:  # among its candidates (docs/language.md 2.2.1): Floyd over their count
+            return k in _drawn_fresh(e, q, n, head)
         return k in _drawn(e.r, e.seed, q, n)
     if t is N.Compare:
         a, b = value(e.left, q, k), value(e.right, q, k)
@@ -60,6 +62,12 @@ def allowed(e, q: int, k: int, n: int, head: int) -> bool:
     if t is N.Heads:
         return allowed(e.bodies[head % len(e.bodies)], q, k, n, head)
     raise TypeError(t)
+
+
+@lru_cache(maxsize=65536)
+def _drawn_fresh(e, q: int, n: int, head: int) -> frozenset:
+    candidates = [c for c in range(n) if allowed(e.among, q, c, n, head)]
+    return frozenset(candidates[i] for i in random_keys(e.r, e.seed, [q], len(candidates))[0])
 
 
 @lru_cache(maxsize=65536)
