@@ -3,14 +3,22 @@
 Each measurement runs in its own subprocess, so that its peak resident set size
 (``ru_maxrss``) is its own:
 
-- ``tiled``: the runtime's CPU path, ``codegen.reference.attention_tiled`` (query tile by query
-  tile over the block layout), forward and closed-form backward, fp32;
-- ``dense``: the previous CPU path, ``attention_reference`` (an ``n x n`` score matrix), fp32;
+- ``tiled``: the runtime's CPU path as users call it (``spattn.compile(p)(q, k, v)`` without
+  ``TRITON_INTERPRET``, then ``backward``): ``codegen.reference.attention_tiled``, whole query
+  tiles over the block layout, and its closed-form backward, fp32;
+- ``tiled-old``: the CPU path before issue 26 (``_attention_tiled_exact``, kept for inputs
+  holding NaN or inf): 128 x 128 tiles, one query tile at a time, masks over every column;
+- ``dense``: ``attention_reference`` (an ``n x n`` score matrix), fp32;
 - ``flex``: ``torch.nn.attention.flex_attention`` on the CPU with the pattern's BlockMask
-  (``runtime.flex``), eager, and ``flex-compiled`` under ``torch.compile``.
+  (``runtime.flex``), eager, and ``flex-compiled`` under ``torch.compile`` (forward only: no
+  backward on the CPU);
+- ``sdpa``: ``scaled_dot_product_attention`` with the pattern's boolean mask (autograd).
+
+``tiled``, ``flex-compiled`` and ``sdpa`` are timed on a second call (the first builds the
+layout, the BlockMask's compile, ...); the peak RSS covers both calls.
 
 Usage: ``python benchmarks/bench_cpu_reference.py [--n 4096 8192 32768] [--paths tiled dense]
-[--threads 1] [--forward-only]``
+[--pattern "causal"] [--threads 1] [--forward-only] [--repeat 2]``
 """
 from __future__ import annotations
 
@@ -22,33 +30,57 @@ import subprocess
 import sys
 import time
 
-PATTERN = "pattern p { causal & window(1024) }"
+PATTERN = "causal & window(1024)"
 
 
-def measure(path: str, n: int, heads: int, head_dim: int, backward: bool, threads: int) -> dict:
+def measure(path: str, n: int, heads: int, head_dim: int, backward: bool, threads: int,
+            pattern: str) -> dict:
+    import warnings
+
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    os.environ.pop("TRITON_INTERPRET", None)  # the CPU path, not the kernels' interpreter
+    warnings.simplefilter("ignore")
 
     import spattn_dsl
-    from spattn_dsl.codegen.reference import attention_reference, \
-        attention_reference_backward, attention_tiled, attention_tiled_backward
+    from spattn_dsl.codegen import reference as R
 
-    p = spattn_dsl.loads(PATTERN).pattern("p")
+    p = spattn_dsl.loads(f"pattern p {{ {pattern} }}").pattern("p")
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, heads, n, head_dim, generator=gen) for _ in range(3))
     grad = torch.randn(1, heads, n, head_dim, generator=gen)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    cpu, wall = time.process_time(), time.perf_counter()
+    leaves = [t.clone().requires_grad_(backward) for t in (q, k, v)]
     if path == "tiled":
-        out, _ = attention_tiled(p, q, k, v)
-        if backward:
-            attention_tiled_backward(p, grad, q, k, v)
+        attn = spattn_dsl.compile(p)
+
+        def run():
+            out = attn(*leaves)
+            if backward:
+                out.backward(grad)
+            return out
+    elif path == "tiled-old":
+        def run():
+            out, _ = R._attention_tiled_exact(p, q, k, v)
+            if backward:
+                R._attention_tiled_backward_exact(p, grad, q, k, v)
+            return out
     elif path == "dense":
-        out, _ = attention_reference(p, q, k, v, dtype=torch.float32)
-        if backward:
-            attention_reference_backward(p, grad, q, k, v)
+        def run():
+            out, _ = R.attention_reference(p, q, k, v, dtype=torch.float32)
+            if backward:
+                R.attention_reference_backward(p, grad, q, k, v)
+            return out
+    elif path == "sdpa":
+        mask = p.mask(n)
+
+        def run():
+            out = torch.nn.functional.scaled_dot_product_attention(*leaves, attn_mask=mask)
+            if backward:
+                out.backward(grad)
+            return out
     else:
         from torch.nn.attention.flex_attention import flex_attention
 
@@ -56,54 +88,70 @@ def measure(path: str, n: int, heads: int, head_dim: int, backward: bool, thread
 
         mask = block_mask(p, n, n, heads, device="cpu")
         fn = torch.compile(flex_attention) if path == "flex-compiled" else flex_attention
-        leaves = [t.clone().requires_grad_(backward) for t in (q, k, v)]
-        if path == "flex-compiled":  # compile outside the timing
-            fn(*leaves, block_mask=mask)
-            cpu, wall = time.process_time(), time.perf_counter()
-        out = fn(*leaves, block_mask=mask)
-        if backward:
-            out.backward(grad)
+
+        def run():
+            out = fn(*leaves, block_mask=mask)
+            if backward:
+                out.backward(grad)
+            return out
+    if path in ("tiled", "flex-compiled", "sdpa"):  # layouts, compiles: outside the timing
+        run()
+        for t in leaves:
+            t.grad = None
+    cpu, wall = time.process_time(), time.perf_counter()
+    out = run()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    check, _ = attention_tiled(p, q[:, :, -256:], k, v)  # last rows, against the tiled path
-    err = float((out[:, :, -256:].detach() - check).abs().max())
+    check, _ = R.attention_reference(p, q[:, :, -64:], k, v, dtype=torch.float64)  # last rows
+    err = float((out[:, :, -64:].detach().double() - check).abs().max())
     return {"path": path, "n": n, "heads": heads, "head_dim": head_dim, "backward": backward,
             "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
             "peak_rss_mb": round(peak / 1024), "rss_before_mb": round(before / 1024),
-            "max_abs_diff_last_rows": err}
+            "max_abs_diff_last_rows": err, "load": round(os.getloadavg()[0], 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[4096, 8192, 32768])
     parser.add_argument("--paths", nargs="+", default=["tiled", "dense"])
-    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--pattern", default=PATTERN, help="pattern text (default %(default)s)")
+    parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--forward-only", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="processes per measurement; the best wall time is kept")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--child", nargs=2, metavar=("PATH", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         result = measure(args.child[0], int(args.child[1]), args.heads, args.head_dim,
-                         not args.forward_only, args.threads)
+                         not args.forward_only, args.threads, args.pattern)
         print(json.dumps(result))
         return
-    print("| path | n | heads | backward | CPU s | wall s | peak RSS MB |")
+    print(f"pattern `{args.pattern}`, batch 1, {args.heads} heads, head_dim {args.head_dim}, fp32, "
+          f"{'forward' if args.forward_only else 'forward + backward'}; best of {args.repeat}")
+    print()
+    print("| path | n | CPU s | wall s | peak RSS MB | max abs diff (last rows) | load |")
     print("|---|---|---|---|---|---|---|")
     for n in args.n:
         for path in args.paths:
             cmd = [sys.executable, __file__, "--child", path, str(n), "--heads", str(args.heads),
-                   "--head-dim", str(args.head_dim), "--threads", str(args.threads)]
+                   "--head-dim", str(args.head_dim), "--threads", str(args.threads),
+                   "--pattern", args.pattern]
             cmd += ["--forward-only"] if args.forward_only else []
-            done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-            if done.returncode:
-                print(f"| {path} | {n} | failed: {done.stderr.strip().splitlines()[-1][:100]} |")
-                continue
-            r = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"| {path} | {n} | {r['heads']} | {r['backward']} | {r['cpu_s']} | "
-                  f"{r['wall_s']} | {r['peak_rss_mb']} |  diff {r['max_abs_diff_last_rows']:.1e}",
-                  flush=True)
+            runs = []
+            for _ in range(args.repeat):
+                done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+                if done.returncode:
+                    print(f"| {path} | {n} | failed: "
+                          f"{done.stderr.strip().splitlines()[-1][:100]} |", flush=True)
+                    break
+                runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            if runs:
+                r = min(runs, key=lambda r: r["wall_s"])
+                print(f"| {path} | {n} | {r['cpu_s']} | {r['wall_s']} | {r['peak_rss_mb']} | "
+                      f"{r['max_abs_diff_last_rows']:.1e} | {r['load']} |", flush=True)
 
 
 if __name__ == "__main__":

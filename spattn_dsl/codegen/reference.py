@@ -10,6 +10,10 @@ at a pair a row cannot see does not reach that row.
 """
 from __future__ import annotations
 
+import math
+import weakref
+
+import numpy as np
 import torch
 
 from ..ir.evaluate import head_count, select_head
@@ -179,10 +183,10 @@ def _all_finite(*tensors) -> list:
     return [bool(torch.isfinite(t).all()) for t in tensors]
 
 
-def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.float32,
+def _attention_tiled_exact(pattern, q, k, v, scale: float | None = None, dtype=torch.float32,
                     key_padding=None, layout=None):
-    """``attention_reference`` (same arguments and results) without an ``n_q x n_k`` matrix:
-    one query tile at a time over the block layout (``layout``, or one of 128 x 128 tiles)."""
+    """``attention_tiled`` for inputs that may hold NaN or inf: one query tile at a time, every
+    masked pair selected away (``masked_matmul``), never multiplied by 0."""
     batch, heads, n_q, head_dim = q.shape
     n_k, group = k.shape[2], heads // k.shape[1]
     scale = head_dim ** -0.5 if scale is None else scale
@@ -199,10 +203,10 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
     return out, lse
 
 
-def attention_tiled_backward(pattern, grad_out, q, k, v, scale: float | None = None,
+def _attention_tiled_backward_exact(pattern, grad_out, q, k, v, scale: float | None = None,
                              dtype=torch.float32, key_padding=None, grad_lse=None, layout=None):
-    """``attention_reference_backward`` (same arguments and results), one query tile at a time:
-    each tile's rows get their dq whole, and add their share of dk and dv at the tile's keys."""
+    """``attention_tiled_backward`` for inputs that may hold NaN or inf (see
+    ``_attention_tiled_exact``)."""
     batch, heads, n_q, head_dim = q.shape
     kv_heads, n_k = k.shape[1], k.shape[2]
     group = heads // kv_heads
@@ -234,3 +238,267 @@ def attention_tiled_backward(pattern, grad_out, q, k, v, scale: float | None = N
         return t.unflatten(1, (kv_heads, group)).sum(2)
 
     return dq, per_kv_head(dk), per_kv_head(dv)
+
+
+# --------------------------------------------------- the CPU path: whole query tiles, finite
+SCORE_BUDGET = 1 << 24  # elements of one query tile's score block (all heads and batch rows)
+CPU_BLOCK_M = (256, 128, 64)  # query tiles tried, largest first
+CPU_BLOCK_N = 64  # key tile: the granularity at which unvisited keys are skipped
+
+
+def cpu_tiles(pattern, n_q: int, n_k: int, batch_heads: int, layout_for=None) -> tuple:
+    """(block_m, block_n) of the CPU path: the largest query tile of ``CPU_BLOCK_M`` whose score
+    block (``batch_heads`` x rows x the keys its rows visit) stays within ``SCORE_BUDGET``
+    elements, judged from the layout at 64-row tiles (``layout_for(pattern, n_q, n_k, bm, bn)``,
+    a cached lowering, or ``lower``)."""
+    probe = (layout_for or _lower)(pattern, n_q, n_k, 64, CPU_BLOCK_N)
+    visited = int((probe.full_counts.long() + probe.partial_counts.long()).amax()) \
+        if probe.full_counts.numel() else 0
+    keys = visited * CPU_BLOCK_N
+    for bm in CPU_BLOCK_M:
+        if batch_heads * bm * min(n_k, keys + bm - 64) <= SCORE_BUDGET:
+            return bm, CPU_BLOCK_N
+    return CPU_BLOCK_M[-1], CPU_BLOCK_N
+
+
+def _lower(pattern, n_q, n_k, bm, bn):
+    return lower(pattern.at(n_k), n_q, n_k, bm, bn)
+
+
+class _Row:
+    """One query tile of one head case: its rows (a slice), the key ranges its visited key
+    tiles cover in order (``runs``, (first, end) positions; their keys side by side are the
+    tile's ``width`` columns) and the columns where the pair predicate applies (``hidden``:
+    (first column, end column, bool ``[rows, columns]`` True where the pair is NOT allowed))."""
+
+    __slots__ = ("rows", "runs", "hidden", "width")
+
+    def __init__(self, rows, runs, hidden, width):
+        self.rows, self.runs, self.hidden, self.width = rows, runs, hidden, width
+
+
+ROW_CACHE_BYTES = 1 << 28  # the predicate's masks kept per layout (forward, backward, calls)
+_ROW_CACHE: dict = {}  # id(layout) -> {(case, device): [_Row]}, dropped with the layout
+
+
+def _rows(expr, layout, case: int, n_q: int, n_k: int, device):
+    """The ``_Row`` of every query tile of one head case that visits a key tile, kept with the
+    layout (the runtime's layouts are cached, so forward, backward and later calls reuse them)
+    while their masks take at most ``ROW_CACHE_BYTES``."""
+    key = (case, str(device))
+    per_layout = _ROW_CACHE.get(id(layout))
+    if per_layout is not None and key in per_layout:
+        return per_layout[key]
+    rows = list(_build_rows(expr, layout, case, n_q, n_k, device))
+    size = sum(mask.numel() for row in rows for _, _, mask in row.hidden)
+    if size <= ROW_CACHE_BYTES:
+        if per_layout is None:
+            per_layout = _ROW_CACHE[id(layout)] = {}
+            weakref.finalize(layout, _ROW_CACHE.pop, id(layout), None)
+        per_layout[key] = rows
+    return rows
+
+
+def _build_rows(expr, layout, case: int, n_q: int, n_k: int, device):
+    """The rows of ``_rows``: FULL tiles need no predicate, PARTIAL ones get it over their
+    columns, consecutive tiles are one run."""
+    bm, bn = layout.block_m, layout.block_n
+    full_counts = layout.full_counts[case].tolist()
+    partial_counts = layout.partial_counts[case].tolist()
+    full_indices, partial_indices = layout.full_indices[case], layout.partial_indices[case]
+    for i in range(layout.tiles[0]):
+        full = full_indices[i, :full_counts[i]].long().numpy()
+        partial = partial_indices[i, :partial_counts[i]].long().numpy()
+        if len(full) + len(partial) == 0:
+            continue
+        tiles = np.concatenate([full, partial])
+        order = np.argsort(tiles, kind="stable")
+        tiles = tiles[order]
+        is_partial = (order >= len(full))
+        cut = np.flatnonzero(np.diff(tiles) != 1) + 1  # runs of consecutive tiles
+        runs = [(int(tiles[a]) * bn, min(int(tiles[b - 1] + 1) * bn, n_k))
+                for a, b in zip(np.r_[0, cut], np.r_[cut, len(tiles)])]
+        width = sum(end - first for first, end in runs)
+        rows = slice(i * bm, min(n_q, (i + 1) * bm))
+        q_pos = torch.arange(rows.start, rows.stop)[:, None] + (n_k - n_q)
+        hidden = []
+        marked = np.flatnonzero(is_partial)  # tile j's columns start at j * bn (only the
+        if len(marked):                      # last tile, the highest, may be short)
+            cut = np.flatnonzero(np.diff(marked) != 1) + 1
+            for a, b in zip(marked[np.r_[0, cut]], marked[np.r_[cut - 1, len(marked) - 1]] + 1):
+                keys = _key_positions(torch.from_numpy(tiles[a:b]), bn, n_k)
+                mask = ~allowed(expr, q_pos, keys[None, :], n_k).expand(len(q_pos), len(keys))
+                hidden.append((int(a) * bn, int(a) * bn + len(keys), mask.to(device)))
+        yield _Row(rows, runs, hidden, width)
+
+
+def _columns(t, runs, heads=None):
+    """``t[:, heads]`` at the keys of ``runs`` side by side (a view when there is one run)."""
+    if heads is not None:
+        t = t[:, heads] if isinstance(heads, slice) else t.index_select(1, heads)
+    if len(runs) == 1:
+        return t[:, :, runs[0][0]:runs[0][1]]
+    return torch.cat([t[:, :, first:end] for first, end in runs], dim=2)
+
+
+def _add_columns(target, part, runs, heads=None):
+    """``target[:, heads]`` at the keys of ``runs`` += ``part``'s columns (``heads`` None: all;
+    an index tensor: query heads summed into their key/value head)."""
+    column = 0
+    for first, end in runs:
+        piece = part[:, :, column:column + end - first]
+        if heads is None:
+            target[:, :, first:end] += piece
+        else:
+            target[:, :, first:end].index_add_(1, heads, piece)
+        column += end - first
+
+
+class _Buffers:
+    """Flat scratch tensors reused by every query tile of a call (no allocation per tile)."""
+
+    def __init__(self, dtype, device):
+        self.dtype, self.device, self.flat = dtype, device, {}
+
+    def get(self, name, shape):
+        size = math.prod(shape)
+        flat = self.flat.get(name)
+        if flat is None or flat.numel() < size:
+            flat = self.flat[name] = torch.empty(size, dtype=self.dtype, device=self.device)
+        return flat[:size].view(shape)
+
+
+def _softmax_(scores, row, padding):
+    """In place: ``scores`` ``[B, X, G*rows, width]`` -> probabilities (0 at hidden pairs and in
+    rows without keys); returns the empty rows' bool ``[B, X, G*rows]`` (or None) and the
+    row maxima before the softmax."""
+    batch, x, gr, width = scores.shape
+    rows = row.rows.stop - row.rows.start
+    grouped = scores.view(batch, x, gr // rows, rows, width)
+    for first, end, mask in row.hidden:
+        grouped[..., first:end].masked_fill_(mask, float("-inf"))
+    if padding is not None:
+        grouped.masked_fill_(padding[:, None, None, None, :], float("-inf"))
+    top = scores.amax(-1)
+    torch.ops.aten._softmax.out(scores, -1, False, out=scores)  # row by row, in place
+    empty = top == float("-inf")
+    if bool(empty.any()):
+        scores[empty] = 0.0
+        return empty, top
+    return None, top
+
+
+def _layout_for_call(pattern, q, k, layout):
+    if layout is not None:
+        return layout
+    batch_heads = q.shape[0] * q.shape[1]
+    bm, bn = cpu_tiles(pattern, q.shape[2], k.shape[2], batch_heads)
+    return _lower(pattern, q.shape[2], k.shape[2], bm, bn)
+
+
+def _cases(pattern, q, k, layout):
+    """Per head case: (expr, query heads (a slice), key/value heads of those query heads as
+    an index tensor, or None when the case is every head: then query heads are grouped over
+    their key/value head, G = heads / kv_heads rows per key row)."""
+    concrete = pattern.at(k.shape[2])
+    cases = head_count(concrete)
+    assert layout.cases == cases, "layout of another pattern"
+    heads, group = q.shape[1], q.shape[1] // k.shape[1]
+    for case in range(cases):
+        if cases == 1:
+            yield case, select_head(concrete, case), slice(None), None
+        else:
+            kv = torch.arange(case, heads, cases, device=q.device) // group
+            yield case, select_head(concrete, case), slice(case, heads, cases), kv
+
+
+def _grouped(t, heads, kv, rows, kv_heads):
+    """Query-side ``t[:, heads, rows]`` as ``[B, X, G*rows, D]``."""
+    part = t[:, heads, rows]
+    if kv is None:
+        return part.reshape(part.shape[0], kv_heads, -1, part.shape[-1])
+    return part
+
+
+def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.float32,
+                    key_padding=None, layout=None):
+    """``attention_reference`` (same arguments and results) without an ``n_q x n_k`` matrix:
+    whole query tiles over the block layout (``layout``, or ``cpu_tiles``'s): per tile, its
+    visited keys side by side (a view of k and v where they are consecutive), one matmul for
+    the scores of all its heads, the pair predicate on PARTIAL tiles' columns only, a softmax
+    in place, one matmul for the output. Inputs holding NaN or inf take
+    ``_attention_tiled_exact`` (masked pairs selected away, not multiplied by 0)."""
+    if not all(_all_finite(q, k, v)):
+        return _attention_tiled_exact(pattern, q, k, v, scale, dtype, key_padding, layout)
+    layout = _layout_for_call(pattern, q, k, layout)
+    batch, heads, n_q, head_dim = q.shape
+    kv_heads, n_k = k.shape[1], k.shape[2]
+    scale = head_dim ** -0.5 if scale is None else scale
+    qs, k, v = (q.to(dtype) * scale), k.to(dtype), v.to(dtype)
+    hidden_keys = None if key_padding is None else ~key_padding.to(device=q.device,
+                                                                    dtype=torch.bool)
+    out = torch.zeros(batch, heads, n_q, head_dim, dtype=dtype, device=q.device)
+    lse = torch.full((batch, heads, n_q), float("-inf"), dtype=dtype, device=q.device)
+    scratch = _Buffers(dtype, q.device)
+    for case, expr, case_heads, kv in _cases(pattern, q, k, layout):
+        kc, vc = (k, v) if kv is None else (k.index_select(1, kv), v.index_select(1, kv))
+        for row in _rows(expr, layout, case, n_q, n_k, q.device):
+            qt = _grouped(qs, case_heads, kv, row.rows, kv_heads)
+            kt, vt = _columns(kc, row.runs), _columns(vc, row.runs)
+            scores = scratch.get("scores", qt.shape[:-1] + (row.width,))
+            torch.matmul(qt, kt.transpose(-1, -2), out=scores)
+            padding = None if hidden_keys is None else _columns(hidden_keys[:, None], row.runs)[:, 0]
+            empty, top = _softmax_(scores, row, padding)
+            row_lse = top - scores.amax(-1).log()  # the largest probability is 1 / sum
+            if empty is not None:
+                row_lse[empty] = float("-inf")
+            rows = row.rows.stop - row.rows.start
+            out[:, case_heads, row.rows] = torch.matmul(scores, vt).view(batch, -1, rows,
+                                                                          head_dim)
+            lse[:, case_heads, row.rows] = row_lse.view(batch, -1, rows)
+    return out, lse
+
+
+def attention_tiled_backward(pattern, grad_out, q, k, v, scale: float | None = None,
+                             dtype=torch.float32, key_padding=None, grad_lse=None, layout=None):
+    """``attention_reference_backward`` (same arguments and results), whole query tiles as in
+    ``attention_tiled``: per tile the probabilities again (one matmul, softmax in place), then
+    dv, dp, ds (``softmax`` backward in place), dq and dk, four matmuls; each tile's rows get
+    their dq whole and add their share of dk and dv at the tile's keys."""
+    if not all(_all_finite(q, k, v, grad_out)):
+        return _attention_tiled_backward_exact(pattern, grad_out, q, k, v, scale, dtype,
+                                               key_padding, grad_lse, layout)
+    layout = _layout_for_call(pattern, q, k, layout)
+    batch, heads, n_q, head_dim = q.shape
+    kv_heads, n_k = k.shape[1], k.shape[2]
+    scale = head_dim ** -0.5 if scale is None else scale
+    qs, k, v, do = (q.to(dtype) * scale), k.to(dtype), v.to(dtype), grad_out.to(dtype)
+    hidden_keys = None if key_padding is None else ~key_padding.to(device=q.device,
+                                                                    dtype=torch.bool)
+    dq = torch.zeros(q.shape, dtype=dtype, device=q.device)
+    dk = torch.zeros(k.shape, dtype=dtype, device=q.device)
+    dv = torch.zeros(v.shape, dtype=dtype, device=q.device)
+    scratch = _Buffers(dtype, q.device)
+    for case, expr, case_heads, kv in _cases(pattern, q, k, layout):
+        kc, vc = (k, v) if kv is None else (k.index_select(1, kv), v.index_select(1, kv))
+        for row in _rows(expr, layout, case, n_q, n_k, q.device):
+            qt = _grouped(qs, case_heads, kv, row.rows, kv_heads)
+            dot = _grouped(do, case_heads, kv, row.rows, kv_heads)
+            kt, vt = _columns(kc, row.runs), _columns(vc, row.runs)
+            shape = qt.shape[:-1] + (row.width,)
+            probs = scratch.get("probs", shape)
+            torch.matmul(qt, kt.transpose(-1, -2), out=probs)
+            padding = None if hidden_keys is None else _columns(hidden_keys[:, None], row.runs)[:, 0]
+            _softmax_(probs, row, padding)
+            _add_columns(dv, torch.matmul(probs.transpose(-1, -2), dot), row.runs, kv)
+            ds = scratch.get("ds", shape)
+            torch.matmul(dot, vt.transpose(-1, -2), out=ds)  # dp
+            torch.ops.aten._softmax_backward_data.out(ds, probs, -1, dtype, grad_input=ds)
+            if grad_lse is not None:  # d lse / d scores = probs
+                g = _grouped(grad_lse[..., None].to(dtype), case_heads, kv, row.rows, kv_heads)
+                ds.addcmul_(probs, g)
+            rows = row.rows.stop - row.rows.start
+            dq[:, case_heads, row.rows] = torch.matmul(ds, kt).mul_(scale).view(
+                batch, -1, rows, head_dim)
+            _add_columns(dk, torch.matmul(ds.transpose(-1, -2), qt), row.runs, kv)
+    return dq, dk, dv

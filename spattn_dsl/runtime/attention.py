@@ -33,7 +33,7 @@ import warnings
 
 import torch
 
-from ..codegen.reference import REFERENCE_TILE, attention_tiled, attention_tiled_backward
+from ..codegen.reference import attention_tiled, attention_tiled_backward, cpu_tiles
 from ..codegen.render import TileConfig
 from ..codegen.space import backward_candidates, candidate_configs, documents_config
 from ..codegen.reference import attention_reference, attention_reference_backward
@@ -456,8 +456,13 @@ def _use_reference(q, warn: bool = True) -> bool:
     return True
 
 
-def _reference_layout(pattern, n_q: int, n_k: int) -> BlockLayout:
-    return layout_for(pattern, n_q, n_k, TileConfig(REFERENCE_TILE, REFERENCE_TILE, 4, 1))
+def _reference_layout(pattern, q, k) -> BlockLayout:
+    """The CPU path's layout (cached like the kernels'), at ``cpu_tiles``'s tile sizes."""
+    def cached(pattern, n_q, n_k, block_m, block_n):
+        return layout_for(pattern, n_q, n_k, TileConfig(block_m, block_n, 4, 1))
+
+    n_q, n_k = q.shape[2], k.shape[2]
+    return cached(pattern, n_q, n_k, *cpu_tiles(pattern, n_q, n_k, q.shape[0] * q.shape[1], cached))
 
 
 def reference_forward(pattern, q, k, v, key_padding, scale, documents=None):
@@ -473,7 +478,7 @@ def reference_forward(pattern, q, k, v, key_padding, scale, documents=None):
                 pattern, q[b:b + 1, :, rows], k[b:b + 1, :, keys], v[b:b + 1, :, keys], scale,
                 torch.float32, pad)
         return out.to(q.dtype).contiguous(), lse.contiguous()
-    layout = _reference_layout(pattern, q.shape[2], k.shape[2])
+    layout = _reference_layout(pattern, q, k)
     out, lse = attention_tiled(pattern, q, k, v, scale, torch.float32, key_padding, layout)
     return out.to(q.dtype).contiguous(), lse.contiguous()  # the strides the fake promises
 
@@ -494,7 +499,7 @@ def reference_backward(pattern, grad_out, grad_lse, q, k, v, key_padding, scale,
             grads[1][b:b + 1, :, keys] = dk
             grads[2][b:b + 1, :, keys] = dv
         return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
-    layout = _reference_layout(pattern, q.shape[2], k.shape[2])
+    layout = _reference_layout(pattern, q, k)
     grads = attention_tiled_backward(pattern, grad_out, q, k, v, scale, torch.float32,
                                      key_padding, grad_lse, layout)
     return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))

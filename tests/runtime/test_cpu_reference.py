@@ -154,22 +154,22 @@ def test_memory_follows_the_allowed_pairs(monkeypatch):
     p = Pattern(N.Intersect(N.Causal(), N.Window(N.Num(64))))
     n = 4096
     largest = []
-    probs = reference._tile_probs
+    softmax = reference._softmax_
 
-    def counting(tile, qt, kt, scale):
-        largest.append(tile.mask.shape[-2] * tile.mask.shape[-1])
-        return probs(tile, qt, kt, scale)
+    def counting(scores, row, padding):
+        largest.append(scores.shape[-2] * scores.shape[-1])
+        return softmax(scores, row, padding)
 
     def no_dense_mask(*args, **kwargs):
         raise AssertionError("the tiled reference built a dense mask")
 
-    monkeypatch.setattr(reference, "_tile_probs", counting)
+    monkeypatch.setattr(reference, "_softmax_", counting)
     monkeypatch.setattr(Pattern, "mask", no_dense_mask)
     q, k, v = inputs(1, 1, 1, n, n, 16)
     out, _ = attention_tiled(p, q, k, v)
-    tiles = n // reference.REFERENCE_TILE
-    assert len(largest) == tiles
-    assert max(largest) <= reference.REFERENCE_TILE * 2 * reference.REFERENCE_TILE
+    bm, bn = reference.cpu_tiles(p, n, n, 1)
+    assert len(largest) == n // bm
+    assert max(largest) <= bm * (bm + 64)  # its rows and the window's 64 keys before them
     # spot-check rows against a direct softmax over their window
     for row in (0, 63, 64, 2000, n - 1):
         keys = torch.arange(max(0, row - 63), row + 1)
