@@ -10,6 +10,10 @@ is at most its width. Paths:
   the compiled attention's own kernels on the gathered keys, which are the full history;
 - the reference in torch (fp32, every held slot, the same mask) on a CPU without the
   interpreter, or for fp16/bf16 on a CPU (the interpreter's dot is fp32).
+
+A dynamic pattern (``attend_dynamic``, reached through ``DynamicAttention``) first selects
+among the cached units (``decode.select``); the mask of every path then holds its static keys
+plus the selected units' slots, per query head.
 """
 from __future__ import annotations
 

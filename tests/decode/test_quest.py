@@ -1,7 +1,9 @@
 """Dynamic patterns in decoding (SPEC 8 and 9): ``attn(q, cache)`` selects among the cached units
 as ``select`` does on the full history, and attends under that selection's mask. Oracle: float64
 attention under ``pattern.mask(selection=select(pattern, q, k_all))``, per sequence (ragged
-lengths). Kernels under the interpreter where the test sets ``TRITON_INTERPRET``."""
+lengths). The Quest tests run the decode kernels under the interpreter (conftest sets
+``TRITON_INTERPRET`` on a machine without a GPU); the others take the CPU reference path
+(``reference_path``: the same selection, plan and mask, without the interpreter's time)."""
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,11 @@ def interpret(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture
+def reference_path(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
 def test_quest_decode_steps_equal_float64_attention_under_the_selection(interpret):
     """The Quest-like pattern, page-sized units (the pages' key min / max), ragged lengths,
     GQA, several single steps and a ragged multi-query append, kernels under the interpreter."""
@@ -90,10 +97,9 @@ def test_quest_decode_steps_equal_float64_attention_under_the_selection(interpre
     assert cache.held.tolist() == lengths  # a dynamic pattern keeps every position
 
 
-def test_examples_quest():
+def test_examples_quest(interpret):
     """examples/quest.spattn (chunk(page) | topk(pages, unit = page, by = minmax)) at a small
-    budget, equal-length sequences, two steps (the CPU reference path: the same plan and mask
-    as the kernels, without the interpreter's time)."""
+    budget, equal-length sequences, two steps."""
     p = spattn_dsl.load(EXAMPLES / "quest.spattn").pattern("quest", page=16, pages=2)
     attn = spattn_dsl.compile(p)
     ks, vs, qs = history(1)
@@ -110,8 +116,7 @@ def test_examples_quest():
     "causal & (sink(2) | topk(3, unit = 16, rows = 2, by = mean_key))",
     "causal & (window(4) | vertical(3, probe = 2) | slash(2, probe = 2))",
 ])
-def test_other_terms_read_the_cached_keys(body):
-    """(the CPU reference path, as above)"""
+def test_other_terms_read_the_cached_keys(reference_path, body):
     p = load(body)
     attn = spattn_dsl.compile(p)
     ks, vs, qs = history(2)
@@ -123,9 +128,9 @@ def test_other_terms_read_the_cached_keys(body):
     check_step(p, attn, cache, ks, vs, qs, lengths, [3, 3])
 
 
-def test_scores_in_decoding_and_the_reference_path():
+def test_scores_in_decoding(reference_path):
     """by = scores takes scores=[batch, heads or 1, m, units] (each sequence reads its own
-    units); without the interpreter the CPU reference path runs the same plan."""
+    units)."""
     p = load("causal & (window(4) | topk(2, unit = 16, by = scores))")
     attn = spattn_dsl.compile(p)
     ks, vs, qs = history(3)
@@ -141,3 +146,14 @@ def test_scores_in_decoding_and_the_reference_path():
         attn(queries(qs, lengths, [2, 2]), cache)
     with pytest.raises(ValueError, match="units"):
         attn(queries(qs, lengths, [2, 2]), cache, scores=scores[..., :5])
+
+
+def test_prefill_through_the_cache_is_the_dynamic_attention(reference_path):
+    """More than 64 new queries on a cache holding the whole history: the compiled dynamic
+    attention on the gathered keys, its selection split per sequence."""
+    p = load(QUEST)
+    attn = spattn_dsl.compile(p)
+    ks, vs, qs = history(5)
+    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS)
+    lengths = append(cache, ks, vs, [0, 0], [70, 70])
+    check_step(p, attn, cache, ks, vs, qs, lengths, [70, 70])
