@@ -102,7 +102,71 @@ def annotate(report: Report, patterns) -> Report:
     lower_only = report.method.startswith("sampled") and "coverage_depth" in report.bounds
     depth = None if lower_only else report.coverage_depth
     report.certificate = certify(patterns, report.n, report.causal, depth, report.exact)
+    _kernel_tile_figures(report, patterns)
     return report
+
+
+# Token-grid tiles up to which the report builds the kernels' plan (at 128-token tiles:
+# n = 131072, a few seconds for a strided pattern); beyond, the mask's tiles stand in.
+PLAN_TILES_MAX = 1 << 20
+
+
+def plan_tile_figures(pattern, n: int, tile, causal: bool):
+    """(tile density, waste) of the plan the kernels run on ``pattern`` at ``n`` tokens and
+    ``tile = (bm, bn)`` (``runtime.lowering.case_plans``: per head case, its terms, each on
+    its own grid: a stride's residue classes, gathered columns, ...).
+
+    Waste: pairs computed (the visited tiles of every term, whole tiles) / pairs allowed, over
+    all head cases. Tile density: pairs computed / the area of the token grid's admissible
+    tiles, the mean over head cases (for a plan of one grid term, visited tiles / admissible
+    tiles). None when the grid has more than ``PLAN_TILES_MAX`` tiles."""
+    from ..layout.plan import term_pairs
+    from ..runtime.lowering import case_plans
+
+    bm, bn = tile
+    rows, cols = -(-n // bm), -(-n // bn)
+    if rows * cols > PLAN_TILES_MAX:
+        return None
+    if causal:  # tile row r holds queries up to min(n, (r + 1) * bm) - 1
+        last = [min(n, (r + 1) * bm) - 1 for r in range(rows)]
+        admissible = sum(min(cols, q // bn + 1) for q in last)
+    else:
+        admissible = rows * cols
+    densities, computed, allowed = [], 0, 0
+    for plan in case_plans(pattern, n, n, bm, bn):
+        densities.append(plan.pairs_computed / (admissible * bm * bn))
+        computed += plan.pairs_computed
+        allowed += sum(term_pairs(term, n, n) for term in plan.terms)
+    return sum(densities) / len(densities), (computed / allowed if allowed else None)
+
+
+def _kernel_tile_figures(report: Report, patterns):
+    """Tile density and waste of every pattern from the kernels' plan; where the plan is not
+    built, the mask's tiles (all heads on one grid) stay, and a note says so."""
+    if report.tile_density is None:
+        return  # no tile figures at this length (a note says so)
+    figures, reason = {}, None
+    for pattern in patterns:
+        try:
+            found = plan_tile_figures(pattern, report.n, report.tile, report.causal)
+        except Exception as why:  # noqa: BLE001 - a plan the kernels refuse: keep the mask's
+            found, reason = None, f"{type(why).__name__}: {why}"
+        if found is None:
+            reason = reason or (f"the report builds it up to {PLAN_TILES_MAX:,} tiles of "
+                                f"{report.tile[0]}x{report.tile[1]}")
+            report.notes.append(
+                "tile density and waste count the tiles of the mask (all heads on one grid), "
+                f"not those of the kernels' plan ({reason})")
+            return
+        figures[pattern.name, pattern.text] = found
+    report.patterns = [dataclasses.replace(f, tile_density=figures[f.name, f.text][0],
+                                           waste=figures[f.name, f.text][1])
+                       if (f.name, f.text) in figures else f for f in report.patterns]
+    total = sum(f.layers for f in report.patterns)
+    for name in ("tile_density", "waste"):
+        values = [(getattr(f, name), f.layers) for f in report.patterns]
+        if total and all(v is not None for v, _ in values):
+            setattr(report, name, sum(v * c for v, c in values) / total)
 
 
 _DICT_FIELDS = ("name", "kind", "n", "depth", "causal", "method", "exact", "bounds", "diameter",
