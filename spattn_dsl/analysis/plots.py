@@ -1,7 +1,16 @@
-"""PNG pictures for reports (matplotlib, imported lazily: it is an optional extra)."""
+"""PNG pictures for reports (matplotlib, imported lazily: it is an optional extra).
+
+Every figure is ``WIDTH`` inches wide at ``CSS_DPI`` (900 CSS pixels: the width of the
+report's column) and saved at ``SCALE`` times that resolution, so it stays sharp on a
+high-density laptop screen; ``css_width(png)`` is the width to show it at."""
 from __future__ import annotations
 
 import io
+
+WIDTH = 9.0  # inches
+CSS_DPI = 100  # CSS pixels per inch of a figure: 900 px wide
+SCALE = 2  # PNG pixels per CSS pixel
+FONT_SIZE = 12  # points at CSS_DPI: about 17 CSS pixels
 
 
 def available() -> bool:
@@ -15,6 +24,7 @@ def available() -> bool:
 MEASURED_COLOURS = ("tab:blue", "tab:green", "tab:purple")
 FORMULA_COLOURS = ("tab:red", "tab:orange", "black", "tab:brown", "tab:pink")
 FORMULA_DASHES = ("--", "-.", ":", (0, (5, 1, 1, 1)), (0, (3, 3)))
+LIT, UNLIT = "#1f4e96", "#f2f5fa"  # a tile holding an allowed pair, one without
 
 
 def _pyplot():
@@ -26,11 +36,40 @@ def _pyplot():
     return plt
 
 
+def _styled(draw):
+    """Run ``draw`` with the report's fonts (legible at 900 CSS pixels)."""
+    import functools
+
+    @functools.wraps(draw)
+    def styled(*args, **kwargs):
+        with _pyplot().rc_context({"font.size": FONT_SIZE, "axes.titlesize": FONT_SIZE + 2,
+                                   "legend.fontsize": FONT_SIZE - 1}):
+            return draw(*args, **kwargs)
+    return styled
+
+
+def _figure(height: float):
+    """A figure of the report's width and ``height`` inches."""
+    return _pyplot().figure(figsize=(WIDTH, height), dpi=CSS_DPI, layout="constrained")
+
+
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=CSS_DPI * SCALE)  # no "tight" box: keep the width
     _pyplot().close(fig)
     return buffer.getvalue()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) in pixels, from the PNG's header."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def css_width(png: bytes) -> int:
+    """The width in CSS pixels to show a report figure at (its pixels / SCALE)."""
+    return png_size(png)[0] // SCALE
 
 
 def token_label(value: float) -> str:
@@ -57,54 +96,82 @@ def layer_ticks(axis):
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def mask_png(grid, tile: int, n: int) -> bytes:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(grid, cmap="Blues", interpolation="nearest", extent=(0, n, n, 0), vmin=0, vmax=1)
+@_styled
+def mask_png(grid, tile: int, n: int, title: str = "allowed pairs") -> bytes:
+    """The mask, one cell per ``tile``-token tile, with a key to its two colours."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    height, side = 5.6, 4.5  # inches: the figure, the square mask in it
+    fig = _pyplot().figure(figsize=(WIDTH, height), dpi=CSS_DPI)
+    left, bottom = 1.0 / WIDTH, 0.6 / height
+    ax = fig.add_axes((left, bottom, side / WIDTH, side / height))
+    ax.imshow(grid, cmap=ListedColormap([UNLIT, LIT]), interpolation="nearest",
+              extent=(0, n, n, 0), vmin=0, vmax=1)
     token_ticks(ax.xaxis, n)
     token_ticks(ax.yaxis, n)
-    ax.tick_params(axis="x", labelrotation=30)
-    ax.set_xlabel("key k")
-    ax.set_ylabel("query q")
-    ax.set_title(f"allowed pairs ({tile}x{tile} tiles)" if tile > 1 else "allowed pairs")
+    ax.set_xlabel("key position k")
+    ax.set_ylabel("query position q")
+    ax.set_title(title)
+    cell = f"{tile}-token tile" if tile > 1 else "pair (q, k)"
+    fig.legend(handles=[Patch(facecolor=LIT, edgecolor="grey",
+                             label=f"{cell}: some pair allowed" if tile > 1 else
+                             f"{cell} allowed"),
+                       Patch(facecolor=UNLIT, edgecolor="grey",
+                             label=f"{cell}: none allowed" if tile > 1 else
+                             f"{cell} not allowed")],
+               loc="upper left", bbox_to_anchor=(left + (side + 0.3) / WIDTH,
+                                                  bottom + side / height), frameon=False)
     return _png(fig)
 
 
-def growth_png(report) -> bytes:
-    plt = _pyplot()
+@_styled
+def growth_png(report, marks=None, names=None) -> bytes:
+    """Receptive-field growth per layer, measured (markers) and closed forms (dashed lines).
+    ``marks``: figure name -> " (lower bound)" etc., appended to the legend's labels;
+    ``names``: a closed form's name -> its label."""
+    marks, names = marks or {}, names or {}
     layers = [r.layer for r in report.layers]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    measured = [("RF of the last token", "o", [r.rf_last for r in report.layers]),
-                ("mean RF", "s", [r.rf_mean for r in report.layers]),
-                ("largest reach", "^", [r.reach for r in report.layers])]
-    for (label, marker, values), colour in zip(measured, MEASURED_COLOURS):
-        ax.plot(layers, values, marker=marker, markersize=4, linestyle="-", color=colour,
-                alpha=0.6, zorder=2, label=label)
+    fig = _figure(5.2)
+    ax = fig.add_subplot()
+    measured = [("RF of the last token", "rf_last", "o", [r.rf_last for r in report.layers]),
+                ("mean RF", "rf_mean", "s", [r.rf_mean for r in report.layers]),
+                ("largest reach", "reach", "^", [r.reach for r in report.layers])]
+    for (label, name, marker, values), colour in zip(measured, MEASURED_COLOURS):
+        ax.plot(layers, values, marker=marker, markersize=6, linestyle="-", color=colour,
+                alpha=0.6, zorder=2, label=label + marks.get(name, ""))
     # formulas above the markers, each in its own colour and dash pattern
     for (name, values), colour, dashes in zip(report.formula_curves.items(), FORMULA_COLOURS,
                                               FORMULA_DASHES):
         finite = [v if v != float("inf") else float("nan") for v in values]
         ax.plot(layers, finite, color=colour, linestyle=dashes, linewidth=2.2, zorder=3,
-                label=f"formula: {name}")
+                label="formula: " + names.get(name, name.replace("_", " ")))
     layer_ticks(ax.xaxis)
-    token_ticks(ax.yaxis, max(max(values) for _, _, values in measured) or 1)
-    ax.set_xlabel("layers")
+    token_ticks(ax.yaxis, max(max(values) for *_, values in measured) or 1)
+    ax.set_xlabel("layers L")
     ax.set_ylabel("tokens")
-    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", frameon=False)
     ax.set_title("receptive-field growth")
     return _png(fig)
 
 
-def coverage_png(report) -> bytes:
-    plt = _pyplot()
+@_styled
+def coverage_png(report, marks=None) -> bytes:
+    """Coverage per layer: admissible pairs connected, queries that see all their keys."""
+    marks = marks or {}
     layers = [r.layer for r in report.layers]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(layers, [100 * r.coverage for r in report.layers], "o-", label="admissible pairs")
-    ax.plot(layers, [100 * r.full_rows for r in report.layers], "s-", label="queries covered")
+    fig = _figure(4.6)
+    ax = fig.add_subplot()
+    ax.plot(layers, [100 * r.coverage for r in report.layers], "o-", markersize=6,
+            label="admissible pairs connected" + marks.get("coverage", ""))
+    ax.plot(layers, [100 * r.full_rows for r in report.layers], "s--", markersize=6,
+            label="queries that see every admissible key" + marks.get("coverage", ""))
     ax.set_ylim(0, 105)
     layer_ticks(ax.xaxis)
-    ax.set_xlabel("layers")
+    ax.set_xlabel("layers L")
     ax.set_ylabel("% covered")
-    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", frameon=False)
     ax.set_title("coverage per layer")
     return _png(fig)

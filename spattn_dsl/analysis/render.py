@@ -78,7 +78,7 @@ def summary_rows(report) -> list:
         ("mean keys per query" + mark("keys_per_query"), fmt_number(report.keys_per_query)),
         ("max keys per query (one head, worst case)" + mark("max_keys_per_query"),
          fmt_number(report.max_keys_per_query)),
-        (f"tile density ({report.tile[0]}x{report.tile[1]})" + mark("tile_density"),
+        (f"tile density ({tile_text(report.tile)})" + mark("tile_density"),
          fmt_percent(report.tile_density)),
         ("waste (pairs computed / allowed)", fmt_number(report.waste)),
     ]
@@ -106,7 +106,7 @@ def uncovered_text(report) -> str:
     q, k = report.uncovered_pair
     never = report.coverage_depth == math.inf and "coverage_depth" not in report.bounds
     return f"query {q} never sees key {k}" if never else \
-        f"query {q} does not see key {k} within {report.depth} layers"
+        f"query {q} does not see key {k} within {plural(report.depth, 'layer')}"
 
 
 def layer_columns(report) -> tuple:
@@ -138,8 +138,19 @@ def conditions_text(report) -> str:
 
 def header(report) -> str:
     exact = "exact" if report.exact else "bounds where marked"
-    return (f"{report.kind} {report.name}, n = {report.n}, {report.depth} layers analysed, "
-            f"method {report.method} ({exact})")
+    return (f"{report.kind} {report.name}, n = {report.n}, {plural(report.depth, 'layer')} "
+            f"analysed, method {report.method} ({exact})")
+
+
+def plural(count: int, noun: str) -> str:
+    """"1 layer", "2 layers"."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def tile_text(tile) -> str:
+    """"128-token tiles" (square), "tiles of 128 queries x 64 keys" otherwise."""
+    bm, bn = tile
+    return f"{bm}-token tiles" if bm == bn else f"tiles of {bm} queries x {bn} keys"
 
 
 LAYER_COLUMNS = ("layer", "rf_min", "rf_mean", "rf_max", "rf_last", "reach", "span",
@@ -195,6 +206,93 @@ def _text_table(columns, rows) -> str:
     return "\n".join([line(columns)] + [line(r) for r in rows])
 
 
+# ---------------------------------------------------------------- typeset formulas
+FORMULA_NAMES = {"reach": "largest reach", "receptive_field_last": "receptive field of the "
+                 "last token", "span_middle": "span of the middle token",
+                 "diameter": "diameter", "reach_to_first": "reach to first token"}
+
+
+def formula_name(report, name: str) -> str:
+    """A closed form's figure in words ("diameter" is the causal diameter where it is)."""
+    words = FORMULA_NAMES.get(name, name.replace("_", " "))
+    return "causal diameter" if name == "diameter" and report.causal else words
+
+
+def formula_values_text(report) -> str:
+    return f"value at n = {report.n}, L = {report.depth}"
+
+
+def formulas_intro(report) -> str:
+    """What the closed forms are in, and of what (a dynamic pattern's: its static part)."""
+    of = " They are the static part's (dynamic terms as none), so they bound every " \
+        "selection as the figures of the same name do." if any(p.dynamic for p in report.patterns) \
+        else ""
+    return "In the sequence length n, the depth L and the pattern's parameters." + of
+
+
+def formula_latex(expr) -> str:
+    """LaTeX of a closed form (sympy's, cases written "if ...")."""
+    import sympy
+
+    return sympy.latex(expr).replace(r"\text{for}\:", r"\text{if}\:")
+
+
+def formula_mathml(expr) -> str:
+    """Presentation MathML of a closed form, ``<math display="block">`` (browsers draw it
+    without a script or a network). Piecewise forms as cases, ``Mod`` as "a mod b"."""
+    body = _mathml_printer().doprint(expr).replace("<mo>-</mo>", "<mo>&#x2212;</mo>")
+    return f'<math display="block">{body}</math>'
+
+
+_PRINTER = []
+
+
+def _mathml_printer():
+    if _PRINTER:
+        return _PRINTER[0]
+    from sympy.printing.mathml import MathMLPresentationPrinter
+
+    class Printer(MathMLPresentationPrinter):
+        def _element(self, tag, text=None, *children, **attributes):
+            node = self.dom.createElement(tag)
+            if text is not None:
+                node.appendChild(self.dom.createTextNode(text))
+            for child in children:
+                node.appendChild(child)
+            for key, value in attributes.items():
+                node.setAttribute(key, value)
+            return node
+
+        def _print_Piecewise(self, expr):
+            rows = []
+            for value, condition in expr.args:
+                if condition is True or str(condition) == "True":
+                    when = self._element("mtext", "otherwise")
+                else:
+                    when = self._element("mrow", None, self._element("mtext", "if\u2002"),
+                                         self._print(condition))
+                rows.append(self._element("mtr", None, self._element("mtd", None,
+                                                                     self._print(value)),
+                                          self._element("mtd", None, when)))
+            table = self._element("mtable", None, *rows, columnalign="left left",
+                                  columnspacing="1.2em")
+            # a brace as tall as its rows without a math font (which most systems lack: a
+            # stretchy "{" would stay one line high)
+            brace = self._element("mo", "{", stretchy="false", lspace="0", rspace="0.3em",
+                                  style=f"font-size:{1.3 * len(rows):.2f}em")
+            return self._element("mrow", None, brace, table)
+
+        def _print_Mod(self, expr):
+            a, b = (self._print(x) for x in expr.args)
+            if expr.args[0].is_Add:
+                a = self._element("mrow", None, self._element("mo", "("), a,
+                                  self._element("mo", ")"))
+            return self._element("mrow", None, a, self._element("mo", "mod"), b)
+
+    _PRINTER.append(Printer({}))
+    return _PRINTER[0]
+
+
 # ---------------------------------------------------------------- markdown
 def _md_table(columns, rows) -> str:
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -206,16 +304,22 @@ def markdown(report) -> str:
     parts = [f"# Graph-diameter report: {report.name}", "", header(report) + ".", "",
              "## Summary", "", _md_table(("figure", "value"), summary_rows(report))]
     if report.formulas:
-        rows = [(name, f"`{expr}`", value) for name, expr, value in formula_rows(report)]
-        parts += ["", "## Closed forms", "", _md_table(("figure", "formula", "value"), rows)]
+        parts += ["", "## Closed forms", "",
+                  formulas_intro(report).replace(" n,", " $n$,").replace(" L ", " $L$ ")
+                  + f" In brackets: the {formula_values_text(report)}."]
+        for name, expr in report.formulas.items():
+            value = fmt_number(report.formula_values.get(name))
+            parts += ["", f"**{formula_name(report, name)}** (`{name}`) [{value}]:", "",
+                      "$$", f"{formula_latex(expr)}", "$$"]
         if report.formula_conditions:
             parts += ["", conditions_text(report).capitalize() + "."]
     if report.certificate is not None:
         parts += ["", "## Universal-approximation certificate", "",
                   f"{SOURCE}: {report.certificate.line()}.", "",
                   _md_table(("condition", "finding"), certificate_rows(report))]
-    parts += ["", "## Patterns", "",
-              _md_table(pattern_columns(report), [pattern_cells(p) for p in report.patterns])]
+    rows = [[f"`{c}`" if i == 1 else c for i, c in enumerate(pattern_cells(p))]
+            for p in report.patterns]
+    parts += ["", "## Patterns", "", _md_table(pattern_columns(report), rows)]
     parts += ["", "## Receptive field per layer", "",
               _md_table(layer_columns(report), [layer_cells(r) for r in report.layers])]
     if report.notes:
@@ -224,39 +328,70 @@ def markdown(report) -> str:
 
 
 # ---------------------------------------------------------------- html
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
-text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}
-figure{display:inline-block;margin:.5em}code{background:#f6f6f6}"""
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}h1{font-size:1.7em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;
+text-align:right;vertical-align:middle}th{background:#f3f3f3}td:first-child,th:first-child,
+td.text,th.text{text-align:left}td.formula{text-align:left;padding:.2em 1em}
+math{font-family:"STIX Two Math","Cambria Math","Latin Modern Math","DejaVu Math TeX Gyre",
+math,serif}td.formula math{font-size:1.2em;margin:.25em 0;display:inline math}
+td.formula mtd{text-align:left;padding:.1em .4em}th.formula{text-align:left}
+figure{margin:1.5em 0}figure img{display:block;max-width:100%;height:auto}
+figcaption{color:#444;margin-top:.4em;max-width:56em}code{background:#f6f6f6;padding:0 .2em}
+p.meta{color:#444}"""
 
 
-def _html_table(columns, rows) -> str:
+def _html_table(columns, rows, classes=None) -> str:
+    """``rows`` of text (escaped) or ``Markup`` (inserted as it is); ``classes``: column
+    index -> class of its cells."""
+    classes = classes or {}
     esc = html_escape.escape
-    head = "".join(f"<th>{esc(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>"
+
+    def cell(tag, i, value):
+        text = value.html if isinstance(value, Markup) else esc(str(value))
+        kind = f" class='{classes[i]}'" if i in classes else ""
+        return f"<{tag}{kind}>{text}</{tag}>"
+    head = "".join(cell("th", i, c) for i, c in enumerate(columns))
+    body = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>"
                    for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+class Markup:
+    """HTML to insert as it is."""
+
+    def __init__(self, html: str):
+        self.html = html
+
+
 def to_html(report) -> str:
     esc = html_escape.escape
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
              f"<title>spattn report: {esc(report.name)}</title><style>{_STYLE}</style></head>"
              f"<body><h1>Graph-diameter report: {esc(report.name)}</h1>",
-             f"<p>{esc(header(report))}.</p>", "<h2>Summary</h2>",
+             f"<p class='meta'>{esc(header(report))}.</p>", "<h2>Summary</h2>",
              _html_table(("figure", "value"), summary_rows(report))]
     if report.formulas:
+        rows = [(formula_name(report, name), Markup(formula_mathml(expr)),
+                 fmt_number(report.formula_values.get(name)))
+                for name, expr in report.formulas.items()]
         parts += ["<h2>Closed forms</h2>",
-                  _html_table(("figure", "formula", "value"), formula_rows(report))]
+                  "<p>" + esc(formulas_intro(report)).replace(" n,", " <var>n</var>,")
+                  .replace(" L ", " <var>L</var> ") + "</p>",
+                  _html_table(("figure", "closed form", formula_values_text(report)), rows,
+                              {1: "formula"})]
         if report.formula_conditions:
             parts.append(f"<p>{esc(conditions_text(report).capitalize())}.</p>")
     if report.certificate is not None:
         parts += ["<h2>Universal-approximation certificate</h2>",
                   f"<p>{esc(SOURCE)}: {esc(report.certificate.line())}.</p>",
-                  _html_table(("condition", "finding"), certificate_rows(report))]
+                  _html_table(("condition", "finding"), certificate_rows(report), {1: "text"})]
     parts += ["<h2>Figures</h2>", _figures_html(report)]
+    rows = [[Markup(f"<code>{esc(c)}</code>") if i == 1 else c
+             for i, c in enumerate(pattern_cells(p))] for p in report.patterns]
     parts += ["<h2>Patterns</h2>",
-              _html_table(pattern_columns(report), [pattern_cells(p) for p in report.patterns]),
+              _html_table(pattern_columns(report), rows, {1: "text"}),
               "<h2>Receptive field per layer</h2>",
               _html_table(layer_columns(report), [layer_cells(r) for r in report.layers])]
     if report.notes:
@@ -266,21 +401,66 @@ def to_html(report) -> str:
     return "\n".join(parts) + "\n"
 
 
+def figure_captions(report) -> list:
+    """(title, caption, kind, data) of every figure: the caption says what the title cannot
+    (what a cell or a line is, at which n, what is a bound)."""
+    dynamic = {p.name for p in report.patterns if p.dynamic}
+    out = []
+    for name, grid, tile in report.pictures:
+        if tile > 1:
+            cell = (f"Each cell is a {tile}-token tile ({tile} queries by {tile} keys), dark "
+                    "when at least one pair in it is allowed in some head: a pattern finer "
+                    f"than {tile} tokens shows as whole tiles.")
+        else:
+            cell = "Each cell is one pair (query q, key k), dark when allowed in some head."
+        static = (" A dynamic pattern: this is its static part, the pairs every selection "
+                  "keeps; a selection adds to them.") if name in dynamic else ""
+        out.append((f"{name}: allowed pairs", f"{cell} n = {report.n}.{static}", "mask",
+                    (grid, tile)))
+    if report.layers:
+        formulas = (" Lines: the closed forms above at the same n, which lie on the markers "
+                    "where they hold.") if report.formula_curves else ""
+        bounds = (" Marked figures are bounds over every selection of the dynamic layers."
+                  if any(name in report.bounds for name in ("rf_last", "rf_mean", "reach"))
+                  else "")
+        out.append(("receptive-field growth",
+                    f"Markers: measured after each of the {plural(report.depth, 'layer')} at "
+                    f"n = {report.n}: how many tokens the last query depends on, the mean over "
+                    "all queries, and the largest reach q - min RF(q)." + formulas + bounds,
+                    "growth", None))
+        admissible = "pairs k <= q" if report.causal else "pairs (q, k)"
+        depth = fmt_number(report.coverage_depth)
+        out.append(("coverage per layer",
+                    f"Share of the admissible {admissible} connected through L layers, and "
+                    "share of the queries connected to every admissible key; coverage depth "
+                    f"(all pairs connected): {depth}"
+                    f"{bound_label(report, 'coverage_depth')}.", "coverage", None))
+    return out
+
+
 def _figures_html(report) -> str:
     from . import plots
 
     if not plots.available():
         return "<p class='skipped'>Plots skipped: matplotlib is not installed " \
                "(pip install 'spattn_dsl[report]').</p>"
-    figures = [(f"mask of {name} ({tile}x{tile} tiles)", plots.mask_png(grid, tile, report.n))
-               for name, grid, tile in report.pictures]
-    if report.layers:
-        figures.append(("receptive field per layer", plots.growth_png(report)))
-        figures.append(("coverage per layer", plots.coverage_png(report)))
-    return "".join(
-        f"<figure><img alt='{html_escape.escape(caption)}' src='data:image/png;base64,"
-        f"{base64.b64encode(png).decode()}'><figcaption>{html_escape.escape(caption)}"
-        f"</figcaption></figure>" for caption, png in figures)
+    marks = {name: bound_label(report, name) for name in report.bounds}
+    out = []
+    for title, caption, kind, data in figure_captions(report):
+        if kind == "mask":
+            png = plots.mask_png(data[0], data[1], report.n, title)
+        elif kind == "growth":
+            png = plots.growth_png(report, marks, {name: formula_name(report, name)
+                                                   for name in report.formula_curves})
+        else:
+            png = plots.coverage_png(report, marks)
+        width, height = plots.png_size(png)
+        out.append(
+            f"<figure><img alt='{html_escape.escape(title)}' width='{width // plots.SCALE}' "
+            f"height='{height // plots.SCALE}' src='data:image/png;base64,"
+            f"{base64.b64encode(png).decode()}'><figcaption>{html_escape.escape(caption)}"
+            f"</figcaption></figure>")
+    return "".join(out)
 
 
 __all__ = ["render", "text", "markdown", "to_html"]
