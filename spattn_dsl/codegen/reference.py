@@ -242,23 +242,29 @@ def _attention_tiled_backward_exact(pattern, grad_out, q, k, v, scale: float | N
 
 # --------------------------------------------------- the CPU path: whole query tiles, finite
 SCORE_BUDGET = 1 << 24  # elements of one query tile's score block (all heads and batch rows)
-CPU_BLOCK_M = (256, 128, 64)  # query tiles tried, largest first
+CPU_BLOCK_M = (512, 256, 128, 64)  # query tiles tried
 CPU_BLOCK_N = 64  # key tile: the granularity at which unvisited keys are skipped
+TILE_COST = 1 << 17  # a query tile's fixed cost (some 15 torch calls), in score elements
 
 
 def cpu_tiles(pattern, n_q: int, n_k: int, batch_heads: int, layout_for=None) -> tuple:
-    """(block_m, block_n) of the CPU path: the largest query tile of ``CPU_BLOCK_M`` whose score
-    block (``batch_heads`` x rows x the keys its rows visit) stays within ``SCORE_BUDGET``
-    elements, judged from the layout at 64-row tiles (``layout_for(pattern, n_q, n_k, bm, bn)``,
-    a cached lowering, or ``lower``)."""
+    """(block_m, block_n) of the CPU path: among ``CPU_BLOCK_M``, the query tile whose score
+    blocks (``batch_heads`` x rows x the keys its rows visit) stay within ``SCORE_BUDGET``
+    elements at the least estimated cost (score elements computed, plus ``TILE_COST`` per
+    query tile: big tiles amortise the calls, small ones waste less of a band's edges), judged
+    from the layout at 64-row tiles (``layout_for(pattern, n_q, n_k, bm, bn)``, a cached
+    lowering, or ``lower``)."""
     probe = (layout_for or _lower)(pattern, n_q, n_k, 64, CPU_BLOCK_N)
     visited = int((probe.full_counts.long() + probe.partial_counts.long()).amax()) \
         if probe.full_counts.numel() else 0
     keys = visited * CPU_BLOCK_N
+    best = None
     for bm in CPU_BLOCK_M:
-        if batch_heads * bm * min(n_k, keys + bm - 64) <= SCORE_BUDGET:
-            return bm, CPU_BLOCK_N
-    return CPU_BLOCK_M[-1], CPU_BLOCK_N
+        block = batch_heads * bm * min(n_k, keys + bm - 64)
+        cost = -(-n_q // bm) * (block + TILE_COST)
+        if (block <= SCORE_BUDGET or bm == CPU_BLOCK_M[-1]) and (best is None or cost < best[0]):
+            best = (cost, bm)
+    return best[1], CPU_BLOCK_N
 
 
 def _lower(pattern, n_q, n_k, bm, bn):
