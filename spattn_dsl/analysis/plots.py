@@ -98,30 +98,50 @@ def layer_ticks(axis):
 
 @_styled
 def mask_png(grid, tile: int, n: int, title: str = "allowed pairs") -> bytes:
-    """The mask, one cell per ``tile``-token tile, with a key to its two colours."""
+    """One mask, one cell per ``tile``-token tile, with a key to its two colours."""
+    return masks_png([(title, grid, tile)], n)
+
+
+@_styled
+def masks_png(pictures, n: int) -> bytes:
+    """Masks side by side, two to a row: ``pictures`` of (title, grid, tile size)."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    height, side = 5.6, 4.5  # inches: the figure, the square mask in it
+    cols = min(2, len(pictures))
+    rows = -(-len(pictures) // cols)
+    side = 4.5 if cols == 1 else 3.4  # inches: one square mask
+    band = 0.3 if cols == 1 else 0.6  # above the masks: the key, when it spans the figure
+    height = rows * (side + 1.1) + band
     fig = _pyplot().figure(figsize=(WIDTH, height), dpi=CSS_DPI)
-    left, bottom = 1.0 / WIDTH, 0.6 / height
-    ax = fig.add_axes((left, bottom, side / WIDTH, side / height))
-    ax.imshow(grid, cmap=ListedColormap([UNLIT, LIT]), interpolation="nearest",
-              extent=(0, n, n, 0), vmin=0, vmax=1)
-    token_ticks(ax.xaxis, n)
-    token_ticks(ax.yaxis, n)
-    ax.set_xlabel("key position k")
-    ax.set_ylabel("query position q")
-    ax.set_title(title)
-    cell = f"{tile}-token tile" if tile > 1 else "pair (q, k)"
-    fig.legend(handles=[Patch(facecolor=LIT, edgecolor="grey",
-                             label=f"{cell}: some pair allowed" if tile > 1 else
-                             f"{cell} allowed"),
-                       Patch(facecolor=UNLIT, edgecolor="grey",
-                             label=f"{cell}: none allowed" if tile > 1 else
-                             f"{cell} not allowed")],
-               loc="upper left", bbox_to_anchor=(left + (side + 0.3) / WIDTH,
-                                                  bottom + side / height), frameon=False)
+    axes = []
+    for i, (title, grid, tile) in enumerate(pictures):
+        r, c = divmod(i, cols)
+        left = (0.9 + c * (side + 1.1)) / WIDTH
+        bottom = (height - band - (r + 1) * (side + 1.1) + 0.7) / height
+        ax = fig.add_axes((left, bottom, side / WIDTH, side / height))
+        ax.imshow(grid, cmap=ListedColormap([UNLIT, LIT]), interpolation="nearest",
+                  extent=(0, n, n, 0), vmin=0, vmax=1)
+        token_ticks(ax.xaxis, n)
+        token_ticks(ax.yaxis, n)
+        ax.set_xlabel("key position k")
+        ax.set_ylabel("query position q")
+        ax.set_title(title)
+        axes.append(ax)
+    tiles = {tile for _, _, tile in pictures}
+    cell = f"{tiles.pop()}-token tile" if len(tiles) == 1 else "tile"
+    if cell == "1-token tile":
+        labels = ("pair (q, k) allowed", "pair (q, k) not allowed")
+    else:
+        labels = (f"{cell}: some pair allowed", f"{cell}: none allowed")
+    handles = [Patch(facecolor=colour, edgecolor="grey", label=label)
+               for colour, label in zip((LIT, UNLIT), labels)]
+    if cols == 1:
+        anchor = (axes[0].get_position().x1 + 0.3 / WIDTH, axes[0].get_position().y1)
+        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=anchor, frameon=False)
+    else:
+        fig.legend(handles=handles, loc="upper center", ncols=2, frameon=False,
+                   bbox_to_anchor=(0.5, 1.0))
     return _png(fig)
 
 

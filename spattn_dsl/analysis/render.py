@@ -406,17 +406,25 @@ def figure_captions(report) -> list:
     (what a cell or a line is, at which n, what is a bound)."""
     dynamic = {p.name for p in report.patterns if p.dynamic}
     out = []
-    for name, grid, tile in report.pictures:
-        if tile > 1:
-            cell = (f"Each cell is a {tile}-token tile ({tile} queries by {tile} keys), dark "
-                    "when at least one pair in it is allowed in some head: a pattern finer "
-                    f"than {tile} tokens shows as whole tiles.")
-        else:
+    if report.pictures:
+        tiles = sorted({tile for _, _, tile in report.pictures})
+        if tiles == [1]:
             cell = "Each cell is one pair (query q, key k), dark when allowed in some head."
-        static = (" A dynamic pattern: this is its static part, the pairs every selection "
-                  "keeps; a selection adds to them.") if name in dynamic else ""
-        out.append((f"{name}: allowed pairs", f"{cell} n = {report.n}.{static}", "mask",
-                    (grid, tile)))
+        else:
+            size = "/".join(str(t) for t in tiles)
+            cell = (f"Each cell is a {size}-token tile ({size} queries by {size} keys), dark "
+                    "when at least one pair in it is allowed in some head: a pattern finer "
+                    f"than {size} tokens shows as whole tiles.")
+        shown = [name for name, _, _ in report.pictures]
+        static = [name for name in shown if name in dynamic]
+        static_text = (f" {', '.join(static)}: dynamic, drawn as its static part, the pairs "
+                       "every selection keeps; a selection adds to them.") if static else ""
+        more = len({p.name for p in report.patterns}) - len(shown)
+        more_text = f" {plural(more, 'more pattern')} not drawn." if more > 0 else ""
+        out.append(("allowed pairs of " + ", ".join(shown),
+                    f"{cell} n = {report.n}.{static_text}{more_text}", "mask",
+                    [(f"{name}: allowed pairs" if len(shown) == 1 else name, grid, tile)
+                     for name, grid, tile in report.pictures]))
     if report.layers:
         formulas = (" Lines: the closed forms above at the same n, which lie on the markers "
                     "where they hold.") if report.formula_curves else ""
@@ -448,7 +456,7 @@ def _figures_html(report) -> str:
     out = []
     for title, caption, kind, data in figure_captions(report):
         if kind == "mask":
-            png = plots.mask_png(data[0], data[1], report.n, title)
+            png = plots.masks_png(data, report.n)
         elif kind == "growth":
             png = plots.growth_png(report, marks, {name: formula_name(report, name)
                                                    for name in report.formula_curves})
