@@ -1,13 +1,13 @@
-"""Dynamic terms in decoding (docs/python.md, KV cache; SPEC 8 and 9): the selection among the
-cached units, and what each term allows per query row and held slot.
+"""Dynamic terms in decoding (docs/python.md, KV cache; docs/language.md section 5): the
+selection among the cached units, and what each term allows per query row and held slot.
 
 Semantics: ``attn(q, cache)`` selects exactly as ``attn(q, k_all, v_all)`` does on the full
 history with the same ``m`` queries (``q`` bottom-right aligned; the rows of a ragged append
 that are padding take no part): units are aligned runs of ``unit`` positions from position 0,
 candidates are the units that hold a key allowed with the term replaced by ``dense`` and not
-with it replaced by ``none`` (SPEC 8), ties go to the lower index, ``rows`` groups and
-``shared`` as SPEC 8. Liveness of a dynamic pattern is all True (``Pattern.live``), so a cache
-of one holds every position and every unit stays selectable.
+with it replaced by ``none``, ties go to the lower index, ``rows`` groups and ``shared`` as
+docs/language.md section 5 says. Liveness of a dynamic pattern is all True (``Pattern.live``),
+so a cache of one holds every position and every unit stays selectable.
 
 How the estimates are read:
 

@@ -1,4 +1,4 @@
-"""Dynamic patterns in decoding (SPEC 8 and 9): ``attn(q, cache)`` selects among the cached units
+"""Dynamic patterns in decoding (docs/language.md section 5, docs/python.md): ``attn(q, cache)`` selects among the cached units
 as ``select`` does on the full history, and attends under that selection's mask. Oracle: float64
 attention under ``pattern.mask(selection=select(pattern, q, k_all))``, per sequence (ragged
 lengths). The Quest tests run the decode kernels under the interpreter (conftest sets
