@@ -22,7 +22,7 @@ import operator
 from dataclasses import dataclass
 
 from ..ir import nodes as N
-from ..ir.evaluate import eval_int, mentions
+from ..ir.evaluate import eval_int, is_fresh, mentions
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,12 @@ class Emitter:
             r = _const(expr.r)
             if r == 0:
                 return f"({q} < 0)"
-            if expr.fresh and (self.documents or expr.among is None):
+            fresh = is_fresh(expr)  # (a bound node's fresh is Num(0) or Num(1))
+            if fresh and (self.documents or expr.among is None):
                 raise TypeError("no Triton predicate for random(..., fresh = 1) drawn per call")
             index = len(self.tables)
             self.tables.append(TableSpec(r, _const(expr.seed), divisors,
-                                         expr.among if expr.fresh else None))
+                                         expr.among if fresh else None))
             if self.documents:  # this call's draws: the table row of each query position
                 return f"_drawn(RT{index}, tl.load(RR{index} + draw_pos), {k}, rt{index}_rows, {r})"
             return f"_drawn(RT{index}, {q}, {k}, rt{index}_rows, {r})"
