@@ -366,6 +366,12 @@ class _Buffers:
     def __init__(self, dtype, device):
         self.dtype, self.device, self.flat = dtype, device, {}
 
+    def reserve(self, names, size):
+        """Allocate each named tensor at ``size`` elements now (the largest tile's), so that
+        growing tiles (causal) never allocate again: RSS stays at one buffer each."""
+        for name in names:
+            self.get(name, (size,))
+
     def get(self, name, shape):
         size = math.prod(shape)
         flat = self.flat.get(name)
@@ -410,9 +416,11 @@ _LINEAR = _onednn_linear()
 
 
 def _matmul_nt(a, b, out):
-    """``out = a @ b^T`` over ``[B, X, m, d]`` and ``[B, X, n, d]``: per (batch row, head)
-    through oneDNN where it takes the operands (fp32 on the CPU, rows of ``b`` contiguous),
-    else one ``torch.matmul``."""
+    """``out = a @ b^T`` over ``[B, X, m, n]`` and ``[B, X, d, n]`` (a small ``d``: the products
+    over a tile's keys, ``p v`` and ``ds k``): per (batch row, head) through oneDNN where it
+    takes the operands (fp32 on the CPU, rows of ``b`` contiguous), else one ``torch.matmul``.
+    Not for the score blocks: oneDNN allocates each result, and blocks of growing sizes
+    fragment the heap (causal at n = 32768: 2.6 GB of RSS instead of 0.5)."""
     if _LINEAR is None or a.dtype != torch.float32 or a.device.type != "cpu" or \
             b.stride(-1) != 1 or a.stride(-1) != 1:
         return torch.matmul(a, b.transpose(-1, -2), out=out)
@@ -448,6 +456,23 @@ def _cases(pattern, q, k, layout):
             yield case, select_head(concrete, case), slice(case, heads, cases), kv
 
 
+def _transposed(scratch, name, t):
+    """``t.transpose(-1, -2)`` copied into a scratch tensor (contiguous, no allocation)."""
+    return scratch.get(name, t.shape[:-2] + (t.shape[-1], t.shape[-2])).copy_(t.transpose(-1, -2))
+
+
+def cases_of(layout) -> int:
+    return layout.cases
+
+
+def _largest(rows, batch: int, heads: int, layout, every_head: bool, cases: int) -> int:
+    """Elements of the largest score block among ``rows`` (a head case's query tiles)."""
+    if not rows:
+        return 0
+    case_heads = heads if every_head else -(-heads // cases)
+    return batch * case_heads * layout.block_m * max(row.width for row in rows)
+
+
 def _grouped(t, heads, kv, rows, kv_heads):
     """Query-side ``t[:, heads, rows]`` as ``[B, X, G*rows, D]``."""
     part = t[:, heads, rows]
@@ -478,19 +503,22 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
     scratch = _Buffers(dtype, q.device)
     for case, expr, case_heads, kv in _cases(pattern, q, k, layout):
         kc, vc = (k, v) if kv is None else (k.index_select(1, kv), v.index_select(1, kv))
-        for row in _rows(expr, layout, case, n_q, n_k, q.device):
+        rows = _rows(expr, layout, case, n_q, n_k, q.device)
+        largest = _largest(rows, batch, heads, layout, kv is None, cases_of(layout))
+        scratch.reserve(("scores",), largest)
+        scratch.reserve(("vt",), largest // layout.block_m * head_dim)
+        for row in rows:
             qt = _grouped(qs, case_heads, kv, row.rows, kv_heads)
             kt, vt = _columns(kc, row.runs), _columns(vc, row.runs)
             scores = scratch.get("scores", qt.shape[:-1] + (row.width,))
-            _matmul_nt(qt, kt, scores)
+            torch.matmul(qt, kt.transpose(-1, -2), out=scores)
             padding = None if hidden_keys is None else _columns(hidden_keys[:, None], row.runs)[:, 0]
             empty, top = _softmax_(scores, row, padding)
             row_lse = top - scores.amax(-1).log()  # the largest probability is 1 / sum
             if empty is not None:
                 row_lse[empty] = float("-inf")
             rows = row.rows.stop - row.rows.start
-            pv = _matmul_nt(scores, vt.transpose(-1, -2).contiguous(),
-                            scratch.get("out", qt.shape))
+            pv = _matmul_nt(scores, _transposed(scratch, "vt", vt), scratch.get("out", qt.shape))
             out[:, case_heads, row.rows] = pv.view(batch, -1, rows, head_dim)
             lse[:, case_heads, row.rows] = row_lse.view(batch, -1, rows)
     return out, lse
@@ -518,24 +546,28 @@ def attention_tiled_backward(pattern, grad_out, q, k, v, scale: float | None = N
     scratch = _Buffers(dtype, q.device)
     for case, expr, case_heads, kv in _cases(pattern, q, k, layout):
         kc, vc = (k, v) if kv is None else (k.index_select(1, kv), v.index_select(1, kv))
-        for row in _rows(expr, layout, case, n_q, n_k, q.device):
+        rows = _rows(expr, layout, case, n_q, n_k, q.device)
+        largest = _largest(rows, batch, heads, layout, kv is None, cases_of(layout))
+        scratch.reserve(("probs", "ds"), largest)
+        scratch.reserve(("kt",), largest // layout.block_m * head_dim)
+        for row in rows:
             qt = _grouped(qs, case_heads, kv, row.rows, kv_heads)
             dot = _grouped(do, case_heads, kv, row.rows, kv_heads)
             kt, vt = _columns(kc, row.runs), _columns(vc, row.runs)
             shape = qt.shape[:-1] + (row.width,)
             probs = scratch.get("probs", shape)
-            _matmul_nt(qt, kt, probs)
+            torch.matmul(qt, kt.transpose(-1, -2), out=probs)
             padding = None if hidden_keys is None else _columns(hidden_keys[:, None], row.runs)[:, 0]
             _softmax_(probs, row, padding)
             _add_columns(dv, torch.matmul(probs.transpose(-1, -2), dot), row.runs, kv)
             ds = scratch.get("ds", shape)
-            _matmul_nt(dot, vt, ds)  # dp
+            torch.matmul(dot, vt.transpose(-1, -2), out=ds)  # dp
             torch.ops.aten._softmax_backward_data.out(ds, probs, -1, dtype, grad_input=ds)
             if grad_lse is not None:  # d lse / d scores = probs
                 g = _grouped(grad_lse[..., None].to(dtype), case_heads, kv, row.rows, kv_heads)
                 ds.addcmul_(probs, g)
             rows = row.rows.stop - row.rows.start
-            dqt = _matmul_nt(ds, kt.transpose(-1, -2).contiguous(), scratch.get("dq", qt.shape))
+            dqt = _matmul_nt(ds, _transposed(scratch, "kt", kt), scratch.get("dq", qt.shape))
             dq[:, case_heads, row.rows] = dqt.mul_(scale).view(batch, -1, rows, head_dim)
             _add_columns(dk, torch.matmul(ds.transpose(-1, -2), qt), row.runs, kv)
     return dq, dk, dv
