@@ -44,7 +44,8 @@ RESULT_KEYS = ("pattern", "n", "pass", "spattn_ms", "flex_ms", "sdpa_ms", "pairs
 def patterns(dry: bool) -> list[tuple[str, str]]:
     """(label, pattern text): the real sizes, or small ones for the dry run."""
     if dry:
-        return [("block top-k", "causal & (chunk(32) | window(32) | topk(2, unit = 32, rows = 32))"),
+        return [("block top-k",
+                 "causal & (chunk(32) | window(32) | topk(2, unit = 32, rows = 32))"),
                 ("token top-k scores", "causal & topk(24, by = scores, shared = all)"),
                 ("vertical-slash", "causal & (sink(4) | window(16) | vertical(12, probe = 16) "
                                    "| slash(20, probe = 16))")]
@@ -118,7 +119,8 @@ def flex_mask(label: str, selection, n: int, heads: int, block: int, device):
         def mask_mod(b, h, q, kv):
             return (q >= kv) & ((kv < sink) | (q - kv < window) | cols[h, kv] | diag[h, q - kv])
     counts = grid.sum(-1).to(torch.int32)
-    order = torch.sort(grid.to(torch.int8), dim=-1, descending=True, stable=True).indices.to(torch.int32)
+    order = torch.sort(grid.to(torch.int8), dim=-1, descending=True, stable=True).indices
+    order = order.to(torch.int32)
     return BlockMask.from_kv_blocks(counts[None], order[None], BLOCK_SIZE=block,
                                     mask_mod=mask_mod, seq_lengths=(n, n))
 

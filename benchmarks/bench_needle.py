@@ -106,7 +106,8 @@ class NeedleModel(torch.nn.Module):
         config = LlamaConfig(vocab_size=args.values, hidden_size=args.hidden,
                              intermediate_size=2 * args.hidden, num_hidden_layers=args.layers,
                              num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                             head_dim=args.head_dim, max_position_embeddings=max(args.n, args.train_n),
+                             head_dim=args.head_dim,
+                             max_position_embeddings=max(args.n, args.train_n),
                              attention_dropout=0.0, tie_word_embeddings=False)
         self.key_tokens = args.key_tokens
         self.keys = torch.nn.Embedding(2 * args.key_tokens, args.hidden)
@@ -191,7 +192,8 @@ def evaluate(args, model, device: str, log=print) -> list[dict]:
         far = distance > args.budget - 4
         pattern = spattn.loads(f"pattern p {{ {text} }}").pattern("p")
         keys = spattn.analyze(pattern, args.n).max_keys_per_query
-        rows.append(dict(label=label, pattern=text, keys=int(keys), accuracy=float(hit.float().mean()),
+        rows.append(dict(label=label, pattern=text, keys=int(keys),
+                         accuracy=float(hit.float().mean()),
                          far=float(hit[far].float().mean()) if far.any() else float("nan"),
                          seconds=time.perf_counter() - start))
         log(f"{label:26s} keys {rows[-1]['keys']:5d}  accuracy {rows[-1]['accuracy']:.3f}  "
@@ -217,7 +219,8 @@ def table(rows: list[dict], args) -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1024, help="evaluation length (default %(default)s)")
+    parser.add_argument("--n", type=int, default=1024,
+                        help="evaluation length (default %(default)s)")
     parser.add_argument("--train-n", type=int, default=None, help="training length (default: --n)")
     parser.add_argument("--budget", type=int, default=128, help="keys per query B")
     parser.add_argument("--window", type=int, default=WINDOW,

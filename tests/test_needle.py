@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_needle", ROOT / "benchmarks" / "bench_needle.py")
+    path = ROOT / "benchmarks" / "bench_needle.py"
+    spec = importlib.util.spec_from_file_location("bench_needle", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules["bench_needle"] = module
     spec.loader.exec_module(module)
