@@ -1,4 +1,6 @@
 """Interval rows of a pattern that uses another twice: each distinct sub-expression once."""
+import numpy as np
+
 from spattn_dsl import loads
 from spattn_dsl.analysis import rows as R
 
@@ -15,4 +17,5 @@ def test_shared_sub_patterns_are_evaluated_once(monkeypatch):
     rows = R.rows_of(pattern.at(17), 17)
     assert len(calls) <= 4 * levels + 4  # not about 2 * 2**levels
     want = R.rows_of(loads("pattern w { window(3) }").pattern("w").at(17), 17)
-    assert all((getattr(rows, f) == getattr(want, f)).all() for f in ("pre", "lo", "hi"))
+    keys = np.broadcast_to(np.arange(17), (17, 17))
+    assert (rows.contains(keys) == want.contains(keys)).all()  # p0 allows what window(3) does
