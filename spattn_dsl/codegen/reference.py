@@ -347,6 +347,11 @@ def _columns(t, runs, heads=None):
     return torch.cat([t[:, :, first:end] for first, end in runs], dim=2)
 
 
+def _key_columns(hidden_keys, runs):
+    """None, or the padding keys' bool ``[B, width]`` at the keys of ``runs``."""
+    return None if hidden_keys is None else _columns(hidden_keys[:, None], runs)[:, 0]
+
+
 def _add_columns(target, part, runs, heads=None):
     """``target[:, heads]`` at the keys of ``runs`` += ``part``'s columns (``heads`` None: all;
     an index tensor: query heads summed into their key/value head)."""
@@ -461,10 +466,6 @@ def _transposed(scratch, name, t):
     return scratch.get(name, t.shape[:-2] + (t.shape[-1], t.shape[-2])).copy_(t.transpose(-1, -2))
 
 
-def cases_of(layout) -> int:
-    return layout.cases
-
-
 def _largest(rows, batch: int, heads: int, layout, every_head: bool, cases: int) -> int:
     """Elements of the largest score block among ``rows`` (a head case's query tiles)."""
     if not rows:
@@ -504,7 +505,7 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
     for case, expr, case_heads, kv in _cases(pattern, q, k, layout):
         kc, vc = (k, v) if kv is None else (k.index_select(1, kv), v.index_select(1, kv))
         rows = _rows(expr, layout, case, n_q, n_k, q.device)
-        largest = _largest(rows, batch, heads, layout, kv is None, cases_of(layout))
+        largest = _largest(rows, batch, heads, layout, kv is None, layout.cases)
         scratch.reserve(("scores",), largest)
         scratch.reserve(("vt",), largest // layout.block_m * head_dim)
         for row in rows:
@@ -512,7 +513,7 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
             kt, vt = _columns(kc, row.runs), _columns(vc, row.runs)
             scores = scratch.get("scores", qt.shape[:-1] + (row.width,))
             torch.matmul(qt, kt.transpose(-1, -2), out=scores)
-            padding = None if hidden_keys is None else _columns(hidden_keys[:, None], row.runs)[:, 0]
+            padding = _key_columns(hidden_keys, row.runs)
             empty, top = _softmax_(scores, row, padding)
             row_lse = top - scores.amax(-1).log()  # the largest probability is 1 / sum
             if empty is not None:
@@ -547,7 +548,7 @@ def attention_tiled_backward(pattern, grad_out, q, k, v, scale: float | None = N
     for case, expr, case_heads, kv in _cases(pattern, q, k, layout):
         kc, vc = (k, v) if kv is None else (k.index_select(1, kv), v.index_select(1, kv))
         rows = _rows(expr, layout, case, n_q, n_k, q.device)
-        largest = _largest(rows, batch, heads, layout, kv is None, cases_of(layout))
+        largest = _largest(rows, batch, heads, layout, kv is None, layout.cases)
         scratch.reserve(("probs", "ds"), largest)
         scratch.reserve(("kt",), largest // layout.block_m * head_dim)
         for row in rows:
@@ -557,7 +558,7 @@ def attention_tiled_backward(pattern, grad_out, q, k, v, scale: float | None = N
             shape = qt.shape[:-1] + (row.width,)
             probs = scratch.get("probs", shape)
             torch.matmul(qt, kt.transpose(-1, -2), out=probs)
-            padding = None if hidden_keys is None else _columns(hidden_keys[:, None], row.runs)[:, 0]
+            padding = _key_columns(hidden_keys, row.runs)
             _softmax_(probs, row, padding)
             _add_columns(dv, torch.matmul(probs.transpose(-1, -2), dot), row.runs, kv)
             ds = scratch.get("ds", shape)

@@ -11,6 +11,7 @@ import torch
 
 import spattn_dsl as spattn
 from spattn_dsl.codegen.reference import attention_reference
+from spattn_dsl.runtime import attention as attention_module
 
 PATTERN = spattn.loads("pattern p { causal & (window(5) | sink(2)) }").pattern("p")
 
@@ -46,6 +47,7 @@ def test_kernels_take_small_and_odd_head_dims_forward_and_backward(head_dim):
 @pytest.mark.parametrize("head_dim", [1, 8])
 def test_cpu_path_takes_small_head_dims(head_dim, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the tiled reference in PyTorch
+    monkeypatch.setattr(attention_module, "_WARNED", set())  # leave the one-time warning
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _check(spattn.compile(PATTERN), head_dim)
