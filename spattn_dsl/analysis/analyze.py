@@ -63,6 +63,10 @@ HOP_FIGURES = ("diameter", "reach_to_first", "coverage_depth")
 BOUND_FIGURES = GROWING_FIGURES + HOP_FIGURES
 DENSITY_FIGURES = ("density", "admissible_density", "keys_per_query")
 STEP_LIMIT_WORK = 1 << 34  # word operations a stepping engine may spend past the records
+# Word operations per layer (``layer_work``) above which every token is not made a source
+# (random(4096) at 4096 tokens: 2**30): the bound and sampled methods take the case instead
+SOURCES_LAYER_WORK = 1 << 28
+SAMPLED_WORK = 1 << 31  # word operations the sampled search may spend in all its layers
 # Every method keeps a few int64 arrays per token (about 6 GB at 2**24, as the CLI says)
 MAX_LENGTH = 1 << 24
 RANDOM_KEYS_MAX = 1 << 24  # drawn keys held at once (n * min(r, n) per random term): 128 MiB
@@ -443,8 +447,29 @@ def _try_periodic(concrete, n, explicit):
 def _try_sources(concrete, n, explicit):
     if not S.fits_all_sources(n):
         raise NotRepresentable(f"every token a source only for n <= {S.ALL_SOURCES_MAX}")
-    return Choice("token sources", _token_terms(concrete, n),
-                  lambda causal: S.TokenSources(n, causal))
+    masks = _token_terms(concrete, n)
+    work = max(layer_work(m.terms, n, -(-n // 64)) for m in masks.values())
+    if work > SOURCES_LAYER_WORK and not explicit:
+        raise NotRepresentable(f"every token a source costs {work:,} word operations per layer "
+                               f"here, past the work limit of {SOURCES_LAYER_WORK:,}")
+    return Choice("token sources", masks, lambda causal: S.TokenSources(n, causal))
+
+
+def layer_work(terms, n: int, words: int) -> int:
+    """Word operations of one layer on bit-parallel states of ``words`` words per token
+    (``bitsets.apply``): a gather per random key (``n * min(r, n) * words``), a few scans per
+    offset piece of the others."""
+    work = 0
+    for term in terms:
+        if term.random is not None:
+            work += n * min(term.random[0], n) * words
+        else:
+            try:
+                pieces = len(term.cover())
+            except NotRepresentable:
+                pieces = 1
+            work += 4 * (pieces + 1) * n * words
+    return work
 
 
 def _try_tokens(concrete, n, explicit):
@@ -625,15 +650,20 @@ def _sample(report: Report, schedule, n: int, causal: bool, upper="diameter"):
         return
     upper = report.diameter if upper else None
     limit = upper if upper not in (None, math.inf) else SAMPLED_LAYER_LIMIT
+    per_layer = max(1, max(layer_work(t, n, 1) for t in terms.values()))
+    limit = max(1, min(int(limit), SAMPLED_WORK // per_layer))  # the work limit: fewer layers
     sources, ecc, first = S.sampled_search([terms[p] for p in schedule], n, causal, int(limit))
     known = [e for e in ecc if e is not None]
     if upper is None:  # no upper bound: past the limit, the distance is at least limit + 1
         lower = max(known + [limit + 1] * (len(known) < len(ecc)))
         report.diameter = report.coverage_depth = lower
         report.reach_to_first = limit + 1 if first is None else first
+    elif len(known) == len(ecc):
+        lower = max(known)
+    elif upper != math.inf and limit < upper:  # the work limit stopped it first: > limit
+        lower = max(known + [limit + 1])
     else:
-        lower = max(known) if len(known) == len(ecc) else (
-            upper if upper != math.inf else None)
+        lower = upper if upper != math.inf else None
     report.sampled = {"sources": len(sources), "diameter_at_least": lower,
                       "reach_to_first": first}
     exact_now = []
