@@ -26,9 +26,24 @@ from ..semantics.random import mix
 BLOCK = 1 << 20  # draws per block of rows: bounds the working memory
 
 
+_WHOLE_GRID: dict = {}  # (r, seed, n_k) -> every row's draws (an analysis asks several times)
+_WHOLE_GRID_BYTES = 1 << 28
+
+
 def random_keys(r: int, seed: int, rows, n_k: int) -> np.ndarray:
     """int64 ``[len(rows), min(r, n_k)]``: each row's drawn keys, in draw order."""
     rows = np.asarray(rows, dtype=np.int64)
+    whole = len(rows) == n_k and np.array_equal(rows, np.arange(n_k))
+    if whole and (r, seed, n_k) in _WHOLE_GRID:
+        return _WHOLE_GRID[(r, seed, n_k)].copy()
+    out = _draw(r, seed, rows, n_k)
+    if whole and out.nbytes <= _WHOLE_GRID_BYTES:
+        _WHOLE_GRID.clear()  # one grid at a time bounds the memory
+        _WHOLE_GRID[(r, seed, n_k)] = out.copy()
+    return out
+
+
+def _draw(r: int, seed: int, rows: np.ndarray, n_k: int) -> np.ndarray:
     count = min(r, n_k)
     out = np.empty((len(rows), count), dtype=np.int64)
     if count == 0 or len(rows) == 0:
