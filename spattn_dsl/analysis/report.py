@@ -108,7 +108,18 @@ def annotate(report: Report, patterns) -> Report:
 
 # Token-grid tiles up to which the report builds the kernels' plan (at 128-token tiles:
 # n = 131072, a few seconds for a strided pattern); beyond, the mask's tiles stand in.
+# where(...), complements and random links are classified tile by tile, some pair by pair
+# (a where(...) at 65536 tokens took minutes): a smaller grid for them.
 PLAN_TILES_MAX = 1 << 20
+PLAN_TILES_MAX_GENERIC = 1 << 12
+
+
+def _plan_tiles_max(pattern) -> int:
+    from ..ir import nodes as N
+
+    generic = (N.Compare, N.Complement, N.Difference, N.Random)
+    return PLAN_TILES_MAX_GENERIC if any(isinstance(node, generic)
+                                         for node in N.walk(pattern.expr)) else PLAN_TILES_MAX
 
 
 def plan_tile_figures(pattern, n: int, tile, causal: bool):
@@ -119,13 +130,13 @@ def plan_tile_figures(pattern, n: int, tile, causal: bool):
     Waste: pairs computed (the visited tiles of every term, whole tiles) / pairs allowed, over
     all head cases. Tile density: pairs computed / the area of the token grid's admissible
     tiles, the mean over head cases (for a plan of one grid term, visited tiles / admissible
-    tiles). None when the grid has more than ``PLAN_TILES_MAX`` tiles."""
+    tiles). None when the grid has more than ``PLAN_TILES_MAX`` tiles (``_plan_tiles_max``)."""
     from ..layout.plan import term_pairs
     from ..runtime.lowering import case_plans
 
     bm, bn = tile
     rows, cols = -(-n // bm), -(-n // bn)
-    if rows * cols > PLAN_TILES_MAX:
+    if rows * cols > _plan_tiles_max(pattern):
         return None
     if causal:  # tile row r holds queries up to min(n, (r + 1) * bm) - 1
         last = [min(n, (r + 1) * bm) - 1 for r in range(rows)]
@@ -152,8 +163,8 @@ def _kernel_tile_figures(report: Report, patterns):
         except Exception as why:  # noqa: BLE001 - a plan the kernels refuse: keep the mask's
             found, reason = None, f"{type(why).__name__}: {why}"
         if found is None:
-            reason = reason or (f"the report builds it up to {PLAN_TILES_MAX:,} tiles of "
-                                f"{report.tile[0]}x{report.tile[1]}")
+            reason = reason or (f"the report builds it up to {_plan_tiles_max(pattern):,} "
+                                f"tiles of {report.tile[0]}x{report.tile[1]} for this pattern")
             report.notes.append(
                 "tile density and waste count the tiles of the mask (all heads on one grid), "
                 f"not those of the kernels' plan ({reason})")
