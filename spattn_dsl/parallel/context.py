@@ -27,30 +27,20 @@ import torch.distributed as dist
 
 from .comm import ExchangeKV, HeadsToSeq, SeqToHeads
 from .local import PairMask, masked_attention
-from .plan import ExchangePlan, document_needs, even_bounds, exchange_plan, row_pairs
+from .plan import Chunks, ExchangePlan, document_needs, even_bounds, exchange_plan, row_pairs
 
 MODES = ("sequence", "heads")
 
 
 @dataclass
-class HeadsPlan:
+class HeadsPlan(Chunks):
     """Heads mode's split: ``bounds`` (equal token chunks), ``heads[r]`` / ``kv_heads[r]``
     (the global query and key/value heads rank r attends), ``pairs`` (allowed pairs rank r
     computes, over its heads)."""
 
-    n: int
-    bounds: list
     heads: list
     kv_heads: list
     pairs: torch.Tensor
-
-    @property
-    def world(self) -> int:
-        return len(self.bounds) - 1
-
-    @property
-    def held(self) -> torch.Tensor:
-        return torch.tensor(np.diff(self.bounds), dtype=torch.int64)
 
     @property
     def received(self) -> torch.Tensor:

@@ -168,7 +168,23 @@ def _has_bit(need: np.ndarray, r: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- the plan
 @dataclass
-class ExchangePlan:
+class Chunks:
+    """Contiguous chunks: rank r holds positions ``bounds[r] .. bounds[r+1]-1`` of ``n``."""
+
+    n: int
+    bounds: list
+
+    @property
+    def world(self) -> int:
+        return len(self.bounds) - 1
+
+    @property
+    def held(self) -> torch.Tensor:
+        return torch.tensor(np.diff(self.bounds), dtype=torch.int64)
+
+
+@dataclass
+class ExchangePlan(Chunks):
     """Sequence mode's exchange, the same on every rank.
 
     ``bounds``: rank r holds positions ``bounds[r] .. bounds[r+1]-1`` (queries, keys and
@@ -178,18 +194,8 @@ class ExchangePlan:
     receives from rank j) are int64 tensors.
     """
 
-    n: int
-    bounds: list
     needs: list
     pairs: torch.Tensor
-
-    @property
-    def world(self) -> int:
-        return len(self.bounds) - 1
-
-    @property
-    def held(self) -> torch.Tensor:
-        return torch.tensor(np.diff(self.bounds), dtype=torch.int64)
 
     @property
     def received(self) -> torch.Tensor:
