@@ -70,11 +70,18 @@ class DynamicAttention:
             selection, slots = self._select(q, k, scores, documents, key_padding, scale)
             out, lse = self._attend(q, k, v, slots, key_padding, scale, documents)
         else:
-            choose = device_select if kernels else select
-            selection = choose(self.pattern, q, k, scores, documents, scale=scale)
-            mask = self.mask(selection, key_padding, q.device)
+            selection, mask = self._select_mask(q, k, scores, documents, key_padding, scale,
+                                                kernels)
             out, lse = _MaskedAttention.apply(q, k, v, mask, scale)
         return out, lse, selection
+
+    @torch.compiler.disable
+    def _select_mask(self, q, k, scores, documents, key_padding, scale, kernels):
+        """(selection, bool mask): outside any compiled graph, as ``_select`` (a traced
+        selection would recompile for each new choice)."""
+        choose = device_select if kernels else select
+        selection = choose(self.pattern, q, k, scores, documents, scale=scale)
+        return selection, self.mask(selection, key_padding, q.device)
 
     @torch.compiler.disable
     def _select(self, q, k, scores, documents, key_padding, scale):

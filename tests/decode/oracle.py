@@ -1,10 +1,13 @@
 """Float64 attention over the full history: the oracle of the decode tests."""
 import torch
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels' device (else the interpreter)
+
 
 def full_history(pattern, q, k, v, n: int, scale: float):
     """(out, lse) float64 for one sequence: ``q`` ``[heads, m, D]`` the queries at positions
     ``n - m .. n - 1``, ``k``/``v`` ``[kv_heads, >= n, D]`` every key so far."""
+    q, k, v = q.cpu(), k.cpu(), v.cpu()
     heads, m = q.shape[:2]
     group = heads // k.shape[0]
     k = k[:, :n].double().repeat_interleave(group, 0)

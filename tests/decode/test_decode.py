@@ -6,7 +6,7 @@ import torch
 import spattn_dsl
 from spattn_dsl.decode.attend import reference
 
-from .oracle import full_history
+from .oracle import DEVICE, full_history
 
 B, KVH, H, D, PS = 2, 2, 4, 16, 16
 PATTERNS = {
@@ -22,13 +22,13 @@ def pattern(name):
 
 def history(seed, n=120):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(B, heads, n, D, generator=g) for heads in (KVH, KVH, H)]
+    return [torch.randn(B, heads, n, D, generator=g).to(DEVICE) for heads in (KVH, KVH, H)]
 
 
 def append(cache, ks, vs, lengths, counts):
     """Append each sequence's next counts[b] positions, left-padded to one width."""
     m = max(counts)
-    k, v = torch.zeros(B, KVH, m, D), torch.zeros(B, KVH, m, D)
+    k, v = (torch.zeros(B, KVH, m, D, device=DEVICE) for _ in range(2))
     for b, c in enumerate(counts):
         k[b, :, m - c:] = ks[b, :, lengths[b]:lengths[b] + c]
         v[b, :, m - c:] = vs[b, :, lengths[b]:lengths[b] + c]
@@ -37,6 +37,7 @@ def append(cache, ks, vs, lengths, counts):
 
 
 def check(p, out, lse, qs, ks, vs, lengths, counts, m):
+    out, lse = out.cpu(), lse.cpu()
     for b in range(B):
         n, real = lengths[b], min(counts[b], m)
         want, want_lse = full_history(p, qs[b, :, n - real:n], ks[b], vs[b], n, D ** -0.5)
@@ -50,13 +51,13 @@ def check(p, out, lse, qs, ks, vs, lengths, counts, m):
 def test_decode_equals_float64_attention_on_the_full_history(name, m):
     p = pattern(name)
     ks, vs, qs = history(m)
-    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS)
+    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS, device=DEVICE)
     lengths = append(cache, ks, vs, [0, 0], [37, 52])  # ragged prompts
     for _ in range(5):  # single steps, so that pages are freed before the checked step
         lengths = append(cache, ks, vs, lengths, [1, 1])
     counts = [m, max(1, m // 2)]  # a ragged append where m > 1
     lengths = append(cache, ks, vs, lengths, counts)
-    q = torch.zeros(B, H, m, D)
+    q = torch.zeros(B, H, m, D, device=DEVICE)
     for b, c in enumerate(counts):
         q[b, :, m - c:] = qs[b, :, lengths[b] - c:lengths[b]]
     out, lse = spattn_dsl.compile(p).forward(q, cache)
@@ -66,10 +67,10 @@ def test_decode_equals_float64_attention_on_the_full_history(name, m):
 def test_sequences_that_append_nothing_get_zero_rows():
     p = pattern("window|sink|stride")
     ks, vs, qs = history(5)
-    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS)
+    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS, device=DEVICE)
     lengths = append(cache, ks, vs, [0, 0], [20, 9])
     lengths = append(cache, ks, vs, lengths, [0, 2])
-    q = torch.cat([torch.zeros(1, H, 2, D), qs[1:, :, lengths[1] - 2:lengths[1]]])
+    q = torch.cat([torch.zeros(1, H, 2, D, device=DEVICE), qs[1:, :, lengths[1] - 2:lengths[1]]])
     out, lse = spattn_dsl.compile(p).forward(q, cache)
     check(p, out, lse, qs, ks, vs, lengths, [0, 2], 2)
     assert torch.isneginf(lse[0]).all()
@@ -78,7 +79,7 @@ def test_sequences_that_append_nothing_get_zero_rows():
 def test_prefill_of_many_queries_uses_the_full_history():
     p = pattern("window|sink|stride")
     ks, vs, qs = history(6, n=80)
-    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS)
+    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS, device=DEVICE)
     lengths = append(cache, ks, vs, [0, 0], [70, 70])
     out, lse = spattn_dsl.compile(p).forward(qs[:, :, :70], cache)
     check(p, out, lse, qs, ks, vs, lengths, [70, 70], 70)
@@ -88,7 +89,7 @@ def test_prefill_of_many_queries_uses_the_full_history():
 def test_half_precision_caches(dtype):
     p = pattern("window|sink|stride")
     ks, vs, qs = history(7, n=60)
-    cache = spattn_dsl.KVCache(p, B, KVH, D, dtype=dtype, page_size=PS)
+    cache = spattn_dsl.KVCache(p, B, KVH, D, dtype=dtype, page_size=PS, device=DEVICE)
     cache.append(ks[:, :, :50].to(dtype), vs[:, :, :50].to(dtype))
     cache.append(ks[:, :, 50:51].to(dtype), vs[:, :, 50:51].to(dtype))
     out, lse = spattn_dsl.compile(p).forward(qs[:, :, 50:51].to(dtype), cache)
@@ -96,8 +97,8 @@ def test_half_precision_caches(dtype):
     for b in range(B):
         want, want_lse = full_history(p, qs[b, :, 50:51].to(dtype), ks[b].to(dtype),
                                       vs[b].to(dtype), 51, D ** -0.5)
-        assert torch.allclose(out[b].double(), want, atol=2e-2)
-        assert torch.allclose(lse[b].double(), want_lse, atol=2e-2)
+        assert torch.allclose(out[b].cpu().double(), want, atol=2e-2)
+        assert torch.allclose(lse[b].cpu().double(), want_lse, atol=2e-2)
 
 
 def test_long_decode_never_frees_a_live_key():
@@ -108,7 +109,7 @@ def test_long_decode_never_frees_a_live_key():
     attn = spattn_dsl.compile(p)
     steps = 300
     ks, vs, qs = history(8, n=steps + 40)
-    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS)
+    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS, device=DEVICE)
     lengths = append(cache, ks, vs, [0, 0], [3, 30])
     for step in range(steps):
         lengths = append(cache, ks, vs, lengths, [1, 1])
@@ -124,7 +125,7 @@ def test_a_freed_live_key_would_be_caught():
     """The oracle check fails when a held live page is dropped (the test can fail)."""
     p = pattern("window|sink|stride")
     ks, vs, qs = history(9)
-    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS)
+    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS, device=DEVICE)
     lengths = append(cache, ks, vs, [0, 0], [40, 40])
     lengths = append(cache, ks, vs, lengths, [1, 1])
     cache._pages[0].pop(0), cache._logical[0].pop(0)  # drop the sinks' page

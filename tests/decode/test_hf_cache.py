@@ -24,7 +24,7 @@ def test_windowed_llama_generates_the_same_tokens_with_flat_cache_memory():
     new = 14  # more steps than the window
     full = model.generate(ids, max_new_tokens=new, **kwargs)  # transformers' dynamic cache
     spattn_cache = hf.cache(model, page_size=16)
-    tokens = model.generate(ids, max_new_tokens=new, cache=spattn_cache, **kwargs)
+    tokens = model.generate(ids, max_new_tokens=new, past_key_values=spattn_cache, **kwargs)
     assert torch.equal(tokens, full)
     window, sinks = (layer.cache for layer in spattn_cache.layers)
     for cache in (window, sinks):  # 33 positions appended: pages 0, 1 and 2

@@ -1,15 +1,18 @@
 """Dynamic patterns in decoding (docs/language.md section 5, docs/python.md): ``attn(q, cache)`` selects among the cached units
 as ``select`` does on the full history, and attends under that selection's mask. Oracle: float64
 attention under ``pattern.mask(selection=select(pattern, q, k_all))``, per sequence (ragged
-lengths). The Quest tests run the decode kernels under the interpreter (conftest sets
-``TRITON_INTERPRET`` on a machine without a GPU); the others take the CPU reference path
-(``reference_path``: the same selection, plan and mask, without the interpreter's time)."""
+lengths). With a GPU every test runs the decode kernels on it. Without one, the Quest tests
+run them under the interpreter (conftest sets ``TRITON_INTERPRET``); the others take the CPU
+reference path (``reference_path``: the same selection, plan and mask, without the
+interpreter's time)."""
 from pathlib import Path
 
 import pytest
 import torch
 
 import spattn_dsl
+
+from .oracle import DEVICE
 
 B, KVH, H, D, PS = 2, 2, 4, 16, 16
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -22,12 +25,12 @@ def load(body):
 
 def history(seed, n=140):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(B, heads, n, D, generator=g) for heads in (KVH, KVH, H)]
+    return [torch.randn(B, heads, n, D, generator=g).to(DEVICE) for heads in (KVH, KVH, H)]
 
 
 def append(cache, ks, vs, lengths, counts):
     m = max(counts)
-    k, v = torch.zeros(B, KVH, m, D), torch.zeros(B, KVH, m, D)
+    k, v = (torch.zeros(B, KVH, m, D, device=DEVICE) for _ in range(2))
     for b, c in enumerate(counts):
         k[b, :, m - c:] = ks[b, :, lengths[b]:lengths[b] + c]
         v[b, :, m - c:] = vs[b, :, lengths[b]:lengths[b] + c]
@@ -37,7 +40,7 @@ def append(cache, ks, vs, lengths, counts):
 
 def queries(qs, lengths, counts):
     m = max(counts)
-    q = torch.zeros(B, H, m, D)
+    q = torch.zeros(B, H, m, D, device=DEVICE)
     for b, c in enumerate(counts):
         q[b, :, m - c:] = qs[b, :, lengths[b] - c:lengths[b]]
     return q
@@ -48,13 +51,14 @@ def check_step(p, attn, cache, ks, vs, qs, lengths, counts, scores=None):
     q = queries(qs, lengths, counts)
     m = q.shape[2]
     out, lse, chosen = attn.forward(q, cache, scores=scores)
+    out, lse, qs, ks, vs = out.cpu(), lse.cpu(), qs.cpu(), ks.cpu(), vs.cpu()
     for b in range(B):
         n, c = lengths[b], counts[b]
         qb, kb, vb = qs[b:b + 1, :, n - c:n], ks[b:b + 1, :, :n], vs[b:b + 1, :, :n]
-        sb = None if scores is None else scores[b:b + 1, :, m - c:, :-(-n // 16)]  # unit 16
+        sb = None if scores is None else scores[b:b + 1, :, m - c:, :-(-n // 16)].cpu()  # unit 16
         want = spattn_dsl.select(p, qb, kb, scores=sb)
         for got, ref in zip(chosen[b].terms, want.terms):
-            assert got.indices.equal(ref.indices), (b, n, got.indices, ref.indices)
+            assert got.indices.cpu().equal(ref.indices), (b, n, got.indices, ref.indices)
         mask = p.mask(c, n, selection=want)[0]
         k = kb[0].double().repeat_interleave(H // KVH, 0)
         v = vb[0].double().repeat_interleave(H // KVH, 0)
@@ -70,7 +74,8 @@ def check_step(p, attn, cache, ks, vs, qs, lengths, counts, scores=None):
 
 @pytest.fixture
 def interpret(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture
@@ -84,7 +89,7 @@ def test_quest_decode_steps_equal_float64_attention_under_the_selection(interpre
     p = load(QUEST)
     attn = spattn_dsl.compile(p)
     ks, vs, qs = history(0)
-    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS)
+    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS, device=DEVICE)
     lengths = append(cache, ks, vs, [0, 0], [70, 101])
     picked = set()
     for _ in range(3):
@@ -103,7 +108,7 @@ def test_examples_quest(interpret):
     p = spattn_dsl.load(EXAMPLES / "quest.spattn").pattern("quest", page=16, pages=2)
     attn = spattn_dsl.compile(p)
     ks, vs, qs = history(1)
-    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS)
+    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS, device=DEVICE)
     lengths = append(cache, ks, vs, [0, 0], [90, 90])
     for _ in range(2):
         lengths = append(cache, ks, vs, lengths, [1, 1])
@@ -120,7 +125,7 @@ def test_other_terms_read_the_cached_keys(reference_path, body):
     p = load(body)
     attn = spattn_dsl.compile(p)
     ks, vs, qs = history(2)
-    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS)
+    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS, device=DEVICE)
     lengths = append(cache, ks, vs, [0, 0], [60, 77])
     lengths = append(cache, ks, vs, lengths, [1, 1])
     check_step(p, attn, cache, ks, vs, qs, lengths, [1, 1])
@@ -134,10 +139,10 @@ def test_scores_in_decoding(reference_path):
     p = load("causal & (window(4) | topk(2, unit = 16, by = scores))")
     attn = spattn_dsl.compile(p)
     ks, vs, qs = history(3)
-    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS)
+    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS, device=DEVICE)
     lengths = append(cache, ks, vs, [0, 0], [50, 80])
     lengths = append(cache, ks, vs, lengths, [2, 2])
-    scores = torch.randn(B, 1, 2, 6, generator=torch.Generator().manual_seed(4))
+    scores = torch.randn(B, 1, 2, 6, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     check_step(p, attn, cache, ks, vs, qs, lengths, [2, 2], scores=scores)
     q = queries(qs, lengths, [2, 2])
     out, chosen = attn(q, cache, scores=scores, return_selection=True)
@@ -154,6 +159,6 @@ def test_prefill_through_the_cache_is_the_dynamic_attention(reference_path):
     p = load(QUEST)
     attn = spattn_dsl.compile(p)
     ks, vs, qs = history(5)
-    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS)
+    cache = spattn_dsl.KVCache(p, B, KVH, D, page_size=PS, device=DEVICE)
     lengths = append(cache, ks, vs, [0, 0], [70, 70])
     check_step(p, attn, cache, ks, vs, qs, lengths, [70, 70])

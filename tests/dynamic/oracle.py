@@ -4,6 +4,8 @@ import torch
 
 from spattn_dsl import loads
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels' device (else the interpreter)
+
 SOURCE = """
 pattern moba { causal & (window(4) | topk(2, unit = 4)) }
 pattern blocks16 { causal & (window(16) | topk(2, unit = 16, rows = 16)) }
@@ -29,7 +31,7 @@ def inputs(b, h, h_kv, n_q, n_k, d=16, seed=0, dtype=torch.float32):
     q = torch.randn(b, h, n_q, d, generator=g, dtype=dtype)
     k = torch.randn(b, h_kv, n_k, d, generator=g, dtype=dtype)
     v = torch.randn(b, h_kv, n_k, d, generator=g, dtype=dtype)
-    return q, k, v
+    return q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
 
 
 def scores_for(pat, b, h, n_q, n_k, seed=1):
@@ -38,11 +40,13 @@ def scores_for(pat, b, h, n_q, n_k, seed=1):
     if not units:
         return None
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, h, n_q, -(-n_k // units[0]), generator=g)
+    return torch.randn(b, h, n_q, -(-n_k // units[0]), generator=g).to(DEVICE)
 
 
 def attention64(pat, q, k, v, selection, scale=None, key_padding=None):
-    """(out, lse) in float64 under the selection's mask; rows without keys give 0."""
+    """(out, lse) in float64 on the CPU under the selection's mask; rows without keys give 0."""
+    q, k, v = q.cpu(), k.cpu(), v.cpu()
+    key_padding = None if key_padding is None else key_padding.cpu()
     n_q, n_k = q.shape[2], k.shape[2]
     mask = pat.mask(n_q, n_k, selection=selection)
     if key_padding is not None:
@@ -59,21 +63,22 @@ def attention64(pat, q, k, v, selection, scale=None, key_padding=None):
 
 
 def rel_err(a, b):
-    a, b = a.detach(), b.detach()
+    a, b = a.detach().cpu(), b.detach().cpu()
     return float((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-12))
 
 
 def check(attn, pat, q, k, v, key_padding=None, documents=None, scores=None, tol=1e-4):
     """Forward and gradients of ``attn`` against float64 under the returned selection."""
     q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
+    key_padding, documents = (None if t is None else t.to(q.device) for t in (key_padding, documents))
     torch.manual_seed(0)
     out, sel = attn(q, k, v, key_padding=key_padding, documents=documents, scores=scores,
                     return_selection=True)
-    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    q64, k64, v64 = (t.detach().cpu().double().requires_grad_() for t in (q, k, v))
     ref, _ = attention64(pat, q64, k64, v64, sel, key_padding=key_padding)
     assert rel_err(out, ref) < tol
     grad = torch.randn(out.shape, dtype=torch.float64)
-    out.backward(grad.to(out.dtype))
+    out.backward(grad.to(out.device, out.dtype))
     ref.backward(grad)
     for mine, theirs in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
         assert rel_err(mine, theirs) < tol

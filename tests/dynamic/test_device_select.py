@@ -19,7 +19,7 @@ def assert_same(mine, want):
     for a, b in zip(mine.terms, want.terms):
         assert a.indices.dtype == torch.int64
         for name in ("indices", "groups", "starts"):
-            assert torch.equal(getattr(a, name).cpu(), getattr(b, name)), name
+            assert torch.equal(getattr(a, name).cpu(), getattr(b, name).cpu()), name
 
 
 @pytest.mark.parametrize("name, h, h_kv, n_q, n_k", CASES)
@@ -34,7 +34,7 @@ def test_device_select_equals_reference(name, h, h_kv, n_q, n_k):
 def test_device_select_documents(name):
     pat = pattern(name)
     q, k, _ = inputs(2, 4, 2, 30, 41, seed=3)
-    documents = torch.tensor([[0] * 9 + [1] * 20 + [2] * 12, [5] * 41])
+    documents = torch.tensor([[0] * 9 + [1] * 20 + [2] * 12, [5] * 41]).to(q.device)
     scores = scores_for(pat, 2, 4, 30, 41)
     assert_same(device_select(pat, q, k, scores, documents),
                 select(pat, q, k, scores, documents))

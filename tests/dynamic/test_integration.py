@@ -14,7 +14,10 @@ def _interpreter(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
-def test_torch_compile_takes_new_selections_without_recompiling():
+@pytest.mark.parametrize("path", ["kernels", "cpu reference"])
+def test_torch_compile_takes_new_selections_without_recompiling(path, monkeypatch):
+    if path == "cpu reference":  # the selection and mask outside the graph there too
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
     pat = pattern("moba")
     attn = spattn_dsl.compile(pat)
     compiled = torch.compile(lambda q, k, v: attn(q, k, v), backend="aot_eager", fullgraph=False)
@@ -22,11 +25,13 @@ def test_torch_compile_takes_new_selections_without_recompiling():
     with torch._dynamo.config.patch(error_on_recompile=True):
         for seed in (1, 2):  # other inputs: another selection, the same graph
             q, k, v = inputs(1, 2, 1, 20, 20, seed=seed)
+            if path == "cpu reference":
+                q, k, v = q.cpu(), k.cpu(), v.cpu()
             q.requires_grad_()
             out = compiled(q, k, v)
             out.sum().backward()
             _, sel = attn(q.detach(), k, v, return_selection=True)
-            q64 = q.detach().double().requires_grad_()
+            q64 = q.detach().cpu().double().requires_grad_()
             ref, _ = attention64(pat, q64, k, v, sel)
             ref.sum().backward()
             assert rel_err(out, ref) < 1e-4 and rel_err(q.grad, q64.grad) < 1e-4

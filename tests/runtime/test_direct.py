@@ -53,9 +53,8 @@ class FakeKernel:
 def _fresh(monkeypatch):
     monkeypatch.setattr(direct, "_compiled", {})
     monkeypatch.setattr(direct, "_direct", {})
-    if not torch.cuda.is_available():
-        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-        monkeypatch.setattr(direct, "_stream", lambda device: 7)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(direct, "_stream", lambda device: 7)  # the fake kernels' stream
     monkeypatch.delenv("SPATTN_DIRECT_LAUNCH", raising=False)
 
 

@@ -65,7 +65,7 @@ def test_plan_terms_match_reference(name, heads, kv_heads, n_q, n_k):
     assert sum(len(terms) for terms in plan.cases) >= 1
     grad_out = torch.randn_like(q)
     assert_close(grads(attn, q, k, v, grad_out), reference_grads(p, q, k, v, grad_out), 1e-4)
-    lse = torch.full(q.shape[:3], float("nan"))
+    lse = torch.full(q.shape[:3], float("nan"), device=q.device)
     out, lse = forward(plan, q, k, v, 0.25, out=torch.full_like(q, float("nan")), lse=lse)
     ref, ref_lse = attention_reference(p, q, k, v, 0.25)
     assert rel_err(out, ref) < 1e-4
