@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import spattn_dsl.codegen.reference as reference
+from spattn_dsl import loads
 from spattn_dsl.codegen.reference import attention_reference, attention_tiled, \
     attention_tiled_backward
 from spattn_dsl.ir import nodes as N
@@ -80,6 +81,64 @@ def test_tiled_matches_float64_reference(name, batch, heads, kv_heads, n_q, n_k,
                                    grad_lse=grad_lse)
     for a, b in zip(got, want):
         assert max_err(a, b) < 1e-12
+
+
+@pytest.fixture
+def split_work(monkeypatch):
+    """Two tile workers and pieces of 64 key columns (the long rows' path)."""
+    monkeypatch.setattr(reference, "PIECE", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name,batch,heads,kv_heads,n_q,n_k,head_dim", CASES,
+                         ids=[c[0] for c in CASES])
+def test_tiles_split_among_workers_and_pieces(split_work, name, batch, heads, kv_heads, n_q,
+                                              n_k, head_dim):
+    """16-row query tiles run by two worker threads, rows longer than 64 keys in pieces
+    merged by log-sum-exp; forward and backward against float64 (fp32 inputs)."""
+    p = pattern(name)
+    q, k, v = inputs(batch, heads, kv_heads, n_q, n_k, head_dim)
+    grad_out, grad_lse = torch.randn_like(q), torch.randn(q.shape[:3])
+    keep = padding(batch, n_k)
+    layout = lower(p.at(n_k), n_q, n_k, 16, 16)
+    want_out, want_lse = attention_reference(p, q, k, v, key_padding=keep)
+    out, lse = attention_tiled(p, q, k, v, key_padding=keep, layout=layout)
+    assert max_err(out, want_out) < 1e-5
+    assert torch.equal(torch.isinf(lse), torch.isinf(want_lse))
+    finite = torch.isfinite(want_lse)
+    assert max_err(lse[finite], want_lse[finite]) < 1e-5
+    want = reference.attention_reference_backward(p, grad_out, q, k, v, dtype=torch.float64,
+                                                  key_padding=keep, grad_lse=grad_lse)
+    got = attention_tiled_backward(p, grad_out, q, k, v, key_padding=keep, grad_lse=grad_lse,
+                                   layout=layout)
+    for a, b in zip(got, want):
+        assert max_err(a, b) < 1e-4
+    assert 2 in reference._WORKERS and torch.get_num_threads() == 2  # this thread keeps 2
+
+
+def test_workers_under_inference_mode(split_work, no_interpreter):
+    """The caller's inference mode reaches the tile workers (its tensors are written there)."""
+    p = pattern("longformer")
+    q, k, v = inputs(1, 2, 2, 130, 130, 16)
+    with torch.inference_mode():
+        out = compile(p)(q, k, v)
+    assert max_err(out, attention_reference(p, q, k, v)[0]) < 1e-5
+
+
+def test_a_score_that_overflows_takes_the_exact_path():
+    """Finite inputs whose product overflows at a hidden pair: the bias (-inf added) would
+    make it NaN; the result is checked and the exact path (pairs selected away) taken."""
+    p = loads("pattern c { causal }").pattern("c")
+    q, k, v = (torch.zeros(1, 1, 2, 16) for _ in range(3))
+    v[..., 0] = torch.tensor([1.0, 2.0])
+    q[0, 0, 0, 0], k[0, 0, 1, 0] = 100.0, 1e38  # q0 . k1 * 0.25 overflows: pair (0, 1) hidden
+    out, lse = attention_tiled(p, q, k, v)
+    want_out, want_lse = attention_reference(p, q, k, v)
+    assert torch.isfinite(out).all() and max_err(out, want_out) < 1e-6
+    assert max_err(lse, want_lse) < 1e-6
 
 
 @pytest.mark.parametrize("name,batch,heads,kv_heads,n_q,n_k,head_dim", CASES[:4],
