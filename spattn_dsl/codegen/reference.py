@@ -570,9 +570,16 @@ def _cases(pattern, q, k, layout):
             yield case, select_head(concrete, case), slice(case, heads, cases), kv
 
 
-def _transposed(scratch, name, t):
-    """``t.transpose(-1, -2)`` copied into a scratch tensor (contiguous, no allocation)."""
-    return scratch.get(name, t.shape[:-2] + (t.shape[-1], t.shape[-2])).copy_(t.transpose(-1, -2))
+def _key_rows(scratch, name, t_t, runs):
+    """``[B, X, D, width]``: the keys of ``runs`` side by side, from ``t_t`` (k or v
+    transposed once per call, ``[B, X, D, n_k]``) into a scratch tensor: contiguous rows, as
+    oneDNN takes them (a transposed copy per tile read k or v across the cache, 14% of the
+    causal forward at 32768)."""
+    width = sum(end - first for first, end in runs)
+    out = scratch.get(name, t_t.shape[:-1] + (width,))
+    if len(runs) == 1:
+        return out.copy_(t_t[..., runs[0][0]:runs[0][1]])
+    return torch.cat([t_t[..., first:end] for first, end in runs], dim=-1, out=out)
 
 
 def _largest(rows, batch: int, heads: int, layout, every_head: bool, cases: int) -> int:
@@ -612,6 +619,7 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
     lse = torch.full((batch, heads, n_q), float("-inf"), dtype=dtype, device=q.device)
     for case, expr, case_heads, kv in _cases(pattern, q, k, layout):
         kc, vc = (k, v) if kv is None else (k.index_select(1, kv), v.index_select(1, kv))
+        vc_t = vc.transpose(-1, -2).contiguous()  # [B, X, D, n_k]: rows for oneDNN
         rows = _rows(expr, layout, case, n_q, n_k, q.device)
         largest = _largest(rows, batch, heads, layout, kv is None, layout.cases)
 
@@ -623,7 +631,7 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
 
         def piece(row, qt, scratch, name):
             """(p v, lse) of one piece of a tile's keys, ``p v`` in scratch ``name``."""
-            kt, vt = _columns(kc, row.runs), _columns(vc, row.runs)
+            kt = _columns(kc, row.runs)
             scores = scratch.get("scores", qt.shape[:-1] + (row.width,))
             torch.matmul(qt, kt.transpose(-1, -2), out=scores)
             padding = _key_columns(hidden_keys, row.runs)
@@ -631,7 +639,8 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
             row_lse = top - scores.amax(-1).log()  # the largest probability is 1 / sum
             if empty is not None:
                 row_lse[empty] = float("-inf")
-            pv = _matmul_nt(scores, _transposed(scratch, "vt", vt), scratch.get(name, qt.shape))
+            pv = _matmul_nt(scores, _key_rows(scratch, "vt", vc_t, row.runs),
+                            scratch.get(name, qt.shape))
             return pv, row_lse
 
         def tile(row, scratch):
@@ -652,19 +661,28 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
 
 
 def attention_tiled_backward(pattern, grad_out, q, k, v, scale: float | None = None,
-                             dtype=torch.float32, key_padding=None, grad_lse=None, layout=None):
+                             dtype=torch.float32, key_padding=None, grad_lse=None, layout=None,
+                             out=None, lse=None):
     """``attention_reference_backward`` (same arguments and results), whole query tiles as in
-    ``attention_tiled``: per tile the probabilities again (one matmul, softmax in place), then
-    dv, dp, ds (``softmax`` backward in place), dq and dk, four matmuls; each tile's rows get
-    their dq whole and add their share of dk and dv at the tile's keys."""
+    ``attention_tiled``, their keys in pieces: per piece the probabilities again from the
+    forward's ``lse`` (one matmul, a softmax in place, rescaled), then dv, dp, ds (with
+    ``delta = rowsum(grad_out * out)``), dq and dk, four matmuls; each tile's rows get their
+    dq whole and add their share of dk and dv at the tile's keys. ``out`` and ``lse``: the
+    forward's (computed here when not given)."""
     if not all(_all_finite(q, k, v, grad_out)):
         return _attention_tiled_backward_exact(pattern, grad_out, q, k, v, scale, dtype,
                                                key_padding, grad_lse, layout)
     layout = _layout_for_call(pattern, q, k, layout)
+    if out is None or lse is None:
+        out, lse = attention_tiled(pattern, q, k, v, scale, dtype, key_padding, layout)
     batch, heads, n_q, head_dim = q.shape
     kv_heads, n_k = k.shape[1], k.shape[2]
     scale = head_dim ** -0.5 if scale is None else scale
-    qs, k, v, do = (q.to(dtype) * scale), k.to(dtype), v.to(dtype), grad_out.to(dtype)
+    k, v, do = k.to(dtype), v.to(dtype), grad_out.to(dtype)
+    delta = (do * out.to(dtype)).sum(-1)  # sum_j p_j dp_j, over all of a row's keys
+    if grad_lse is not None:  # d lse / d scores = probs
+        delta = delta - grad_lse.to(dtype)
+    row_stats = torch.stack([lse.to(dtype), delta], -1)  # [B, H, n_q, 2]
     hidden_keys = None if key_padding is None else ~key_padding.to(device=q.device,
                                                                     dtype=torch.bool)
     dq = torch.zeros(q.shape, dtype=dtype, device=q.device)
@@ -673,8 +691,9 @@ def attention_tiled_backward(pattern, grad_out, q, k, v, scale: float | None = N
     extra, taking = [], threading.Lock()  # every thread's dk and dv; the others added at the end
     for case, expr, case_heads, kv in _cases(pattern, q, k, layout):
         kc, vc = (k, v) if kv is None else (k.index_select(1, kv), v.index_select(1, kv))
+        kc_t = kc.transpose(-1, -2).contiguous()  # [B, X, D, n_k]: rows for oneDNN
         rows = _rows(expr, layout, case, n_q, n_k, q.device)
-        largest = _largest(rows, batch, heads, layout, kv is None, layout.cases)
+        largest = min(PIECE, _largest(rows, batch, heads, layout, kv is None, layout.cases))
 
         def scratch():
             buffers = _Buffers(dtype, q.device)
@@ -686,26 +705,40 @@ def attention_tiled_backward(pattern, grad_out, q, k, v, scale: float | None = N
                 extra.append((buffers.dk, buffers.dv))
             return buffers
 
-        def tile(row, scratch):
-            qt = _grouped(qs, case_heads, kv, row.rows, kv_heads)
-            dot = _grouped(do, case_heads, kv, row.rows, kv_heads)
+        def piece(row, qt, dot, row_lse, row_delta, scratch, dq_name, whole):
+            """Adds one piece's share to dk and dv; returns its ``ds k`` (in ``dq_name``).
+            ``whole``: the piece is the tile's every key (its softmax is the row's)."""
             kt, vt = _columns(kc, row.runs), _columns(vc, row.runs)
             shape = qt.shape[:-1] + (row.width,)
             probs = scratch.get("probs", shape)
             torch.matmul(qt, kt.transpose(-1, -2), out=probs)
             padding = _key_columns(hidden_keys, row.runs)
-            _softmax_(probs, row, padding)
+            empty, top = _softmax_(probs, row, padding)
+            if not whole:  # from the piece's own softmax to the row's
+                piece_lse = top - probs.amax(-1).log()
+                if empty is not None:
+                    piece_lse[empty] = float("-inf")
+                probs.mul_((piece_lse - row_lse).exp_().nan_to_num_(0.0)[..., None])
             _add_columns(scratch.dv, torch.matmul(probs.transpose(-1, -2), dot), row.runs, kv)
             ds = scratch.get("ds", shape)
             torch.matmul(dot, vt.transpose(-1, -2), out=ds)  # dp
-            torch.ops.aten._softmax_backward_data.out(ds, probs, -1, dtype, grad_input=ds)
-            if grad_lse is not None:  # d lse / d scores = probs
-                g = _grouped(grad_lse[..., None].to(dtype), case_heads, kv, row.rows, kv_heads)
-                ds.addcmul_(probs, g)
-            rows = row.rows.stop - row.rows.start
-            dqt = _matmul_nt(ds, _transposed(scratch, "kt", kt), scratch.get("dq", qt.shape))
-            dq[:, case_heads, row.rows] = dqt.mul_(scale).view(batch, -1, rows, head_dim)
+            ds.sub_(row_delta[..., None]).mul_(probs)
             _add_columns(scratch.dk, torch.matmul(ds.transpose(-1, -2), qt), row.runs, kv)
+            return _matmul_nt(ds, _key_rows(scratch, "kt", kc_t, row.runs),
+                              scratch.get(dq_name, qt.shape))
+
+        def tile(row, scratch):
+            qt = _grouped(q, case_heads, kv, row.rows, kv_heads).to(dtype) * scale
+            dot = _grouped(do, case_heads, kv, row.rows, kv_heads)
+            stats = _grouped(row_stats, case_heads, kv, row.rows, kv_heads)
+            row_lse, row_delta = stats[..., 0], stats[..., 1]
+            columns = max(CPU_BLOCK_N, PIECE * head_dim // qt.numel() // CPU_BLOCK_N * CPU_BLOCK_N)
+            first, *more = _pieces(row, columns)
+            dqt = piece(first, qt, dot, row_lse, row_delta, scratch, "dq", not more)
+            for part in more:
+                dqt += piece(part, qt, dot, row_lse, row_delta, scratch, "dq_part", False)
+            rows = row.rows.stop - row.rows.start
+            dq[:, case_heads, row.rows] = dqt.mul_(scale).view(batch, -1, rows, head_dim)
 
         _for_each_tile(rows, tile, scratch)
     for more_dk, more_dv in extra[1:]:

@@ -159,7 +159,7 @@ class SparseAttention:
         ``memo`` kept it (the same tensors, so the same tile lists), else built again."""
         if _use_reference(q) or self._documents_by_reference(documents):
             return reference_backward(self.pattern, grad_out, grad_lse, q, k, v, key_padding, scale,
-                                      documents)
+                                      documents, out, lse)
         if q.device.type == "cpu" and q.dtype != torch.float32:
             grads = self.run_backward(*(t.float() if t is not None and t.is_floating_point() else t
                                         for t in (grad_out, grad_lse, q, k, v, out, lse)),
@@ -483,9 +483,10 @@ def reference_forward(pattern, q, k, v, key_padding, scale, documents=None):
     return out.to(q.dtype).contiguous(), lse.contiguous()  # the strides the fake promises
 
 
-def reference_backward(pattern, grad_out, grad_lse, q, k, v, key_padding, scale, documents=None):
-    """The CPU path's (dq, dk, dv): the closed-form softmax gradient, tile by tile (with
-    documents: dense, document by document)."""
+def reference_backward(pattern, grad_out, grad_lse, q, k, v, key_padding, scale, documents=None,
+                       out=None, lse=None):
+    """The CPU path's (dq, dk, dv): the closed-form softmax gradient, tile by tile from the
+    forward's ``out`` and ``lse`` (with documents: dense, document by document)."""
     if documents is not None:
         grads = tuple(torch.zeros(t.shape, device=t.device, dtype=torch.float32)
                       for t in (q, k, v))
@@ -501,7 +502,7 @@ def reference_backward(pattern, grad_out, grad_lse, q, k, v, key_padding, scale,
         return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
     layout = _reference_layout(pattern, q, k)
     grads = attention_tiled_backward(pattern, grad_out, q, k, v, scale, torch.float32,
-                                     key_padding, grad_lse, layout)
+                                     key_padding, grad_lse, layout, out, lse)
     return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
 
 

@@ -119,7 +119,9 @@ def test_non_contiguous_inputs_and_output_gradient():
 
 
 def test_reference_backward_matches_autograd_without_interpreter(monkeypatch):
+    from spattn_dsl.runtime import attention
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(attention, "_WARNED", set())  # the one-time warning, even if given
     p = pattern("heads")
     q, k, v = (t.cpu() for t in inputs(2, 4, 20, 30, 16, kv_heads=2))
     grad_out = torch.randn_like(q)
