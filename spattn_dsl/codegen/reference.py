@@ -612,7 +612,7 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
     batch, heads, n_q, head_dim = q.shape
     kv_heads, n_k = k.shape[1], k.shape[2]
     scale = head_dim ** -0.5 if scale is None else scale
-    qs, k, v = (q.to(dtype) * scale), k.to(dtype), v.to(dtype)
+    k, v = k.to(dtype), v.to(dtype)
     hidden_keys = None if key_padding is None else ~key_padding.to(device=q.device,
                                                                     dtype=torch.bool)
     out = torch.zeros(batch, heads, n_q, head_dim, dtype=dtype, device=q.device)
@@ -644,7 +644,7 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
             return pv, row_lse
 
         def tile(row, scratch):
-            qt = _grouped(qs, case_heads, kv, row.rows, kv_heads)
+            qt = _grouped(q, case_heads, kv, row.rows, kv_heads).to(dtype) * scale
             columns = max(CPU_BLOCK_N, PIECE * head_dim // qt.numel() // CPU_BLOCK_N * CPU_BLOCK_N)
             first, *more = _pieces(row, columns)
             pv, row_lse = piece(first, qt, scratch, "out")
