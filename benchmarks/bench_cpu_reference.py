@@ -111,7 +111,7 @@ def measure(path: str, n: int, heads: int, head_dim: int, backward: bool, thread
     check, _ = R.attention_reference(p, q[:, :, -64:], k, v, dtype=torch.float64)  # last rows
     err = float((out[:, :, -64:].detach().double() - check).abs().max())
     return {"path": path, "n": n, "heads": heads, "head_dim": head_dim, "backward": backward,
-            "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+            "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
             "peak_rss_mb": round(peak / 1024), "rss_before_mb": round(before / 1024),
             "max_abs_diff_last_rows": err, "load": round(os.getloadavg()[0], 1)}
 

@@ -11,6 +11,7 @@ at a pair a row cannot see does not reach that row.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -441,16 +442,18 @@ class _Buffers:
 
 
 _WORKERS: dict = {}  # thread count -> a pool of tile workers, one intra-op thread each
+os.register_at_fork(after_in_child=_WORKERS.clear)  # a forked child has none of the threads
+WORKER_NAME = "spattn-tiles"
 
 
 def _tile_workers():
     """A pool of ``torch.get_num_threads()`` threads that each run whole query tiles with one
-    intra-op thread (None when torch runs one thread, or off the main thread). Parallel over
+    intra-op thread (None when torch runs one thread, or in a tile worker). Parallel over
     tiles instead of inside each small product: no two-thread barrier per torch call, which
     cost the tiled path 40% of its CPU time with two threads. torch's thread count is per
     OpenMP thread: each worker sets its own to 1; the process-wide default is put back."""
     count = torch.get_num_threads()
-    if count < 2 or threading.current_thread() is not threading.main_thread():
+    if count < 2 or threading.current_thread().name.startswith(WORKER_NAME):
         return None
     pool = _WORKERS.get(count)
     if pool is None:
@@ -460,7 +463,7 @@ def _tile_workers():
             torch.set_num_threads(1)
             ready.wait()
 
-        pool = ThreadPoolExecutor(count, "spattn-tiles", initializer=single_threaded)
+        pool = ThreadPoolExecutor(count, WORKER_NAME, initializer=single_threaded)
         for _ in range(count):  # start every worker now (each waits for the others)
             pool.submit(lambda: None)
         ready.wait()
@@ -536,13 +539,11 @@ def _matmul_nt(a, b, out):
     Not for the score blocks: oneDNN allocates each result, and blocks of growing sizes
     fragment the heap (causal at n = 32768: 2.6 GB of RSS instead of 0.5)."""
     if _LINEAR is None or a.dtype != torch.float32 or a.device.type != "cpu" or \
-            b.stride(-1) != 1 or a.stride(-1) != 1:
+            not (a.is_contiguous() and b.is_contiguous() and out.is_contiguous()):
         return torch.matmul(a, b.transpose(-1, -2), out=out)
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            w = b[i, j]
-            out[i, j] = _LINEAR(a[i, j], w if w.is_contiguous() else w.contiguous(), None,
-                                "none", [], "")
+    parts = [_LINEAR(x, w, None, "none", [], "")  # few torch calls: this runs per tile
+             for x, w in zip(a.flatten(0, 1).unbind(0), b.flatten(0, 1).unbind(0))]
+    torch.stack(parts, out=out.view((-1,) + out.shape[2:]))
     return out
 
 

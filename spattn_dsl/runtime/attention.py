@@ -452,7 +452,7 @@ def _use_reference(q, warn: bool = True) -> bool:
         _WARNED.add("cpu")
         from ..warn import warn_at_caller  # the caller's line, not the op's or autograd's
         warn_at_caller("spattn: tensors on the CPU and TRITON_INTERPRET is not set; using the "
-                       "reference attention in PyTorch, tile by tile (slow; no Triton kernels)")
+                       "reference attention in PyTorch, tile by tile on torch's threads (no Triton kernels)")
     return True
 
 

@@ -128,6 +128,27 @@ def test_workers_under_inference_mode(split_work, no_interpreter):
     assert max_err(out, attention_reference(p, q, k, v)[0]) < 1e-5
 
 
+def _pools_in_child(queue):
+    torch.set_num_threads(1)  # as DataLoader workers do: GNU OpenMP hangs in a forked child
+    queue.put(len(reference._WORKERS))
+
+
+def test_a_forked_child_forgets_the_parents_workers(split_work):
+    """A forked child has none of the parent's worker threads: it must not wait on their
+    pool (it would wait forever), so the pools are forgotten at the fork."""
+    import multiprocessing
+    p = pattern("longformer")
+    q, k, v = inputs(1, 2, 2, 130, 130, 16)
+    attention_tiled(p, q, k, v, layout=lower(p.at(130), 130, 130, 16, 16))
+    assert 2 in reference._WORKERS
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_pools_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0 and queue.get(timeout=5) == 0
+
+
 def test_a_score_that_overflows_takes_the_exact_path():
     """Finite inputs whose product overflows at a hidden pair: the bias (-inf added) would
     make it NaN; the result is checked and the exact path (pairs selected away) taken."""
