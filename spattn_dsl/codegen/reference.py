@@ -442,6 +442,7 @@ class _Buffers:
 
 
 _WORKERS: dict = {}  # thread count -> a pool of tile workers, one intra-op thread each
+_WORKERS_STARTING = threading.Lock()
 os.register_at_fork(after_in_child=_WORKERS.clear)  # a forked child has none of the threads
 WORKER_NAME = "spattn-tiles"
 
@@ -455,20 +456,23 @@ def _tile_workers():
     count = torch.get_num_threads()
     if count < 2 or threading.current_thread().name.startswith(WORKER_NAME):
         return None
-    pool = _WORKERS.get(count)
-    if pool is None:
-        ready = threading.Barrier(count + 1)
+    with _WORKERS_STARTING:  # one pool per count, even when several threads call at once
+        return _WORKERS.get(count) or _start_workers(count)
 
-        def single_threaded():
-            torch.set_num_threads(1)
-            ready.wait()
 
-        pool = ThreadPoolExecutor(count, WORKER_NAME, initializer=single_threaded)
-        for _ in range(count):  # start every worker now (each waits for the others)
-            pool.submit(lambda: None)
+def _start_workers(count: int):
+    ready = threading.Barrier(count + 1)
+
+    def single_threaded():
+        torch.set_num_threads(1)
         ready.wait()
-        torch.set_num_threads(count)  # new threads' default again (this thread keeps count)
-        _WORKERS[count] = pool
+
+    pool = ThreadPoolExecutor(count, WORKER_NAME, initializer=single_threaded)
+    for _ in range(count):  # start every worker now (each waits for the others)
+        pool.submit(lambda: None)
+    ready.wait()
+    torch.set_num_threads(count)  # new threads' default again (this thread keeps count)
+    _WORKERS[count] = pool
     return pool
 
 
@@ -491,7 +495,8 @@ def _for_each_tile(rows, tile, scratch):
         with torch.inference_mode(inference), torch.no_grad():
             tile(row, buffers)
 
-    for _ in pool.map(task, sorted(rows, key=lambda row: -row.width * (row.rows.stop - row.rows.start))):
+    largest_first = sorted(rows, key=lambda row: -row.width * (row.rows.stop - row.rows.start))
+    for _ in pool.map(task, largest_first):
         pass  # re-raises a tile's error here
 
 
