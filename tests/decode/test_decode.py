@@ -1,5 +1,6 @@
-"""attn(q, cache) under the interpreter against float64 attention over the full history:
-1, 3 and 16 new queries, ragged lengths and ragged appends, GQA, head cases."""
+"""attn(q, cache) against float64 attention over the full history: 1, 3 and 16 new queries,
+ragged lengths and ragged appends, GQA, head cases; the kernels on the GPU when there is one,
+else under the interpreter."""
 import pytest
 import torch
 
