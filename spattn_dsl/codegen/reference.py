@@ -384,14 +384,14 @@ def _pieces(row, columns: int) -> list:
     return pieces
 
 
-def _merge_(out, lse, part, part_lse):
-    """In place: (out, lse) becomes the attention over both key sets, from each set's
-    normalised output and log-sum-exp (rows without keys in both stay 0 and -inf)."""
-    both = torch.logaddexp(lse, part_lse)
-    mine = (lse - both).exp_().nan_to_num_(0.0)[..., None]  # -inf - -inf: NaN -> 0
-    theirs = (part_lse - both).exp_().nan_to_num_(0.0)[..., None]
-    out.mul_(mine).addcmul_(part, theirs)
-    lse.copy_(both)
+def merge(out_a, lse_a, out_b, lse_b):
+    """(out, lse) of two disjoint parts of one softmax, by log-sum-exp (rows empty in both
+    stay 0 with lse -inf)."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    top = lse.nan_to_num(neginf=0.0)
+    w_a = torch.exp(lse_a - top)[..., None]
+    w_b = torch.exp(lse_b - top)[..., None]
+    return out_a * w_a + out_b * w_b, lse
 
 
 def _columns(t, runs, heads=None):
@@ -655,7 +655,7 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
             first, *more = _pieces(row, columns)
             pv, row_lse = piece(first, qt, scratch, "out")
             for part in more:
-                _merge_(pv, row_lse, *piece(part, qt, scratch, "part"))
+                pv, row_lse = merge(pv, row_lse, *piece(part, qt, scratch, "part"))
             rows = row.rows.stop - row.rows.start
             out[:, case_heads, row.rows] = pv.view(batch, -1, rows, head_dim)
             lse[:, case_heads, row.rows] = row_lse.view(batch, -1, rows)

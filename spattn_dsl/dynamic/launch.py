@@ -5,6 +5,8 @@ import importlib
 
 import torch
 
+from ..codegen.reference import merge as merge_parts
+
 LOG2E = 1.4426950408889634
 BLOCK_M, BLOCK_N = 16, 16  # rows and slots per step: [16, 16, head_dim] gathers
 
@@ -50,10 +52,6 @@ def slots_backward(grad_out, q, k, v, slots, lse, delta, scale: float):
 
 
 def merge(out_a, lse_a, out_b, lse_b):
-    """(out, lse) of two disjoint parts of one softmax, by log-sum-exp (rows empty in both
-    stay 0 with lse -inf)."""
-    lse = torch.logaddexp(lse_a, lse_b)
-    top = lse.nan_to_num(neginf=0.0)
-    w_a = torch.exp(lse_a - top)[..., None]
-    w_b = torch.exp(lse_b - top)[..., None]
-    return out_a.float() * w_a + out_b * w_b, lse
+    """(out, lse) of two disjoint parts of one softmax (``codegen.reference.merge``), the
+    static part's output in fp32."""
+    return merge_parts(out_a.float(), lse_a, out_b, lse_b)

@@ -18,3 +18,15 @@ def full_history(pattern, q, k, v, n: int, scale: float):
     s = s.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(s, -1)
     return torch.softmax(s, -1).nan_to_num(0.0) @ v, lse
+
+
+def append(cache, ks, vs, lengths, counts):
+    """Append each sequence's next counts[b] positions of ``ks``/``vs`` (``[B, KVH, n, D]``),
+    left-padded to one width; returns the new lengths."""
+    m = max(counts)
+    k, v = (ks.new_zeros(ks.shape[0], ks.shape[1], m, ks.shape[-1]) for _ in range(2))
+    for b, c in enumerate(counts):
+        k[b, :, m - c:] = ks[b, :, lengths[b]:lengths[b] + c]
+        v[b, :, m - c:] = vs[b, :, lengths[b]:lengths[b] + c]
+    cache.append(k, v, counts=counts)
+    return [n + c for n, c in zip(lengths, counts)]

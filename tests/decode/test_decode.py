@@ -7,7 +7,7 @@ import torch
 import spattn_dsl
 from spattn_dsl.decode.attend import reference
 
-from .oracle import DEVICE, full_history
+from .oracle import DEVICE, append, full_history
 
 B, KVH, H, D, PS = 2, 2, 4, 16, 16
 PATTERNS = {
@@ -24,17 +24,6 @@ def pattern(name):
 def history(seed, n=120):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(B, heads, n, D, generator=g).to(DEVICE) for heads in (KVH, KVH, H)]
-
-
-def append(cache, ks, vs, lengths, counts):
-    """Append each sequence's next counts[b] positions, left-padded to one width."""
-    m = max(counts)
-    k, v = (torch.zeros(B, KVH, m, D, device=DEVICE) for _ in range(2))
-    for b, c in enumerate(counts):
-        k[b, :, m - c:] = ks[b, :, lengths[b]:lengths[b] + c]
-        v[b, :, m - c:] = vs[b, :, lengths[b]:lengths[b] + c]
-    cache.append(k, v, counts=counts)
-    return [n + c for n, c in zip(lengths, counts)]
 
 
 def check(p, out, lse, qs, ks, vs, lengths, counts, m):

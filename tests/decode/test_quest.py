@@ -12,7 +12,7 @@ import torch
 
 import spattn_dsl
 
-from .oracle import DEVICE
+from .oracle import DEVICE, append
 
 B, KVH, H, D, PS = 2, 2, 4, 16, 16
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -26,16 +26,6 @@ def load(body):
 def history(seed, n=140):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(B, heads, n, D, generator=g).to(DEVICE) for heads in (KVH, KVH, H)]
-
-
-def append(cache, ks, vs, lengths, counts):
-    m = max(counts)
-    k, v = (torch.zeros(B, KVH, m, D, device=DEVICE) for _ in range(2))
-    for b, c in enumerate(counts):
-        k[b, :, m - c:] = ks[b, :, lengths[b]:lengths[b] + c]
-        v[b, :, m - c:] = vs[b, :, lengths[b]:lengths[b] + c]
-    cache.append(k, v, counts=counts)
-    return [n + c for n, c in zip(lengths, counts)]
 
 
 def queries(qs, lengths, counts):
