@@ -258,24 +258,50 @@ PIECE = 1 << 21  # score elements of one piece of a query tile's keys (8 MB: the
 # spill run 10-25% slower when both cores stream them, measured on the 2-core test machine)
 
 
-def cpu_tiles(pattern, n_q: int, n_k: int, batch_heads: int, layout_for=None) -> tuple:
+def cpu_tiles(pattern, n_q: int, n_k: int, batch_heads: int, layout_for=None,
+              forward: bool = False) -> tuple:
     """(block_m, block_n) of the CPU path: among ``CPU_BLOCK_M``, the query tile whose score
     blocks (``batch_heads`` x rows x the keys its rows visit) stay within ``SCORE_BUDGET``
     elements at the least estimated cost (score elements computed, plus ``TILE_COST`` per
-    query tile: big tiles amortise the calls, small ones waste less of a band's edges), judged
+    product: big tiles amortise the calls, small ones waste less of a band's edges), judged
     from the layout at 64-row tiles (``layout_for(pattern, n_q, n_k, bm, bn)``, a cached
-    lowering, or ``lower``)."""
+    lowering, or ``lower``). ``forward``: the forward multiplies the 64-row tiles of a band
+    (``_bands``) in one product per head, so that there they cost one call per group."""
     probe = (layout_for or _lower)(pattern, n_q, n_k, 64, CPU_BLOCK_N)
     visited = int((probe.full_counts.long() + probe.partial_counts.long()).amax()) \
         if probe.full_counts.numel() else 0
     keys = visited * CPU_BLOCK_N
+    banded = forward and _band_share(probe) >= 0.5
     best = None
     for bm in CPU_BLOCK_M:
         block = batch_heads * bm * min(n_k, keys + bm - 64)
-        cost = -(-n_q // bm) * (block + TILE_COST)
+        tiles = -(-n_q // bm)
+        calls = -(-tiles // max(1, PIECE // max(1, block))) if banded and bm == 64 else tiles
+        cost = tiles * block + calls * TILE_COST
         if (block <= SCORE_BUDGET or bm == CPU_BLOCK_M[-1]) and (best is None or cost < best[0]):
             best = (cost, bm)
     return best[1], CPU_BLOCK_N
+
+
+def _band_share(layout) -> float:
+    """The share of query tiles (after the first, over the head cases) whose visited key tiles
+    are one run, as long as the previous tile's and ``block_m`` keys further on: a band."""
+    if layout.tiles[0] < 2 or layout.block_m % layout.block_n:
+        return 0.0
+    counts = layout.full_counts.long() + layout.partial_counts.long()
+    lo, hi = [], []
+    for indices, count in ((layout.full_indices, layout.full_counts),
+                           (layout.partial_indices, layout.partial_counts)):
+        valid = torch.arange(indices.shape[-1]) < count.long()[..., None]
+        none = torch.zeros(count.shape + (1,), dtype=torch.long)  # for tiles that visit none
+        indices = indices.long()
+        lo.append(torch.cat([indices.masked_fill(~valid, 1 << 62), none + (1 << 62)], -1).amin(-1))
+        hi.append(torch.cat([indices.masked_fill(~valid, -1), none - 1], -1).amax(-1))
+    lo, hi = torch.minimum(*lo), torch.maximum(*hi)
+    one_run = (counts > 0) & (hi - lo + 1 == counts)
+    moving = one_run[:, 1:] & one_run[:, :-1] & (counts[:, 1:] == counts[:, :-1]) & \
+        (lo[:, 1:] - lo[:, :-1] == layout.block_m // layout.block_n)
+    return float(moving.double().mean())
 
 
 def _lower(pattern, n_q, n_k, bm, bn):
@@ -287,27 +313,33 @@ class _Row:
     tiles cover in order (``runs``, (first, end) positions; their keys side by side are the
     tile's ``width`` columns) and the columns where the pair predicate applies (``hidden``:
     (first column, end column, float ``[rows, columns]`` bias: -inf where the pair is NOT
-    allowed, else 0; added to the scores, 20x faster than a boolean ``masked_fill_``)."""
+    allowed, else 0; added to the scores, 20x faster than a boolean ``masked_fill_``).
+    A band (``_bands``): ``tiles`` such tiles of ``block_m`` rows each, one after the other,
+    tile t's keys ``runs[0]`` moved ``t * step`` keys on, with the same ``hidden``."""
 
-    __slots__ = ("rows", "runs", "hidden", "width")
+    __slots__ = ("rows", "runs", "hidden", "width", "tiles", "step")
 
-    def __init__(self, rows, runs, hidden, width):
+    def __init__(self, rows, runs, hidden, width, tiles=1, step=0):
         self.rows, self.runs, self.hidden, self.width = rows, runs, hidden, width
+        self.tiles, self.step = tiles, step
 
 
 ROW_CACHE_BYTES = 1 << 28  # the predicate's masks kept per layout (forward, backward, calls)
 _ROW_CACHE: dict = {}  # id(layout) -> {(case, device): [_Row]}, dropped with the layout
 
 
-def _rows(expr, layout, case: int, n_q: int, n_k: int, device):
+def _rows(expr, layout, case: int, n_q: int, n_k: int, device, band_limit: int = 0):
     """The ``_Row`` of every query tile of one head case that visits a key tile, kept with the
     layout (the runtime's layouts are cached, so forward, backward and later calls reuse them)
-    while their masks take at most ``ROW_CACHE_BYTES``."""
-    key = (case, str(device))
+    while their masks take at most ``ROW_CACHE_BYTES``. ``band_limit``: bands of at most
+    that many score elements (per batch row and head) as one ``_Row`` each (0: none)."""
+    key = (case, str(device), band_limit)
     per_layout = _ROW_CACHE.get(id(layout))
     if per_layout is not None and key in per_layout:
         return per_layout[key]
     rows = list(_build_rows(expr, layout, case, n_q, n_k, device))
+    if band_limit:
+        rows = _bands(rows, layout.block_m, band_limit)
     biases = {id(bias): bias for row in rows for _, _, bias in row.hidden}
     size = sum(bias.numel() * bias.element_size() for bias in biases.values())
     if size <= ROW_CACHE_BYTES:
@@ -316,6 +348,36 @@ def _rows(expr, layout, case: int, n_q: int, n_k: int, device):
             weakref.finalize(layout, _ROW_CACHE.pop, id(layout), None)
         per_layout[key] = rows
     return rows
+
+
+def _bands(rows, block_m: int, limit: int) -> list:
+    """``rows`` with each run of consecutive whole tiles that form a band (one key run of one
+    width, moving on by the same step, the same predicate columns and biases) as one
+    ``_Row`` of ``tiles`` > 1, of at most ``limit`` score elements."""
+    merged = []
+    for row in rows:
+        band = merged[-1] if merged else None
+        if band is not None and _extends(band, row, block_m) and \
+                (band.tiles + 1) * block_m * band.width <= limit:
+            step = row.runs[0][0] - band.runs[0][0] if band.tiles == 1 else band.step
+            merged[-1] = _Row(slice(band.rows.start, row.rows.stop), band.runs, band.hidden,
+                              band.width, band.tiles + 1, step)
+        else:
+            merged.append(row)
+    return merged
+
+
+def _extends(band, row, block_m: int) -> bool:
+    """``row`` is the next tile of ``band``."""
+    if len(band.runs) != 1 or len(row.runs) != 1 or row.width != band.width or \
+            band.rows.stop - band.rows.start != band.tiles * block_m or \
+            row.rows.start != band.rows.stop or row.rows.stop - row.rows.start != block_m:
+        return False
+    step = row.runs[0][0] - (band.runs[0][0] + (band.tiles - 1) * band.step)
+    if step < 0 or (band.tiles > 1 and step != band.step):
+        return False
+    return len(band.hidden) == len(row.hidden) and all(
+        a[0] == b[0] and a[1] == b[1] and a[2] is b[2] for a, b in zip(band.hidden, row.hidden))
 
 
 def _build_rows(expr, layout, case: int, n_q: int, n_k: int, device):
@@ -500,19 +562,18 @@ def _for_each_tile(rows, tile, scratch):
         pass  # re-raises a tile's error here
 
 
-def _softmax_(scores, row, padding):
-    """In place: ``scores`` ``[B, X, G*rows, width]`` -> probabilities (0 at hidden pairs and in
-    rows without keys); returns the empty rows' bool ``[B, X, G*rows]`` (or None) and the
-    row maxima before the softmax."""
-    batch, x, gr, width = scores.shape
-    rows = row.rows.stop - row.rows.start
-    grouped = scores.view(batch, x, gr // rows, rows, width)
-    for first, end, bias in row.hidden:
+def _softmax_(scores, hidden, rows: int, padding=None):
+    """In place: ``scores`` ``[B, X, R, width]`` -> probabilities (0 at hidden pairs and in
+    rows without keys); returns the empty rows' bool ``[B, X, R]`` (or None) and the row
+    maxima before the softmax. The R rows are groups of ``rows`` (a key head's query heads,
+    or a band's tiles) with the same predicate columns ``hidden`` (``_Row.hidden``);
+    ``padding``: None, or a float 0/-inf bias broadcast over ``[B, X, R / rows, rows, width]``."""
+    batch, x, r, width = scores.shape
+    grouped = scores.view(batch, x, r // rows, rows, width)
+    for first, end, bias in hidden:
         grouped[..., first:end].add_(bias)
     if padding is not None:
-        bias = torch.zeros(padding.shape, device=padding.device).masked_fill_(padding,
-                                                                              float("-inf"))
-        grouped.add_(bias[:, None, None, None, :])
+        grouped.add_(padding)
     top = scores.amax(-1)
     torch.ops.aten._softmax.out(scores, -1, False, out=scores)  # row by row, in place
     empty = top == float("-inf")
@@ -520,6 +581,16 @@ def _softmax_(scores, row, padding):
         scores[empty] = 0.0
         return empty, top
     return None, top
+
+
+def _padding_bias(hidden_keys, runs):
+    """None, or the padding keys of ``runs`` as a float 0/-inf bias over every row of
+    ``_softmax_``'s groups."""
+    padding = _key_columns(hidden_keys, runs)
+    if padding is None:
+        return None
+    bias = torch.zeros(padding.shape, device=padding.device).masked_fill_(padding, float("-inf"))
+    return bias[:, None, None, None, :]
 
 
 def _onednn_linear():
@@ -552,11 +623,11 @@ def _matmul_nt(a, b, out):
     return out
 
 
-def _layout_for_call(pattern, q, k, layout):
+def _layout_for_call(pattern, q, k, layout, forward: bool = False):
     if layout is not None:
         return layout
     batch_heads = q.shape[0] * q.shape[1]
-    bm, bn = cpu_tiles(pattern, q.shape[2], k.shape[2], batch_heads)
+    bm, bn = cpu_tiles(pattern, q.shape[2], k.shape[2], batch_heads, forward=forward)
     return _lower(pattern, q.shape[2], k.shape[2], bm, bn)
 
 
@@ -593,7 +664,16 @@ def _largest(rows, batch: int, heads: int, layout, every_head: bool, cases: int)
     if not rows:
         return 0
     case_heads = heads if every_head else -(-heads // cases)
-    return batch * case_heads * layout.block_m * max(row.width for row in rows)
+    return batch * case_heads * layout.block_m * max(row.tiles * row.width for row in rows)
+
+
+def _band_view(t, dim: int, first: int, step: int, tiles: int, width: int):
+    """A view of ``t`` with dimension ``dim`` (positions) as ``[tiles, width]``: tile i holds
+    positions ``first + i * step`` to ``first + i * step + width`` (overlapping: no copy)."""
+    size, stride = list(t.shape), list(t.stride())
+    size[dim:dim + 1] = [tiles, width]
+    stride[dim:dim + 1] = [step * stride[dim], stride[dim]]
+    return t.as_strided(size, stride, t.storage_offset() + first * t.stride(dim))
 
 
 def _grouped(t, heads, kv, rows, kv_heads):
@@ -614,20 +694,24 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
     ``_attention_tiled_exact`` (masked pairs selected away, not multiplied by 0)."""
     if not all(_all_finite(q, k, v)):
         return _attention_tiled_exact(pattern, q, k, v, scale, dtype, key_padding, layout)
-    layout = _layout_for_call(pattern, q, k, layout)
+    layout = _layout_for_call(pattern, q, k, layout, forward=True)
     batch, heads, n_q, head_dim = q.shape
     kv_heads, n_k = k.shape[1], k.shape[2]
     scale = head_dim ** -0.5 if scale is None else scale
     k, v = k.to(dtype), v.to(dtype)
     hidden_keys = None if key_padding is None else ~key_padding.to(device=q.device,
                                                                     dtype=torch.bool)
+    padding_bias = None if hidden_keys is None else torch.zeros(
+        hidden_keys.shape, dtype=dtype, device=q.device).masked_fill_(hidden_keys, float("-inf"))
     out = torch.zeros(batch, heads, n_q, head_dim, dtype=dtype, device=q.device)
     lse = torch.full((batch, heads, n_q), float("-inf"), dtype=dtype, device=q.device)
     for case, expr, case_heads, kv in _cases(pattern, q, k, layout):
         kc, vc = (k, v) if kv is None else (k.index_select(1, kv), v.index_select(1, kv))
         vc_t = vc.transpose(-1, -2).contiguous()  # [B, X, D, n_k]: rows for oneDNN
-        rows = _rows(expr, layout, case, n_q, n_k, q.device)
+        case_count = len(range(heads)[case_heads])
+        rows = _rows(expr, layout, case, n_q, n_k, q.device, PIECE // (batch * case_count))
         largest = _largest(rows, batch, heads, layout, kv is None, layout.cases)
+        kv_of = (lambda h: h // (heads // kv_heads)) if kv is None else (lambda h: h)
 
         def scratch():
             buffers = _Buffers(dtype, q.device)
@@ -640,8 +724,8 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
             kt = _columns(kc, row.runs)
             scores = scratch.get("scores", qt.shape[:-1] + (row.width,))
             torch.matmul(qt, kt.transpose(-1, -2), out=scores)
-            padding = _key_columns(hidden_keys, row.runs)
-            empty, top = _softmax_(scores, row, padding)
+            rows = row.rows.stop - row.rows.start
+            empty, top = _softmax_(scores, row.hidden, rows, _padding_bias(hidden_keys, row.runs))
             row_lse = top - scores.amax(-1).log()  # the largest probability is 1 / sum
             if empty is not None:
                 row_lse[empty] = float("-inf")
@@ -649,7 +733,32 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
                             scratch.get(name, qt.shape))
             return pv, row_lse
 
+        def band(row, scratch):
+            """A band's tiles: per batch row and query head, one product for all their
+            scores and one for their outputs, k and v as strided views (``_band_view``)."""
+            tiles, bm, width, first = row.tiles, layout.block_m, row.width, row.runs[0][0]
+            qt = q[:, case_heads, row.rows].to(dtype) * scale  # [B, X, tiles * bm, D]
+            keys, values = (_band_view(t, 2, first, row.step, tiles, width) for t in (kc, vc))
+            scores = scratch.get("scores", qt.shape[:-1] + (width,))
+            pv = scratch.get("out", qt.shape)
+            for b, h in np.ndindex(batch, qt.shape[1]):
+                torch.bmm(qt[b, h].view(tiles, bm, head_dim), keys[b, kv_of(h)].transpose(1, 2),
+                          out=scores[b, h].view(tiles, bm, width))
+            padding = None if hidden_keys is None else \
+                _band_view(padding_bias, 1, first, row.step, tiles, width)[:, None, :, None, :]
+            empty, top = _softmax_(scores, row.hidden, bm, padding)
+            row_lse = top - scores.amax(-1).log()
+            if empty is not None:
+                row_lse[empty] = float("-inf")
+            for b, h in np.ndindex(batch, qt.shape[1]):
+                torch.bmm(scores[b, h].view(tiles, bm, width), values[b, kv_of(h)],
+                          out=pv[b, h].view(tiles, bm, head_dim))
+            out[:, case_heads, row.rows] = pv
+            lse[:, case_heads, row.rows] = row_lse
+
         def tile(row, scratch):
+            if row.tiles > 1:
+                return band(row, scratch)
             qt = _grouped(q, case_heads, kv, row.rows, kv_heads).to(dtype) * scale
             columns = max(CPU_BLOCK_N, PIECE * head_dim // qt.numel() // CPU_BLOCK_N * CPU_BLOCK_N)
             first, *more = _pieces(row, columns)
@@ -718,8 +827,8 @@ def attention_tiled_backward(pattern, grad_out, q, k, v, scale: float | None = N
             shape = qt.shape[:-1] + (row.width,)
             probs = scratch.get("probs", shape)
             torch.matmul(qt, kt.transpose(-1, -2), out=probs)
-            padding = _key_columns(hidden_keys, row.runs)
-            empty, top = _softmax_(probs, row, padding)
+            rows = row.rows.stop - row.rows.start
+            empty, top = _softmax_(probs, row.hidden, rows, _padding_bias(hidden_keys, row.runs))
             if not whole:  # from the piece's own softmax to the row's
                 piece_lse = top - probs.amax(-1).log()
                 if empty is not None:

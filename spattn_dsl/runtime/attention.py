@@ -456,13 +456,15 @@ def _use_reference(q, warn: bool = True) -> bool:
     return True
 
 
-def _reference_layout(pattern, q, k) -> BlockLayout:
-    """The CPU path's layout (cached like the kernels'), at ``cpu_tiles``'s tile sizes."""
+def _reference_layout(pattern, q, k, forward: bool = False) -> BlockLayout:
+    """The CPU path's layout (cached like the kernels'), at ``cpu_tiles``'s tile sizes (the
+    forward's and the backward's may differ: the forward multiplies a band's tiles at once)."""
     def cached(pattern, n_q, n_k, block_m, block_n):
         return layout_for(pattern, n_q, n_k, TileConfig(block_m, block_n, 4, 1))
 
     n_q, n_k = q.shape[2], k.shape[2]
-    return cached(pattern, n_q, n_k, *cpu_tiles(pattern, n_q, n_k, q.shape[0] * q.shape[1], cached))
+    tiles = cpu_tiles(pattern, n_q, n_k, q.shape[0] * q.shape[1], cached, forward)
+    return cached(pattern, n_q, n_k, *tiles)
 
 
 def reference_forward(pattern, q, k, v, key_padding, scale, documents=None):
@@ -478,7 +480,7 @@ def reference_forward(pattern, q, k, v, key_padding, scale, documents=None):
                 pattern, q[b:b + 1, :, rows], k[b:b + 1, :, keys], v[b:b + 1, :, keys], scale,
                 torch.float32, pad)
         return out.to(q.dtype).contiguous(), lse.contiguous()
-    layout = _reference_layout(pattern, q, k)
+    layout = _reference_layout(pattern, q, k, forward=True)
     out, lse = attention_tiled(pattern, q, k, v, scale, torch.float32, key_padding, layout)
     return out.to(q.dtype).contiguous(), lse.contiguous()  # the strides the fake promises
 

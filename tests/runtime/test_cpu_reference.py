@@ -229,16 +229,17 @@ def test_nan_at_an_unseen_key_stays_out_of_rows(no_interpreter, tensor):
 
 
 def test_memory_follows_the_allowed_pairs(monkeypatch):
-    # At n = 4096 with a 64-token window, no score block may hold more than one query tile
-    # times the keys its visited tiles cover, and the dense mask is never built.
+    # At n = 4096 with a 64-token window, every query row's scores are computed once, over no
+    # more than its tile's rows and the window's 64 keys before them, in blocks of at most
+    # PIECE score elements, and the dense mask is never built.
     p = Pattern(N.Intersect(N.Causal(), N.Window(N.Num(64))))
     n = 4096
-    largest = []
+    shapes = []
     softmax = reference._softmax_
 
-    def counting(scores, row, padding):
-        largest.append(scores.shape[-2] * scores.shape[-1])
-        return softmax(scores, row, padding)
+    def counting(scores, hidden, rows, padding=None):
+        shapes.append(scores.shape)
+        return softmax(scores, hidden, rows, padding)
 
     def no_dense_mask(*args, **kwargs):
         raise AssertionError("the tiled reference built a dense mask")
@@ -247,15 +248,71 @@ def test_memory_follows_the_allowed_pairs(monkeypatch):
     monkeypatch.setattr(Pattern, "mask", no_dense_mask)
     q, k, v = inputs(1, 1, 1, n, n, 16)
     out, _ = attention_tiled(p, q, k, v)
-    bm, bn = reference.cpu_tiles(p, n, n, 1)
-    assert len(largest) == n // bm
-    assert max(largest) <= bm * (bm + 64)  # its rows and the window's 64 keys before them
+    bm, bn = reference.cpu_tiles(p, n, n, 1, forward=True)
+    assert sum(shape[-2] for shape in shapes) == n
+    assert max(shape[-1] for shape in shapes) <= bm + 64
+    assert max(shape[-2] * shape[-1] for shape in shapes) <= max(reference.PIECE, bm * (bm + 64))
     # spot-check rows against a direct softmax over their window
     for row in (0, 63, 64, 2000, n - 1):
         keys = torch.arange(max(0, row - 63), row + 1)
         scores = (q[0, 0, row] @ k[0, 0, keys].T) * 16 ** -0.5
         want = torch.softmax(scores.double(), -1) @ v[0, 0, keys].double()
         assert max_err(out[0, 0, row], want) < 1e-5
+
+
+BANDS = [  # pattern, batch, heads, kv heads, n_q, n_k
+    (N.Intersect(N.Causal(), N.Window(N.Num(24))), 2, 4, 2, 150, 150),  # GQA, ragged
+    (N.Window(N.Num(20)), 1, 2, 2, 100, 133),                           # both sides, n_q < n_k
+    ("heads", 2, 4, 2, 90, 90),          # a band in one head case, strides in the other
+    ("longformer", 1, 2, 1, 130, 130),   # a band beside a global column: no band
+]
+
+
+def band_rows(p, layout, n_q, n_k, limit):
+    return [row for case in range(layout.cases)
+            for row in reference._rows(reference.select_head(p.at(n_k), case), layout, case,
+                                       n_q, n_k, torch.device("cpu"), limit)]
+
+
+@pytest.mark.parametrize("expr,batch,heads,kv_heads,n_q,n_k", BANDS, ids=range(len(BANDS)))
+@pytest.mark.parametrize("padded", [False, True], ids=["", "padded"])
+@pytest.mark.parametrize("most", [None, 3], ids=["one-band", "three-tile-bands"])
+def test_bands_match_float64_reference(monkeypatch, expr, batch, heads, kv_heads, n_q, n_k,
+                                       padded, most):
+    # The forward multiplies a band's 16-row tiles at once (strided views of k and v): equal
+    # to the dense float64 reference, also with key padding and bands cut short by PIECE.
+    p = pattern(expr)
+    layout = lower(p.at(n_k), n_q, n_k, 16, 16)
+    per_case = batch * (heads // layout.cases)
+    if most:  # PIECE for bands of at most `most` tiles
+        widest = max(row.width for row in band_rows(p, layout, n_q, n_k, 0))
+        monkeypatch.setattr(reference, "PIECE", most * 16 * widest * per_case)
+    q, k, v = (t.double() for t in inputs(batch, heads, kv_heads, n_q, n_k, 16))
+    keep = padding(batch, n_k) if padded else None
+    want_out, want_lse = attention_reference(p, q, k, v, key_padding=keep)
+    out, lse = attention_tiled(p, q, k, v, dtype=torch.float64, key_padding=keep, layout=layout)
+    assert max_err(out, want_out) < 1e-12
+    assert torch.equal(torch.isinf(lse), torch.isinf(want_lse))
+    finite = torch.isfinite(want_lse)
+    assert max_err(lse[finite], want_lse[finite]) < 1e-12
+    rows = band_rows(p, layout, n_q, n_k, reference.PIECE // per_case)
+    bands = [row for row in rows if row.tiles > 1]
+    assert bool(bands) == (expr != "longformer")  # the band path ran where it could
+    assert all(row.tiles * 16 * row.width <= reference.PIECE // per_case for row in bands)
+    if most:
+        assert max(row.tiles for row in rows) < n_q // 16  # cut short
+    assert sum(row.rows.stop - row.rows.start for row in rows) == \
+        sum(row.rows.stop - row.rows.start for row in band_rows(p, layout, n_q, n_k, 0))
+
+
+def test_the_forward_takes_small_tiles_for_a_band_only():
+    # A window's band multiplied at once wastes little at 64 rows; causal has no band.
+    window = Pattern(N.Intersect(N.Causal(), N.Window(N.Num(1024))))
+    causal = Pattern(N.Causal())
+    assert reference.cpu_tiles(window, 8192, 8192, 4, forward=True)[0] == 64
+    assert reference.cpu_tiles(window, 8192, 8192, 4)[0] > 64
+    assert reference.cpu_tiles(causal, 8192, 8192, 4, forward=True) == \
+        reference.cpu_tiles(causal, 8192, 8192, 4)
 
 
 def test_tiled_reads_the_layout_it_is_given():
