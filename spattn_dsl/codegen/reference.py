@@ -465,9 +465,22 @@ def _columns(t, runs, heads=None):
     return torch.cat([t[:, :, first:end] for first, end in runs], dim=2)
 
 
-def _key_columns(hidden_keys, runs):
-    """None, or the padding keys' bool ``[B, width]`` at the keys of ``runs``."""
-    return None if hidden_keys is None else _columns(hidden_keys[:, None], runs)[:, 0]
+def _padding_bias(key_padding, dtype, device):
+    """None, or ``key_padding`` (True: a real key) as a float ``[B, n_k]`` bias: 0 at real
+    keys, -inf at padding; made once per call, read per tile by ``_key_columns``."""
+    if key_padding is None:
+        return None
+    hidden = ~key_padding.to(device=device, dtype=torch.bool)
+    return torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(hidden,
+                                                                              float("-inf"))
+
+
+def _key_columns(padding_bias, runs):
+    """None, or ``padding_bias`` at the keys of ``runs`` (a view when there is one run),
+    broadcast over every row of ``_softmax_``'s groups."""
+    if padding_bias is None:
+        return None
+    return _columns(padding_bias[:, None], runs)[:, 0][:, None, None, None, :]
 
 
 def _add_columns(target, part, runs, heads=None):
@@ -583,16 +596,6 @@ def _softmax_(scores, hidden, rows: int, padding=None):
     return None, top
 
 
-def _padding_bias(hidden_keys, runs):
-    """None, or the padding keys of ``runs`` as a float 0/-inf bias over every row of
-    ``_softmax_``'s groups."""
-    padding = _key_columns(hidden_keys, runs)
-    if padding is None:
-        return None
-    bias = torch.zeros(padding.shape, device=padding.device).masked_fill_(padding, float("-inf"))
-    return bias[:, None, None, None, :]
-
-
 def _onednn_linear():
     """``torch.ops.mkldnn._linear_pointwise`` (``x @ w^T`` by oneDNN, which inductor's CPU
     kernels use too), or None where this torch lacks it. On this project's AMD test machine
@@ -699,10 +702,7 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
     kv_heads, n_k = k.shape[1], k.shape[2]
     scale = head_dim ** -0.5 if scale is None else scale
     k, v = k.to(dtype), v.to(dtype)
-    hidden_keys = None if key_padding is None else ~key_padding.to(device=q.device,
-                                                                    dtype=torch.bool)
-    padding_bias = None if hidden_keys is None else torch.zeros(
-        hidden_keys.shape, dtype=dtype, device=q.device).masked_fill_(hidden_keys, float("-inf"))
+    padding_bias = _padding_bias(key_padding, dtype, q.device)
     out = torch.zeros(batch, heads, n_q, head_dim, dtype=dtype, device=q.device)
     lse = torch.full((batch, heads, n_q), float("-inf"), dtype=dtype, device=q.device)
     for case, expr, case_heads, kv in _cases(pattern, q, k, layout):
@@ -725,7 +725,7 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
             scores = scratch.get("scores", qt.shape[:-1] + (row.width,))
             torch.matmul(qt, kt.transpose(-1, -2), out=scores)
             rows = row.rows.stop - row.rows.start
-            empty, top = _softmax_(scores, row.hidden, rows, _padding_bias(hidden_keys, row.runs))
+            empty, top = _softmax_(scores, row.hidden, rows, _key_columns(padding_bias, row.runs))
             row_lse = top - scores.amax(-1).log()  # the largest probability is 1 / sum
             if empty is not None:
                 row_lse[empty] = float("-inf")
@@ -744,7 +744,7 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
             for b, h in np.ndindex(batch, qt.shape[1]):
                 torch.bmm(qt[b, h].view(tiles, bm, head_dim), keys[b, kv_of(h)].transpose(1, 2),
                           out=scores[b, h].view(tiles, bm, width))
-            padding = None if hidden_keys is None else \
+            padding = None if padding_bias is None else \
                 _band_view(padding_bias, 1, first, row.step, tiles, width)[:, None, :, None, :]
             empty, top = _softmax_(scores, row.hidden, bm, padding)
             row_lse = top - scores.amax(-1).log()
@@ -798,8 +798,7 @@ def attention_tiled_backward(pattern, grad_out, q, k, v, scale: float | None = N
     if grad_lse is not None:  # d lse / d scores = probs
         delta = delta - grad_lse.to(dtype)
     row_stats = torch.stack([lse.to(dtype), delta], -1)  # [B, H, n_q, 2]
-    hidden_keys = None if key_padding is None else ~key_padding.to(device=q.device,
-                                                                    dtype=torch.bool)
+    padding_bias = _padding_bias(key_padding, dtype, q.device)
     dq = torch.zeros(q.shape, dtype=dtype, device=q.device)
     dk = torch.zeros(k.shape, dtype=dtype, device=q.device)
     dv = torch.zeros(v.shape, dtype=dtype, device=q.device)
@@ -828,7 +827,7 @@ def attention_tiled_backward(pattern, grad_out, q, k, v, scale: float | None = N
             probs = scratch.get("probs", shape)
             torch.matmul(qt, kt.transpose(-1, -2), out=probs)
             rows = row.rows.stop - row.rows.start
-            empty, top = _softmax_(probs, row.hidden, rows, _padding_bias(hidden_keys, row.runs))
+            empty, top = _softmax_(probs, row.hidden, rows, _key_columns(padding_bias, row.runs))
             if not whole:  # from the piece's own softmax to the row's
                 piece_lse = top - probs.amax(-1).log()
                 if empty is not None:
