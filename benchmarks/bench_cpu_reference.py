@@ -16,14 +16,17 @@ Each measurement runs in its own subprocess, so that its peak resident set size
 
 ``tiled``, ``flex-compiled`` and ``sdpa`` are timed after a first call (which builds the
 layout, the BlockMask's compile, ...): the median of ``--calls`` calls (wall time, and the
-CPU time of that call); the peak RSS covers every call.
+CPU time of that call); the peak RSS covers every call. ``--interleave ROUNDS`` times the
+paths in turn in one process instead (``interleaved``; ratios that hold on a shared machine).
 
 Usage: ``python benchmarks/bench_cpu_reference.py [--n 4096 8192 32768] [--paths tiled dense]
-[--pattern "causal"] [--threads 1] [--forward-only] [--repeat 2] [--calls 5]``
+[--pattern "causal"] [--threads 1] [--forward-only] [--repeat 2] [--calls 5]
+[--interleave ROUNDS]``
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -32,10 +35,13 @@ import sys
 import time
 
 PATTERN = "causal & window(1024)"
+WARMED = ("tiled", "flex-compiled", "sdpa")  # paths timed after a first call
 
 
-def measure(path: str, n: int, heads: int, head_dim: int, backward: bool, threads: int,
-            pattern: str, calls: int = 1) -> dict:
+def prepare(path: str, n: int, heads: int, head_dim: int, backward: bool, threads: int,
+            pattern: str):
+    """(run, leaves, (p, q, k, v)): one call of ``path`` on fixed random inputs, and the
+    tensors whose gradients it fills."""
     import warnings
 
     import torch
@@ -52,7 +58,6 @@ def measure(path: str, n: int, heads: int, head_dim: int, backward: bool, thread
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, heads, n, head_dim, generator=gen) for _ in range(3))
     grad = torch.randn(1, heads, n, head_dim, generator=gen)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     leaves = [t.clone().requires_grad_(backward) for t in (q, k, v)]
     if path == "tiled":
         attn = spattn_dsl.compile(p)
@@ -95,12 +100,22 @@ def measure(path: str, n: int, heads: int, head_dim: int, backward: bool, thread
             if backward:
                 out.backward(grad)
             return out
-    if path in ("tiled", "flex-compiled", "sdpa"):  # layouts, compiles: outside the timing
+    return run, leaves, (p, q, k, v)
+
+
+def measure(path: str, n: int, heads: int, head_dim: int, backward: bool, threads: int,
+            pattern: str, calls: int = 1) -> dict:
+    import torch
+
+    from spattn_dsl.codegen import reference as R
+
+    run, leaves, (p, q, k, v) = prepare(path, n, heads, head_dim, backward, threads, pattern)
+    if path in WARMED:  # layouts, compiles: outside the timing
         run()
         for t in leaves:
             t.grad = None
     timings = []  # (wall, cpu) of each timed call
-    for _ in range(calls if path in ("tiled", "flex-compiled", "sdpa") else 1):
+    for _ in range(calls if path in WARMED else 1):
         for t in leaves:
             t.grad = None
         cpu, wall = time.process_time(), time.perf_counter()
@@ -112,8 +127,35 @@ def measure(path: str, n: int, heads: int, head_dim: int, backward: bool, thread
     err = float((out[:, :, -64:].detach().double() - check).abs().max())
     return {"path": path, "n": n, "heads": heads, "head_dim": head_dim, "backward": backward,
             "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
-            "peak_rss_mb": round(peak / 1024), "rss_before_mb": round(before / 1024),
+            "peak_rss_mb": round(peak / 1024),
             "max_abs_diff_last_rows": err, "load": round(os.getloadavg()[0], 1)}
+
+
+def interleaved(paths: list, n: int, heads: int, head_dim: int, backward: bool, threads: int,
+                pattern: str, rounds: int) -> dict:
+    """Median and least wall time of each path's calls, the paths called in turn in one
+    process (after a first call each), their order rotated every round: a neighbour's load
+    on a shared machine then slows every path alike, so their ratios hold where separate
+    processes' times drift 10-30% from one minute to the next."""
+    import statistics
+
+    import torch
+
+    runs = {path: prepare(path, n, heads, head_dim, backward, threads, pattern)[:2]
+            for path in paths}
+    walls = {path: [] for path in paths}
+    with torch.no_grad() if not backward else contextlib.nullcontext():
+        for path in paths:
+            runs[path][0]()
+        for round_ in range(rounds):
+            for path in paths[round_ % len(paths):] + paths[:round_ % len(paths)]:
+                run, leaves = runs[path]
+                for t in leaves:
+                    t.grad = None
+                start = time.perf_counter()
+                run()
+                walls[path].append(time.perf_counter() - start)
+    return {path: (statistics.median(w), min(w)) for path, w in walls.items()}
 
 
 def main() -> None:
@@ -130,6 +172,9 @@ def main() -> None:
                         help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--calls", type=int, default=5,
                         help="timed calls after the first (the median is reported)")
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="time the paths in turn in one process, ROUNDS calls each, and "
+                             "give their ratios to the last path (no memory column)")
     parser.add_argument("--child", nargs=2, metavar=("PATH", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -137,6 +182,8 @@ def main() -> None:
                          not args.forward_only, args.threads, args.pattern, args.calls)
         print(json.dumps(result))
         return
+    if args.interleave:
+        return print_interleaved(args)
     print(f"pattern `{args.pattern}`, batch 1, {args.heads} heads, head_dim {args.head_dim}, fp32, "
           f"{'forward' if args.forward_only else 'forward + backward'}; median of {args.calls} "
           f"calls, best of {args.repeat} processes")
@@ -161,6 +208,23 @@ def main() -> None:
                 r = min(runs, key=lambda r: r["wall_s"])
                 print(f"| {path} | {n} | {r['cpu_s']} | {r['wall_s']} | {r['peak_rss_mb']} | "
                       f"{r['max_abs_diff_last_rows']:.1e} | {r['load']} |", flush=True)
+
+
+def print_interleaved(args) -> None:
+    baseline = args.paths[-1]
+    print(f"pattern `{args.pattern}`, batch 1, {args.heads} heads, head_dim {args.head_dim}, fp32, "
+          f"{'forward' if args.forward_only else 'forward + backward'}, "
+          f"{args.threads or 'default'} threads; the paths in turn in one process, "
+          f"{args.interleave} calls each after a first")
+    print()
+    print(f"| n | path | median wall s | least wall s | median / {baseline} |")
+    print("|---|---|---|---|---|")
+    for n in args.n:
+        times = interleaved(args.paths, n, args.heads, args.head_dim, not args.forward_only,
+                            args.threads, args.pattern, args.interleave)
+        for path, (median, least) in times.items():
+            print(f"| {n} | {path} | {median:.3f} | {least:.3f} | "
+                  f"{median / times[baseline][0]:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ def cpu_tiles(pattern, n_q: int, n_k: int, batch_heads: int, layout_for=None,
     product: big tiles amortise the calls, small ones waste less of a band's edges), judged
     from the layout at 64-row tiles (``layout_for(pattern, n_q, n_k, bm, bn)``, a cached
     lowering, or ``lower``). ``forward``: the forward multiplies the 64-row tiles of a band
-    (``_bands``) in one product per head, so that there they cost one call per group."""
+    (``_bands``, at most ``PIECE`` scores per head) in one product per head."""
     probe = (layout_for or _lower)(pattern, n_q, n_k, 64, CPU_BLOCK_N)
     visited = int((probe.full_counts.long() + probe.partial_counts.long()).amax()) \
         if probe.full_counts.numel() else 0
@@ -276,7 +276,10 @@ def cpu_tiles(pattern, n_q: int, n_k: int, batch_heads: int, layout_for=None,
     for bm in CPU_BLOCK_M:
         block = batch_heads * bm * min(n_k, keys + bm - 64)
         tiles = -(-n_q // bm)
-        calls = -(-tiles // max(1, PIECE // max(1, block))) if banded and bm == 64 else tiles
+        if banded and bm == 64:  # per band, one product per batch row and head
+            calls = batch_heads * -(-tiles // max(1, PIECE * batch_heads // max(1, block)))
+        else:
+            calls = tiles
         cost = tiles * block + calls * TILE_COST
         if (block <= SCORE_BUDGET or bm == CPU_BLOCK_M[-1]) and (best is None or cost < best[0]):
             best = (cost, bm)
@@ -707,11 +710,12 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
     lse = torch.full((batch, heads, n_q), float("-inf"), dtype=dtype, device=q.device)
     for case, expr, case_heads, kv in _cases(pattern, q, k, layout):
         kc, vc = (k, v) if kv is None else (k.index_select(1, kv), v.index_select(1, kv))
-        vc_t = vc.transpose(-1, -2).contiguous()  # [B, X, D, n_k]: rows for oneDNN
-        case_count = len(range(heads)[case_heads])
-        rows = _rows(expr, layout, case, n_q, n_k, q.device, PIECE // (batch * case_count))
-        largest = _largest(rows, batch, heads, layout, kv is None, layout.cases)
-        kv_of = (lambda h: h // (heads // kv_heads)) if kv is None else (lambda h: h)
+        rows = _rows(expr, layout, case, n_q, n_k, q.device, PIECE)
+        span = max((row.runs[-1][1] for row in rows if row.tiles == 1), default=0)
+        vc_t = vc[:, :, :span].transpose(-1, -2).contiguous()  # [B, X, D, keys of the tiles]:
+        largest = _largest(rows, batch, heads, layout, kv is None, layout.cases)  # oneDNN's rows
+        case_head_list = range(heads)[case_heads]
+        kv_of = (lambda h: h // (heads // kv_heads)) if kv is None else (lambda h: h)  # h: of kc
 
         def scratch():
             buffers = _Buffers(dtype, q.device)
@@ -734,27 +738,27 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
             return pv, row_lse
 
         def band(row, scratch):
-            """A band's tiles: per batch row and query head, one product for all their
-            scores and one for their outputs, k and v as strided views (``_band_view``)."""
+            """A band's tiles, per batch row and query head: one product for all their
+            scores (k as a strided view, ``_band_view``), their softmax, one product for
+            their outputs (v likewise) straight into ``out``; one head's scores at a time."""
             tiles, bm, width, first = row.tiles, layout.block_m, row.width, row.runs[0][0]
-            qt = q[:, case_heads, row.rows].to(dtype) * scale  # [B, X, tiles * bm, D]
             keys, values = (_band_view(t, 2, first, row.step, tiles, width) for t in (kc, vc))
-            scores = scratch.get("scores", qt.shape[:-1] + (width,))
-            pv = scratch.get("out", qt.shape)
-            for b, h in np.ndindex(batch, qt.shape[1]):
-                torch.bmm(qt[b, h].view(tiles, bm, head_dim), keys[b, kv_of(h)].transpose(1, 2),
-                          out=scores[b, h].view(tiles, bm, width))
-            padding = None if padding_bias is None else \
-                _band_view(padding_bias, 1, first, row.step, tiles, width)[:, None, :, None, :]
-            empty, top = _softmax_(scores, row.hidden, bm, padding)
-            row_lse = top - scores.amax(-1).log()
-            if empty is not None:
-                row_lse[empty] = float("-inf")
-            for b, h in np.ndindex(batch, qt.shape[1]):
-                torch.bmm(scores[b, h].view(tiles, bm, width), values[b, kv_of(h)],
-                          out=pv[b, h].view(tiles, bm, head_dim))
-            out[:, case_heads, row.rows] = pv
-            lse[:, case_heads, row.rows] = row_lse
+            scores = scratch.get("scores", (1, 1, tiles * bm, width))
+            qt = scratch.get("q", (tiles, bm, head_dim))
+            for b, h in np.ndindex(batch, len(case_head_list)):
+                head = case_head_list[h]
+                qt.copy_(q[b, head, row.rows].view(tiles, bm, head_dim)).mul_(scale)
+                torch.bmm(qt, keys[b, kv_of(h)].transpose(1, 2),
+                          out=scores.view(tiles, bm, width))
+                padding = None if padding_bias is None else _band_view(
+                    padding_bias[b:b + 1], 1, first, row.step, tiles, width)[:, None, :, None, :]
+                empty, top = _softmax_(scores, row.hidden, bm, padding)
+                row_lse = lse[b, head, row.rows]
+                torch.sub(top.view(-1), scores.amax(-1).log_().view(-1), out=row_lse)
+                if empty is not None:
+                    row_lse[empty.view(-1)] = float("-inf")
+                torch.bmm(scores.view(tiles, bm, width), values[b, kv_of(h)],
+                          out=out[b, head, row.rows].view(tiles, bm, head_dim))
 
         def tile(row, scratch):
             if row.tiles > 1:

@@ -283,10 +283,9 @@ def test_bands_match_float64_reference(monkeypatch, expr, batch, heads, kv_heads
     # to the dense float64 reference, also with key padding and bands cut short by PIECE.
     p = pattern(expr)
     layout = lower(p.at(n_k), n_q, n_k, 16, 16)
-    per_case = batch * (heads // layout.cases)
     if most:  # PIECE for bands of at most `most` tiles
         widest = max(row.width for row in band_rows(p, layout, n_q, n_k, 0))
-        monkeypatch.setattr(reference, "PIECE", most * 16 * widest * per_case)
+        monkeypatch.setattr(reference, "PIECE", most * 16 * widest)
     q, k, v = (t.double() for t in inputs(batch, heads, kv_heads, n_q, n_k, 16))
     keep = padding(batch, n_k) if padded else None
     want_out, want_lse = attention_reference(p, q, k, v, key_padding=keep)
@@ -295,10 +294,10 @@ def test_bands_match_float64_reference(monkeypatch, expr, batch, heads, kv_heads
     assert torch.equal(torch.isinf(lse), torch.isinf(want_lse))
     finite = torch.isfinite(want_lse)
     assert max_err(lse[finite], want_lse[finite]) < 1e-12
-    rows = band_rows(p, layout, n_q, n_k, reference.PIECE // per_case)
+    rows = band_rows(p, layout, n_q, n_k, reference.PIECE)
     bands = [row for row in rows if row.tiles > 1]
     assert bool(bands) == (expr != "longformer")  # the band path ran where it could
-    assert all(row.tiles * 16 * row.width <= reference.PIECE // per_case for row in bands)
+    assert all(row.tiles * 16 * row.width <= reference.PIECE for row in bands)
     if most:
         assert max(row.tiles for row in rows) < n_q // 16  # cut short
     assert sum(row.rows.stop - row.rows.start for row in rows) == \
