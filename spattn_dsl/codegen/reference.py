@@ -554,28 +554,29 @@ def _start_workers(count: int):
     return pool
 
 
-def _for_each_tile(rows, tile, scratch):
-    """``tile(row, buffers)`` for every query tile, in this thread or split among the tile
-    workers (largest tiles first, each worker taking the next when done); ``scratch()``
-    makes a thread's buffers. Tiles write disjoint rows of the outputs."""
-    pool = _tile_workers() if len(rows) > 1 else None
+def _for_each_tile(tasks, tile, scratch, size=None):
+    """``tile(task, buffers)`` for every task (a query tile's ``_Row``, or a part of one), in
+    this thread or split among the tile workers (largest first by ``size(task)``, score
+    elements, by default a ``_Row``'s; each worker taking the next when done);
+    ``scratch()`` makes a thread's buffers. Tasks write disjoint parts of the outputs."""
+    pool = _tile_workers() if len(tasks) > 1 else None
     if pool is None:
         buffers = scratch()
-        for row in rows:
-            tile(row, buffers)
+        for task in tasks:
+            tile(task, buffers)
         return
     per_thread, inference = {}, torch.is_inference_mode_enabled()
 
-    def task(row):  # grad and inference modes are per thread: the caller's here
+    def run(task):  # grad and inference modes are per thread: the caller's here
         buffers = per_thread.get(threading.get_ident())
         if buffers is None:
             buffers = per_thread[threading.get_ident()] = scratch()
         with torch.inference_mode(inference), torch.no_grad():
-            tile(row, buffers)
+            tile(task, buffers)
 
-    largest_first = sorted(rows, key=lambda row: -row.width * (row.rows.stop - row.rows.start))
-    for _ in pool.map(task, largest_first):
-        pass  # re-raises a tile's error here
+    size = size or (lambda row: row.width * (row.rows.stop - row.rows.start))
+    for _ in pool.map(run, sorted(tasks, key=lambda task: -size(task))):
+        pass  # re-raises a task's error here
 
 
 def _softmax_(scores, hidden, rows: int, padding=None):
@@ -737,32 +738,32 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
                             scratch.get(name, qt.shape))
             return pv, row_lse
 
-        def band(row, scratch):
-            """A band's tiles, per batch row and query head: one product for all their
-            scores (k as a strided view, ``_band_view``), their softmax, one product for
-            their outputs (v likewise) straight into ``out``; one head's scores at a time."""
+        def band(row, b, h, scratch):
+            """A band's tiles for batch row ``b`` and the case's query head ``h``: one product
+            for all their scores (k as a strided view, ``_band_view``), their softmax, one
+            product for their outputs (v likewise) straight into ``out``."""
             tiles, bm, width, first = row.tiles, layout.block_m, row.width, row.runs[0][0]
-            keys, values = (_band_view(t, 2, first, row.step, tiles, width) for t in (kc, vc))
+            head = case_head_list[h]
             scores = scratch.get("scores", (1, 1, tiles * bm, width))
             qt = scratch.get("q", (tiles, bm, head_dim))
-            for b, h in np.ndindex(batch, len(case_head_list)):
-                head = case_head_list[h]
-                qt.copy_(q[b, head, row.rows].view(tiles, bm, head_dim)).mul_(scale)
-                torch.bmm(qt, keys[b, kv_of(h)].transpose(1, 2),
-                          out=scores.view(tiles, bm, width))
-                padding = None if padding_bias is None else _band_view(
-                    padding_bias[b:b + 1], 1, first, row.step, tiles, width)[:, None, :, None, :]
-                empty, top = _softmax_(scores, row.hidden, bm, padding)
-                row_lse = lse[b, head, row.rows]
-                torch.sub(top.view(-1), scores.amax(-1).log_().view(-1), out=row_lse)
-                if empty is not None:
-                    row_lse[empty.view(-1)] = float("-inf")
-                torch.bmm(scores.view(tiles, bm, width), values[b, kv_of(h)],
-                          out=out[b, head, row.rows].view(tiles, bm, head_dim))
+            qt.copy_(q[b, head, row.rows].view(tiles, bm, head_dim)).mul_(scale)
+            keys = _band_view(kc[b, kv_of(h)], 0, first, row.step, tiles, width)
+            torch.bmm(qt, keys.transpose(1, 2), out=scores.view(tiles, bm, width))
+            padding = None if padding_bias is None else _band_view(
+                padding_bias[b:b + 1], 1, first, row.step, tiles, width)[:, None, :, None, :]
+            empty, top = _softmax_(scores, row.hidden, bm, padding)
+            row_lse = lse[b, head, row.rows]
+            torch.sub(top.view(-1), scores.amax(-1).log_().view(-1), out=row_lse)
+            if empty is not None:
+                row_lse[empty.view(-1)] = float("-inf")
+            values = _band_view(vc[b, kv_of(h)], 0, first, row.step, tiles, width)
+            torch.bmm(scores.view(tiles, bm, width), values,
+                      out=out[b, head, row.rows].view(tiles, bm, head_dim))
 
-        def tile(row, scratch):
-            if row.tiles > 1:
-                return band(row, scratch)
+        def tile(task, scratch):
+            row, b, h = task
+            if b is not None:
+                return band(row, b, h, scratch)
             qt = _grouped(q, case_heads, kv, row.rows, kv_heads).to(dtype) * scale
             columns = max(CPU_BLOCK_N, PIECE * head_dim // qt.numel() // CPU_BLOCK_N * CPU_BLOCK_N)
             first, *more = _pieces(row, columns)
@@ -773,7 +774,15 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
             out[:, case_heads, row.rows] = pv.view(batch, -1, rows, head_dim)
             lse[:, case_heads, row.rows] = row_lse.view(batch, -1, rows)
 
-        _for_each_tile(rows, tile, scratch)
+        def size(task):  # score elements
+            row, b, _ = task
+            return row.width * (row.rows.stop - row.rows.start) * \
+                (1 if b is not None else batch * len(case_head_list))
+
+        tasks = [(row, b, h) for row in rows if row.tiles > 1  # a band: per batch row and head
+                 for b, h in np.ndindex(batch, len(case_head_list))]
+        _for_each_tile(tasks + [(row, None, None) for row in rows if row.tiles == 1], tile,
+                       scratch, size)
     if not _all_finite(out)[0]:  # finite inputs whose product overflowed: an added -inf
         return _attention_tiled_exact(pattern, q, k, v, scale, dtype, key_padding, layout)
     return out, lse
