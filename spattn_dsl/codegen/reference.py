@@ -249,24 +249,25 @@ def _attention_tiled_backward_exact(pattern, grad_out, q, k, v, scale: float | N
 
 
 # --------------------------------------------------- the CPU path: whole query tiles, finite
-SCORE_BUDGET = 1 << 24  # elements of one query tile's score block (all heads and batch rows)
 CPU_BLOCK_M = (512, 256, 128, 64)  # query tiles tried
 CPU_BLOCK_N = 64  # key tile: the granularity at which unvisited keys are skipped
 TILE_COST = 1 << 17  # a query tile's fixed cost (some 15 torch calls), in score elements
 PIECE = 1 << 21  # score elements of one piece of a query tile's keys (8 MB: the forward
 # splits longer rows, so that two workers' score blocks stay in a 32 MB cache; blocks that
 # spill run 10-25% slower when both cores stream them, measured on the 2-core test machine)
+PIECE_KEYS = 256  # the fewest keys of a piece: each further piece costs a merge of the
+# tile's outputs (batch x heads x rows x head_dim), so 64-key pieces would double the work
 
 
 def cpu_tiles(pattern, n_q: int, n_k: int, batch_heads: int, layout_for=None,
               forward: bool = False) -> tuple:
-    """(block_m, block_n) of the CPU path: among ``CPU_BLOCK_M``, the query tile whose score
-    blocks (``batch_heads`` x rows x the keys its rows visit) stay within ``SCORE_BUDGET``
-    elements at the least estimated cost (score elements computed, plus ``TILE_COST`` per
-    product: big tiles amortise the calls, small ones waste less of a band's edges), judged
-    from the layout at 64-row tiles (``layout_for(pattern, n_q, n_k, bm, bn)``, a cached
-    lowering, or ``lower``). ``forward``: the forward multiplies the 64-row tiles of a band
-    (``_bands``, at most ``PIECE`` scores per head) in one product per head."""
+    """(block_m, block_n) of the CPU path: among ``CPU_BLOCK_M``, the query tile of the least
+    estimated cost (score elements computed, plus ``TILE_COST`` per product: big tiles
+    amortise the calls, small ones waste less of a band's edges) whose pieces of
+    ``PIECE`` score elements (``batch_heads`` x rows x keys) still hold ``PIECE_KEYS`` keys,
+    judged from the layout at 64-row tiles (``layout_for(pattern, n_q, n_k, bm, bn)``, a
+    cached lowering, or ``lower``). ``forward``: the forward multiplies the 64-row tiles of a
+    band (``_bands``, at most ``PIECE`` scores per head) in one product per head."""
     probe = (layout_for or _lower)(pattern, n_q, n_k, 64, CPU_BLOCK_N)
     visited = int((probe.full_counts.long() + probe.partial_counts.long()).amax()) \
         if probe.full_counts.numel() else 0
@@ -274,14 +275,15 @@ def cpu_tiles(pattern, n_q: int, n_k: int, batch_heads: int, layout_for=None,
     banded = forward and _band_share(probe) >= 0.5
     best = None
     for bm in CPU_BLOCK_M:
-        block = batch_heads * bm * min(n_k, keys + bm - 64)
+        width = min(n_k, keys + bm - 64)
         tiles = -(-n_q // bm)
         if banded and bm == 64:  # per band, one product per batch row and head
-            calls = batch_heads * -(-tiles // max(1, PIECE * batch_heads // max(1, block)))
-        else:
-            calls = tiles
-        cost = tiles * block + calls * TILE_COST
-        if (block <= SCORE_BUDGET or bm == CPU_BLOCK_M[-1]) and (best is None or cost < best[0]):
+            calls = batch_heads * -(-tiles // max(1, PIECE // max(1, bm * width)))
+        else:  # per tile, one per piece of its keys
+            calls = tiles * -(-width // max(CPU_BLOCK_N, PIECE // (batch_heads * bm)))
+        cost = tiles * batch_heads * bm * width + calls * TILE_COST
+        fits = batch_heads * bm * min(width, PIECE_KEYS) <= PIECE
+        if (fits or bm == CPU_BLOCK_M[-1]) and (best is None or cost < best[0]):
             best = (cost, bm)
     return best[1], CPU_BLOCK_N
 
