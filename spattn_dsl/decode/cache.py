@@ -54,7 +54,8 @@ class KVCache:
             raise TypeError(f"KVCache: dtype must be float16, bfloat16 or float32, got {dtype}")
         self.pattern = pattern
         self.batch, self.kv_heads, self.head_dim = batch, kv_heads, head_dim
-        self.dtype, self.device, self.page_size = dtype, torch.device(device), page_size
+        self.dtype, self.page_size = dtype, page_size
+        self.device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors say
         self._lengths = [0] * batch
         self._last_counts = [0] * batch  # positions added by the newest append
         self._pages = [[] for _ in range(batch)]  # page ids, in position order
