@@ -153,7 +153,8 @@ def launch(q, cache, scale, groups=None):
         q.stride(0), q.stride(1), q.stride(2), kp.stride(0), kp.stride(1), kp.stride(2),
         mask.stride(0), plan.head_stride, mask.stride(2),
         scale * LOG2E, cache.kv_heads, group, m, rows, pages,
-        PS=cache.page_size, D=dim, BLOCK_R=block_r, BLOCK_D=block_d, SPLITS=splits)
+        PS=cache.page_size, D=dim, BLOCK_R=block_r, BLOCK_D=block_d, SPLITS=splits,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, m, device=q.device, dtype=torch.float32)
     kernels.merge_splits[(batch * cache.kv_heads, row_tiles)](

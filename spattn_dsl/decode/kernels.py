@@ -5,7 +5,8 @@ share of that pair's visit list. Its rows are the query heads that share the KV 
 the ``m`` new queries (row ``g * m + i``: head ``kv_head * G + g``, query ``i``), so one page
 of keys feeds all of them (GQA). Scores are in base 2 (``qk_scale`` includes log2(e)). The
 partial output (normalised) and log-sum-exp of each split go to fp32 buffers that
-``merge_splits`` combines; a row with no allowed key gets output 0 and lse -inf.
+``merge_splits`` combines; a row with no allowed key gets output 0 and lse -inf. fp32
+caches multiply in IEEE fp32 (``DOT_PRECISION``; a GPU's default, tf32, errs by 1e-3).
 """
 import triton
 import triton.language as tl
@@ -16,7 +17,7 @@ def split_pages(Q, K, V, TABLE, VISIT, FULL, COUNT, MASK, OUT, LSE,
                 sq_b, sq_h, sq_m, sk_p, sk_h, sk_s, sm_b, sm_h, sm_m,
                 qk_scale, KVH, G, M, R, PAGES,
                 PS: tl.constexpr, D: tl.constexpr, BLOCK_R: tl.constexpr,
-                BLOCK_D: tl.constexpr, SPLITS: tl.constexpr):
+                BLOCK_D: tl.constexpr, SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // KVH
@@ -45,7 +46,7 @@ def split_pages(Q, K, V, TABLE, VISIT, FULL, COUNT, MASK, OUT, LSE,
         full = tl.load(FULL + bh * PAGES + j).to(tl.int32)
         offsets = page * sk_p + kvh * sk_h + slots[:, None] * sk_s + d[None, :]
         k = tl.load(K + offsets, mask=d_ok[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         # a FULL page reads no mask: the masked-off load touches no memory
         keep = tl.load(mask_rows + (column * PS + slots)[None, :],
                        mask=row_ok[:, None] & (slots[None, :] < PS * (1 - full)), other=1)
@@ -56,7 +57,7 @@ def split_pages(Q, K, V, TABLE, VISIT, FULL, COUNT, MASK, OUT, LSE,
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + offsets, mask=d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
