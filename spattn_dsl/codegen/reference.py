@@ -715,8 +715,9 @@ def attention_tiled(pattern, q, k, v, scale: float | None = None, dtype=torch.fl
         kc, vc = (k, v) if kv is None else (k.index_select(1, kv), v.index_select(1, kv))
         rows = _rows(expr, layout, case, n_q, n_k, q.device, PIECE)
         span = max((row.runs[-1][1] for row in rows if row.tiles == 1), default=0)
-        vc_t = vc[:, :, :span].transpose(-1, -2).contiguous()  # [B, X, D, keys of the tiles]:
-        largest = _largest(rows, batch, heads, layout, kv is None, layout.cases)  # oneDNN's rows
+        # [B, X, D, keys up to the last one a single tile reads]: rows for oneDNN's p v
+        vc_t = vc[:, :, :span].transpose(-1, -2).contiguous()
+        largest = _largest(rows, batch, heads, layout, kv is None, layout.cases)
         case_head_list = range(heads)[case_heads]
         kv_of = (lambda h: h // (heads // kv_heads)) if kv is None else (lambda h: h)  # h: of kc
 
