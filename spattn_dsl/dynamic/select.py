@@ -11,8 +11,8 @@ queries over the envelope, summed per column or per diagonal.
 
 Candidates come from the static envelope: bool masks of the pattern with the term replaced
 by ``dense`` and by ``none`` over (rows, keys) of the document, built once per document shape
-and cached (memory ``rows x length`` bits: the part to replace by tile classification for
-very long sequences)."""
+and reduced to the term's units (``_candidates``, ``CHUNK_ROWS`` rows of masks at a time, cached:
+memory ``rows x units``), the probe rows' envelope built per call."""
 from __future__ import annotations
 
 import functools
@@ -106,13 +106,16 @@ def _select_term(pattern, term: int, node, x: _Inputs, ids) -> TermSelection:
                          indices, groups, starts)
 
 
-@functools.lru_cache(maxsize=64)
-def _pair_masks(pattern, term: int, length: int, first_pos: int, count: int):
-    """(static, envelope): bool ``[cases, rows, length]`` over the document-relative rows
-    ``first_pos ..`` (``count`` of them), on the CPU."""
-    rows = torch.arange(first_pos, first_pos + count)
+CHUNK_ROWS = 512  # rows of the pair masks built at once: each chunk is reduced to its
+# candidates before the next, so memory grows with rows x units, not rows x keys
+
+
+def _masks(pattern, term: int, length: int, rows: torch.Tensor):
+    """(static, envelope): bool ``[cases, rows, length]`` over the document-relative
+    ``rows``, on the CPU: the pattern with every dynamic term replaced by none, and with
+    term ``term`` replaced by dense."""
     concrete, index = concrete_terms(pattern, length)
-    shape = (count, length)
+    shape = (len(rows), length)
     cases = [select_head(concrete, c) for c in range(pattern.heads)]
     static = torch.stack([evaluate(e, rows, length, dynamic=_static(index)).expand(shape)
                           for e in cases])
@@ -121,16 +124,50 @@ def _pair_masks(pattern, term: int, length: int, first_pos: int, count: int):
     return static, envelope
 
 
+@functools.lru_cache(maxsize=64)
+def _candidates(pattern, term: int, kind: str, unit: int, length: int, first_pos: int,
+                count: int, n_k: int) -> torch.Tensor:
+    """Where term ``term`` may add pairs (its envelope minus the static part) over the
+    document-relative rows ``first_pos ..`` (``count`` of them) and keys ``0 .. length``, on
+    the CPU, built ``CHUNK_ROWS`` rows at a time: ``topk``: bool ``[cases, count, units]``
+    (the row has a candidate key in the unit of ``unit`` keys); ``vertical``: bool
+    ``[cases, length]`` (some row has the key); ``slash``: bool ``[cases, 2 n_k - 1]`` (some
+    row has a key on the diagonal ``q - k + n_k - 1``)."""
+    cases = pattern.heads
+    units = -(-length // unit)
+    if kind == "topk":
+        found = torch.zeros(cases, count, units, dtype=torch.bool)
+    elif kind == "vertical":
+        found = torch.zeros(cases, length, dtype=torch.bool)
+    else:
+        found = torch.zeros(cases, 2 * n_k - 1)
+    for lo in range(0, count, CHUNK_ROWS):
+        rows = torch.arange(first_pos + lo, first_pos + min(count, lo + CHUNK_ROWS))
+        static, envelope = _masks(pattern, term, length, rows)
+        pairs = envelope & ~static
+        if kind == "topk":
+            padded = torch.nn.functional.pad(pairs, (0, units * unit - length))
+            found[:, lo:lo + len(rows)] = padded.unflatten(-1, (units, unit)).any(-1)
+        elif kind == "vertical":
+            found |= pairs.any(1)
+        else:
+            diagonal = rows[:, None] - torch.arange(length) + n_k - 1
+            found.index_add_(1, diagonal.reshape(-1), pairs.flatten(1).float())
+    return found if kind != "slash" else found > 0
+
+
 def _segment(pattern, term, node, x: _Inputs, rows_b, start, length, first, end, owner,
              sharing):
     """(local group of each query row [R] on the CPU; chosen [Bs, Hs, G, k]) in one segment."""
     heads = x.q.shape[1]
     device = x.q.device
     first_pos = first + x.n_k - x.q.shape[2] - start  # document-relative position of row 0
-    static, envelope = _pair_masks(pattern, term, length, first_pos, end - first)
-    case = torch.arange(heads) % static.shape[0]
-    static, envelope = static[case].to(device), envelope[case].to(device)  # [H, R, L]
-    pairs = envelope & ~static
+    kind = "topk" if isinstance(node, N.TopK) else \
+        "vertical" if isinstance(node, N.Vertical) else "slash"
+    unit = node.unit if isinstance(node, N.TopK) else 1
+    case = torch.arange(heads) % pattern.heads
+    candidates = _candidates(pattern, term, kind, unit, length, first_pos, end - first,
+                             x.n_k)[case].to(device)  # per query head
     q = x.q[rows_b, :, first:end]
     bounds = x.unit_bounds(node.unit) if isinstance(node, N.TopK) and node.by == "minmax" \
         and (start, length) == (0, x.n_k) else None
@@ -139,11 +176,14 @@ def _segment(pattern, term, node, x: _Inputs, rows_b, start, length, first, end,
     if isinstance(node, N.TopK):
         positions = torch.arange(first_pos, first_pos + end - first)
         local = positions // node.rows - first_pos // node.rows
-        estimate, candidate = _topk(node, q, keys, pairs, local.to(device), x, rows_b,
-                                    first, end, bounds)
+        estimate, candidate = _topk(node, q, keys, candidates, length, local.to(device), x,
+                                    rows_b, first, end, bounds)
     else:
         local = torch.zeros(end - first, dtype=torch.int64)
-        estimate, candidate = _probe(node, q, keys, pairs, envelope, first_pos, x)
+        m = min(node.probe, end - first)  # the probe rows: the last m
+        rows = torch.arange(first_pos + end - first - m, first_pos + end - first)
+        allowed = _masks(pattern, term, length, rows)[1][case].to(device)  # [H, m, L]
+        estimate, candidate = _probe(node, q, keys, candidates, allowed, first_pos, x)
     estimate = _share(estimate, owner, sharing)
     candidate = _share(candidate.float(), owner, sharing) > 0
     return local, top(estimate, candidate.expand_as(estimate), node.k)
@@ -157,15 +197,14 @@ def _group_mean(values: torch.Tensor, local: torch.Tensor, count: int) -> torch.
     return sums / sizes[:, None]
 
 
-def _topk(node, q, keys, pairs, local, x: _Inputs, rows_b, first, end, bounds=None):
-    """(estimates [Bs, H, G, U], candidates [1, H, G, U]); ``bounds``: None or the units'
-    (lo, hi) for the whole batch (``_Inputs.unit_bounds``)."""
-    u, length = node.unit, pairs.shape[-1]
-    units = -(-length // u)
+def _topk(node, q, keys, per_row, length: int, local, x: _Inputs, rows_b, first, end,
+          bounds=None):
+    """(estimates [Bs, H, G, U], candidates [1, H, G, U]) from ``per_row`` (``_candidates``,
+    [H, R, U]); ``bounds``: None or the units' (lo, hi) for the whole batch
+    (``_Inputs.unit_bounds``)."""
+    u, units = node.unit, per_row.shape[-1]
     count = int(local[-1]) + 1
-    padded = torch.nn.functional.pad(pairs, (0, units * u - length))
-    per_row = padded.unflatten(-1, (units, u)).any(-1).float()  # [H, R, U]
-    candidate = _group_mean(per_row, local, count)[None] > 0
+    candidate = _group_mean(per_row.float(), local, count)[None] > 0
     if node.by == "scores":
         scores = x.scores[rows_b, :, first:end, :units]  # heads or 1
         return _group_mean(scores.expand(-1, q.shape[1], -1, -1), local, count), candidate
@@ -188,11 +227,12 @@ def _topk(node, q, keys, pairs, local, x: _Inputs, rows_b, first, end, bounds=No
             + mean_q.clamp(max=0) @ lo.transpose(-1, -2)), candidate
 
 
-def _probe(node, q, keys, pairs, envelope, first_pos, x: _Inputs):
-    """vertical / slash: (estimates [Bs, H, 1, units], candidates [1, H, 1, units])."""
+def _probe(node, q, keys, found, allowed, first_pos, x: _Inputs):
+    """vertical / slash: (estimates [Bs, H, 1, units], candidates [1, H, 1, units]) from the
+    candidate columns or diagonals ``found`` (``_candidates``) and ``allowed``, the envelope
+    of the last ``m`` query rows (the probe)."""
     rows, length = q.shape[2], keys.shape[2]
-    m = min(node.probe, rows)
-    allowed = envelope[:, -m:]
+    m = allowed.shape[1]
     logits = (q[:, :, -m:] @ keys.transpose(-1, -2)) * x.scale
     logits = logits.masked_fill(~allowed, -math.inf)
     peak = logits.amax(-1, keepdim=True).nan_to_num(neginf=0.0)
@@ -200,15 +240,12 @@ def _probe(node, q, keys, pairs, envelope, first_pos, x: _Inputs):
     total = weights.sum(-1, keepdim=True)
     probs = weights / total.clamp(min=1e-30)  # rows without keys stay 0
     if isinstance(node, N.Vertical):
-        return probs.sum(2)[:, :, None], pairs.any(1)[None, :, None]
-    positions = torch.arange(first_pos, first_pos + rows, device=q.device)
+        return probs.sum(2)[:, :, None], found[None, :, None]
+    positions = torch.arange(first_pos + rows - m, first_pos + rows, device=q.device)
     diagonal = positions[:, None] - torch.arange(length, device=q.device) + x.n_k - 1
-    count = 2 * x.n_k - 1
-    estimate = probs.new_zeros(*probs.shape[:2], count)
-    estimate.index_add_(2, diagonal[-m:].reshape(-1), probs.flatten(2))
-    candidate = torch.zeros(pairs.shape[0], count, device=q.device)
-    candidate.index_add_(1, diagonal.reshape(-1), pairs.flatten(1).float())
-    return estimate[:, :, None], (candidate > 0)[None, :, None]
+    estimate = probs.new_zeros(*probs.shape[:2], 2 * x.n_k - 1)
+    estimate.index_add_(2, diagonal.reshape(-1), probs.flatten(2))
+    return estimate[:, :, None], found[None, :, None]
 
 
 def _share(values: torch.Tensor, owner: torch.Tensor, sharing: int) -> torch.Tensor:

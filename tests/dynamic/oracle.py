@@ -15,6 +15,7 @@ pattern indexer { causal & topk(4, unit = 2, rows = 2, by = scores, shared = all
 pattern free { topk(2, unit = 5, rows = 3, shared = group) | window(1) }
 pattern vs { causal & (sink(1) | vertical(2, probe = 3) | slash(2, probe = 4, shared = all)) }
 pattern open_slash { window(3) | slash(3, probe = 2) }
+pattern far_columns { window(2) & vertical(8, probe = 1) | where(k < 4) & slash(9, probe = 1) }
 pattern per_head { heads { causal & topk(1, unit = 2); window(2) | topk(2, unit = 3) } }
 pattern minus { dense - topk(2) }
 pattern both { causal & (window(3) | topk(2, unit = 4) & topk(3, unit = 2, by = minmax)) }

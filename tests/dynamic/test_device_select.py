@@ -44,3 +44,32 @@ def test_probe_scale_is_used():
     pat = pattern("vs")
     q, k, _ = inputs(1, 2, 2, 40, 40, seed=5)
     assert_same(device_select(pat, q, k, scale=0.7), select(pat, q, k, scale=0.7))
+
+
+@pytest.mark.parametrize("name, h, h_kv, n_q, n_k",
+                         CASES[::2] + [CASES[5], ("far_columns", 2, 1, 40, 40)])
+def test_candidates_are_built_a_few_rows_at_a_time(monkeypatch, name, h, h_kv, n_q, n_k):
+    # The pattern's pair masks are built CHUNK_ROWS rows at a time and reduced to units,
+    # columns or diagonals at once (memory rows x units, not rows x keys): the same selection
+    # (far_columns: the probe reaches fewer columns than it picks, so the rest come from the
+    # candidates of every chunk).
+    from spattn_dsl.dynamic import select as device
+    from spattn_dsl.ir import nodes as N
+    built = []
+    masks = device._masks
+
+    def counting(pattern, term, length, rows):
+        built.append(len(rows))
+        return masks(pattern, term, length, rows)
+
+    monkeypatch.setattr(device, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(device, "_masks", counting)
+    device._candidates.cache_clear()
+    pat = pattern(name)
+    q, k, _ = inputs(2, h, h_kv, n_q, n_k, seed=n_q + n_k)
+    scores = scores_for(pat, 2, h, n_q, n_k)
+    assert_same(device_select(pat, q, k, scores), select(pat, q, k, scores))
+    probes = [node for node in N.walk(pat.expr) if isinstance(node, (N.Vertical, N.Slash))]
+    assert len(built) > len(probes) + 1  # several chunks
+    assert len([rows for rows in built if rows > 7]) <= len(probes)  # only the probe's rows
+    device._candidates.cache_clear()
