@@ -166,8 +166,7 @@ def _segment(pattern, term, node, x: _Inputs, rows_b, start, length, first, end,
         "vertical" if isinstance(node, N.Vertical) else "slash"
     unit = node.unit if isinstance(node, N.TopK) else 1
     case = torch.arange(heads) % pattern.heads
-    candidates = _candidates(pattern, term, kind, unit, length, first_pos, end - first,
-                             x.n_k)[case].to(device)  # per query head
+    candidates = _candidates(pattern, term, kind, unit, length, first_pos, end - first, x.n_k)
     q = x.q[rows_b, :, first:end]
     bounds = x.unit_bounds(node.unit) if isinstance(node, N.TopK) and node.by == "minmax" \
         and (start, length) == (0, x.n_k) else None
@@ -176,14 +175,17 @@ def _segment(pattern, term, node, x: _Inputs, rows_b, start, length, first, end,
     if isinstance(node, N.TopK):
         positions = torch.arange(first_pos, first_pos + end - first)
         local = positions // node.rows - first_pos // node.rows
-        estimate, candidate = _topk(node, q, keys, candidates, length, local.to(device), x,
+        count = int(local[-1]) + 1  # row groups: a candidate unit of any row is the group's
+        per_group = (_group_mean(candidates.float(), local, count) > 0)[case].to(device)
+        estimate, candidate = _topk(node, q, keys, per_group, length, local.to(device), x,
                                     rows_b, first, end, bounds)
     else:
         local = torch.zeros(end - first, dtype=torch.int64)
         m = min(node.probe, end - first)  # the probe rows: the last m
         rows = torch.arange(first_pos + end - first - m, first_pos + end - first)
         allowed = _masks(pattern, term, length, rows)[1][case].to(device)  # [H, m, L]
-        estimate, candidate = _probe(node, q, keys, candidates, allowed, first_pos, x)
+        estimate, candidate = _probe(node, q, keys, candidates[case].to(device), allowed,
+                                     first_pos, x)
     estimate = _share(estimate, owner, sharing)
     candidate = _share(candidate.float(), owner, sharing) > 0
     return local, top(estimate, candidate.expand_as(estimate), node.k)
@@ -197,14 +199,14 @@ def _group_mean(values: torch.Tensor, local: torch.Tensor, count: int) -> torch.
     return sums / sizes[:, None]
 
 
-def _topk(node, q, keys, per_row, length: int, local, x: _Inputs, rows_b, first, end,
+def _topk(node, q, keys, per_group, length: int, local, x: _Inputs, rows_b, first, end,
           bounds=None):
-    """(estimates [Bs, H, G, U], candidates [1, H, G, U]) from ``per_row`` (``_candidates``,
-    [H, R, U]); ``bounds``: None or the units' (lo, hi) for the whole batch
-    (``_Inputs.unit_bounds``)."""
-    u, units = node.unit, per_row.shape[-1]
-    count = int(local[-1]) + 1
-    candidate = _group_mean(per_row.float(), local, count)[None] > 0
+    """(estimates [Bs, H, G, U], candidates [1, H, G, U]) from ``per_group``, bool [H, G, U]
+    (``_candidates`` over each row group); ``bounds``: None or the units' (lo, hi) for the
+    whole batch (``_Inputs.unit_bounds``)."""
+    u, units = node.unit, per_group.shape[-1]
+    count = per_group.shape[1]
+    candidate = per_group[None]
     if node.by == "scores":
         scores = x.scores[rows_b, :, first:end, :units]  # heads or 1
         return _group_mean(scores.expand(-1, q.shape[1], -1, -1), local, count), candidate
