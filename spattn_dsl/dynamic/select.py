@@ -140,7 +140,7 @@ def _candidates(pattern, term: int, kind: str, unit: int, length: int, first_pos
     elif kind == "vertical":
         found = torch.zeros(cases, length, dtype=torch.bool)
     else:
-        found = torch.zeros(cases, 2 * n_k - 1)
+        found = torch.zeros(cases, 2 * n_k - 1, dtype=torch.bool)
     for lo in range(0, count, CHUNK_ROWS):
         rows = torch.arange(first_pos + lo, first_pos + min(count, lo + CHUNK_ROWS))
         static, envelope = _masks(pattern, term, length, rows)
@@ -150,10 +150,22 @@ def _candidates(pattern, term: int, kind: str, unit: int, length: int, first_pos
             found[:, lo:lo + len(rows)] = padded.unflatten(-1, (units, unit)).any(-1)
         elif kind == "vertical":
             found |= pairs.any(1)
-        else:
-            diagonal = rows[:, None] - torch.arange(length) + n_k - 1
-            found.index_add_(1, diagonal.reshape(-1), pairs.flatten(1).float())
-    return found if kind != "slash" else found > 0
+        else:  # rows are consecutive: diagonal rows[0] + j - length + n_k of the j-th one
+            base = int(rows[0]) - length + n_k
+            found[:, base:base + len(rows) + length - 1] |= _sheared(pairs).any(1)
+    return found
+
+
+def _sheared(pairs: torch.Tensor) -> torch.Tensor:
+    """``[C, R, L] -> [C, R, R + L - 1]``: row ``i`` moved ``i`` columns on, with its keys
+    in reverse order (``out[:, i, i + L - 1 - k] = pairs[:, i, k]``, zeros elsewhere), so
+    that each column holds one diagonal ``i - k``."""
+    c, r, length = pairs.shape
+    padded = torch.zeros(c, r, length + r, dtype=pairs.dtype)
+    padded[:, :, :length] = pairs.flip(-1)
+    # flat index i * (L + R - 1) + j of row i is i * (L + R) + (j - i): column j - i of row
+    # i where 0 <= j - i (< L: its keys, else zeros); for j < i, the zeros ending row i - 1
+    return padded.as_strided((c, r, length + r - 1), (r * (length + r), length + r - 1, 1))
 
 
 def _segment(pattern, term, node, x: _Inputs, rows_b, start, length, first, end, owner,
