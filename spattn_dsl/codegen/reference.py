@@ -288,9 +288,21 @@ def cpu_tiles(pattern, n_q: int, n_k: int, batch_heads: int, layout_for=None,
     return best[1], CPU_BLOCK_N
 
 
+_BAND_SHARES: dict = {}  # id(layout) -> _band_share, dropped with the layout
+
+
 def _band_share(layout) -> float:
     """The share of query tiles (after the first, over the head cases) whose visited key tiles
-    are one run, as long as the previous tile's and ``block_m`` keys further on: a band."""
+    are one run, as long as the previous tile's and ``block_m`` keys further on: a band
+    (kept per layout: the runtime's layouts are cached, and every forward call asks)."""
+    share = _BAND_SHARES.get(id(layout))
+    if share is None:
+        share = _BAND_SHARES[id(layout)] = _count_band_share(layout)
+        weakref.finalize(layout, _BAND_SHARES.pop, id(layout), None)
+    return share
+
+
+def _count_band_share(layout) -> float:
     if layout.tiles[0] < 2 or layout.block_m % layout.block_n:
         return 0.0
     counts = layout.full_counts.long() + layout.partial_counts.long()

@@ -12,7 +12,7 @@ queries over the envelope, summed per column or per diagonal.
 Candidates come from the static envelope: bool masks of the pattern with the term replaced
 by ``dense`` and by ``none`` over (rows, keys) of the document, built once per document shape
 and reduced to the term's units (``_candidates``, ``CHUNK_ROWS`` rows of masks at a time, cached:
-memory ``rows x units``), the probe rows' envelope built per call."""
+memory ``rows x units``), and the probe rows' envelope (cached too)."""
 from __future__ import annotations
 
 import functools
@@ -168,6 +168,12 @@ def _sheared(pairs: torch.Tensor) -> torch.Tensor:
     return padded.as_strided((c, r, length + r - 1), (r * (length + r), length + r - 1, 1))
 
 
+@functools.lru_cache(maxsize=64)
+def _probe_envelope(pattern, term: int, length: int, first_pos: int, m: int) -> torch.Tensor:
+    """bool ``[cases, m, length]``: the envelope of the ``m`` probe rows from ``first_pos``."""
+    return _masks(pattern, term, length, torch.arange(first_pos, first_pos + m))[1]
+
+
 def _segment(pattern, term, node, x: _Inputs, rows_b, start, length, first, end, owner,
              sharing):
     """(local group of each query row [R] on the CPU; chosen [Bs, Hs, G, k]) in one segment."""
@@ -194,8 +200,8 @@ def _segment(pattern, term, node, x: _Inputs, rows_b, start, length, first, end,
     else:
         local = torch.zeros(end - first, dtype=torch.int64)
         m = min(node.probe, end - first)  # the probe rows: the last m
-        rows = torch.arange(first_pos + end - first - m, first_pos + end - first)
-        allowed = _masks(pattern, term, length, rows)[1][case].to(device)  # [H, m, L]
+        allowed = _probe_envelope(pattern, term, length, first_pos + end - first - m,
+                                  m)[case].to(device)  # [H, m, L]
         estimate, candidate = _probe(node, q, keys, candidates[case].to(device), allowed,
                                      first_pos, x)
     estimate = _share(estimate, owner, sharing)

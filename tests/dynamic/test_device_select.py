@@ -65,6 +65,7 @@ def test_candidates_are_built_a_few_rows_at_a_time(monkeypatch, name, h, h_kv, n
     monkeypatch.setattr(device, "CHUNK_ROWS", 7)
     monkeypatch.setattr(device, "_masks", counting)
     device._candidates.cache_clear()
+    device._probe_envelope.cache_clear()
     pat = pattern(name)
     q, k, _ = inputs(2, h, h_kv, n_q, n_k, seed=n_q + n_k)
     scores = scores_for(pat, 2, h, n_q, n_k)
